@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CuepagesConfig(AppConfig):
+    name = "cuepages"
+    verbose_name = "Cue pages"

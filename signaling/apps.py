@@ -1,0 +1,21 @@
+from django.apps import AppConfig
+from django.core.signals import setting_changed
+
+
+def _forget_options(setting, **kwargs):
+    if setting == "PEERJS":
+        from signaling.conf import options
+
+        options.cache_clear()
+
+
+class SignalingConfig(AppConfig):
+    name = "signaling"
+    verbose_name = "PeerJS signaling"
+
+    def ready(self):
+        from signaling.conf import options
+
+        # Validate at start-up: a bad option stops the server, naming the variable.
+        options()
+        setting_changed.connect(_forget_options)

@@ -1,0 +1,143 @@
+"""The PeerServer's options: defaults, environment overrides and validation.
+
+Defaults equal the reference PeerServer's (npm ``peer``), timeouts in
+milliseconds as there. ``p2psite.settings`` builds ``settings.PEERJS`` with
+:func:`from_environ`; the rest of the app reads the validated, typed view
+returned by :func:`options`.
+"""
+import dataclasses
+import functools
+import re
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from p2psite import env
+
+# name in settings.PEERJS -> (environment variable, default, parser)
+# The parsers take (variable, default, environ) and raise ImproperlyConfigured
+# naming the variable on a bad value.
+_positive = functools.partial(env.integer, minimum=1)
+_non_negative = functools.partial(env.integer, minimum=0)
+
+SCHEMA = {
+    # The key clients must present (``?key=`` on the socket, ``/{key}/`` on HTTP).
+    "KEY": ("PEERJS_KEY", "peerjs", env.string),
+    # Where the server is mounted: the seed mounts ``/peerjs`` with path ``/myapp``.
+    "PATH": ("PEERJS_PATH", "/peerjs/myapp", env.string),
+    # A queued message nobody claims in this time is dropped, its sender told EXPIRE.
+    "EXPIRE_TIMEOUT": ("PEERJS_EXPIRE_TIMEOUT", 5000, _positive),
+    # A socket that sends no frame at all in this time is closed and unregistered.
+    "ALIVE_TIMEOUT": ("PEERJS_ALIVE_TIMEOUT", 60000, _positive),
+    # How often queued messages are checked for expiry.
+    "CLEANUP_OUT_MSGS": ("PEERJS_CLEANUP_OUT_MSGS", 1000, _positive),
+    # Connected peers allowed at once, across the whole cluster.
+    "CONCURRENT_LIMIT": ("PEERJS_CONCURRENT_LIMIT", 5000, _positive),
+    # Whether ``GET {base}/{key}/peers`` lists the connected ids.
+    "ALLOW_DISCOVERY": ("PEERJS_ALLOW_DISCOVERY", False, env.boolean),
+    # Behind a reverse proxy: take the client address from X-Forwarded-For.
+    "PROXIED": ("PEERJS_PROXIED", False, env.boolean),
+    # Origins allowed to call the HTTP API and open sockets; "*" allows any.
+    "CORS_ORIGINS": ("PEERJS_CORS_ORIGINS", ["*"], env.string_list),
+    # Largest frame accepted from a client, in bytes of UTF-8.
+    "MAX_FRAME_BYTES": ("PEERJS_MAX_FRAME_BYTES", 256 * 1024, _positive),
+    # Longest peer id accepted.
+    "ID_MAX_LENGTH": ("PEERJS_ID_MAX_LENGTH", 64, _positive),
+    # Dotted path of a callable returning a fresh id string.
+    "GENERATE_CLIENT_ID": (
+        "PEERJS_GENERATE_CLIENT_ID",
+        "signaling.ids.uuid4_id",
+        env.string,
+    ),
+    # Messages and bytes queued for one offline peer; more are refused with EXPIRE.
+    "QUEUE_MAX_MESSAGES": ("PEERJS_QUEUE_MAX_MESSAGES", 100, _positive),
+    "QUEUE_MAX_BYTES": ("PEERJS_QUEUE_MAX_BYTES", 1024 * 1024, _positive),
+    # Bad frames (garbage, unknown types, oversize) a socket may send before it
+    # is closed. Each one is answered with an ERROR frame.
+    "BAD_FRAME_LIMIT": ("PEERJS_BAD_FRAME_LIMIT", 10, _positive),
+    # Frames per second one socket may send (sustained; bursts up to the same
+    # number). Past it the socket is closed with 1008. 0 turns the limit off.
+    "FLOOD_LIMIT": ("PEERJS_FLOOD_LIMIT", 500, _non_negative),
+    # How often a worker tells the database it is alive, and after how long a
+    # silent worker's peers are reaped.
+    "WORKER_BEAT": ("PEERJS_WORKER_BEAT", 2000, _positive),
+    "WORKER_TIMEOUT": ("PEERJS_WORKER_TIMEOUT", 10000, _positive),
+}
+
+ID_RULE = re.compile(r"^[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*$")
+
+
+def from_environ(environ=None):
+    """The PEERJS settings dict: every option, from the environment or default."""
+    return {
+        name: parse(variable, default, environ)
+        for name, (variable, default, parse) in SCHEMA.items()
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    key: str
+    path: str
+    expire_timeout: int
+    alive_timeout: int
+    cleanup_out_msgs: int
+    concurrent_limit: int
+    allow_discovery: bool
+    proxied: bool
+    cors_origins: tuple
+    max_frame_bytes: int
+    id_max_length: int
+    generate_client_id: object
+    queue_max_messages: int
+    queue_max_bytes: int
+    bad_frame_limit: int
+    flood_limit: int
+    worker_beat: int
+    worker_timeout: int
+
+    @property
+    def any_origin(self):
+        return "*" in self.cors_origins
+
+    def origin_allowed(self, origin):
+        """Whether a request or socket from ``origin`` may use the server.
+
+        Requests without an Origin header (curl, native clients) are allowed:
+        the Origin check protects browsers' users, it is not authentication.
+        """
+        return self.any_origin or not origin or origin in self.cors_origins
+
+
+def _validated(raw):
+    unknown = set(raw) - set(SCHEMA)
+    if unknown:
+        raise ImproperlyConfigured(f"Unknown PEERJS settings: {', '.join(sorted(unknown))}")
+    values = {name: raw.get(name, default) for name, (_, default, _) in SCHEMA.items()}
+
+    def fail(name, why):
+        raise ImproperlyConfigured(f"PEERJS['{name}'] ({SCHEMA[name][0]}) {why}")
+
+    if not values["KEY"]:
+        fail("KEY", "must not be empty.")
+    path = values["PATH"]
+    if not path.startswith("/") or (path.endswith("/") and path != "/"):
+        fail("PATH", f"must start with '/' and not end with one, got {path!r}.")
+    if values["WORKER_TIMEOUT"] <= values["WORKER_BEAT"]:
+        fail("WORKER_TIMEOUT", "must be longer than PEERJS_WORKER_BEAT.")
+    try:
+        generator = import_string(values["GENERATE_CLIENT_ID"])
+    except ImportError as exc:
+        fail("GENERATE_CLIENT_ID", f"cannot be imported: {exc}")
+    values["GENERATE_CLIENT_ID"] = generator
+    values["PATH"] = path.rstrip("/")
+    values["CORS_ORIGINS"] = tuple(values["CORS_ORIGINS"])
+    return Options(**{name.lower(): value for name, value in values.items()})
+
+
+@functools.cache
+def options():
+    """The validated options of ``settings.PEERJS``; computed once per process."""
+    from django.conf import settings
+
+    return _validated(getattr(settings, "PEERJS", {}))

@@ -1,0 +1,152 @@
+"""The signaling socket: turns WebSocket events into protocol and hub calls."""
+import logging
+import urllib.parse
+import uuid
+
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from signaling import hub as hubs
+from signaling import protocol, registry
+from signaling.conf import options
+from signaling.http import client_address
+
+logger = logging.getLogger(__name__)
+
+
+class PeerConsumer(AsyncWebsocketConsumer):
+    # The worker's hub listens on the channel layer; a socket needs no channel
+    # of its own (that would cost a subscription per socket).
+    channel_layer_alias = None
+
+    async def dispatch(self, message):
+        # Channels makes a thread hop to close stale database connections
+        # before every handler. Frames never touch the database here, and the
+        # registry calls clean up after themselves (database_sync_to_async),
+        # so the hop would only tax the hot path.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def connect(self):
+        self.options = options()
+        self.hub = hubs.get_hub()
+        self.connection_id = uuid.uuid4().hex
+        self.peer_id = None
+        self.buffer = []  # frames for this peer held back until it is open
+        self.bad_frames = 0
+        self.last_frame = self.hub.loop.time()
+        self.allowance = float(self.options.flood_limit)
+
+        if not self.options.origin_allowed(_header(self.scope, b"origin")):
+            await self.close()  # before accept: the client gets HTTP 403
+            return
+        await self.accept()
+        try:
+            request = protocol.check_connect(_query(self.scope), self.options)
+        except protocol.ProtocolError as exc:
+            await self.refuse(protocol.error_frame(str(exc)))
+            return
+        self.peer_id = request.peer_id
+        outcome = await self.hub.register(self, request, client_address(self.scope, self.options.proxied))
+        if outcome == registry.TAKEN:
+            self.peer_id = None
+            await self.refuse(protocol.ID_TAKEN_FRAME)
+        elif outcome == registry.FULL:
+            self.peer_id = None
+            await self.refuse(protocol.error_frame(protocol.MSG_LIMIT))
+        else:
+            await self.send(text_data=protocol.OPEN_FRAME)
+            await self.hub.open(self)
+
+    async def refuse(self, frame):
+        await self.send(text_data=frame)
+        await self.close_with(hubs.CLOSE_POLICY)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        now = self.hub.loop.time()
+        if self.options.flood_limit:
+            limit = self.options.flood_limit
+            self.allowance = min(limit, self.allowance + (now - self.last_frame) * limit) - 1
+            if self.allowance < 0:
+                self.last_frame = now
+                await self.send(text_data=protocol.error_frame("Too many messages: slow down"))
+                await self.close_with(hubs.CLOSE_POLICY)
+                await self.hub.unregister(self)
+                return
+        self.last_frame = now  # any frame is a sign of life
+        if self.peer_id is None:
+            return  # refused or closing: nothing to act for
+        if text_data is None:
+            await self.bad_frame("Invalid message: binary frames are not supported")
+            return
+        try:
+            message = protocol.parse_frame(text_data, self.options.max_frame_bytes)
+            action = protocol.interpret(message, self.peer_id, self.options.id_max_length)
+        except protocol.FrameTooBig as exc:
+            await self.bad_frame(str(exc), hubs.CLOSE_TOO_BIG)
+            return
+        except protocol.ProtocolError as exc:
+            await self.bad_frame(str(exc))
+            return
+        if action is protocol.HEARTBEAT_ACTION:
+            return
+        if action is protocol.UNREGISTER_ACTION:
+            await self.hub.unregister(self)
+            self.peer_id = None
+            await self.close(code=1000)
+            return
+        await self.hub.relay(self.peer_id, action)
+
+    async def bad_frame(self, why, close_code=hubs.CLOSE_POLICY):
+        """Answer a frame the server cannot use; close a socket that keeps sending them."""
+        self.bad_frames += 1
+        await self.send(text_data=protocol.error_frame(why))
+        if self.bad_frames >= self.options.bad_frame_limit:
+            await self.close_with(close_code)
+            await self.hub.unregister(self)
+            self.peer_id = None
+
+    async def close_with(self, code, reason=None):
+        """Close with ``code``; where the server reserves it, with 4000 + its last digits.
+
+        daphne (autobahn) lets applications send only 1000 and 3000-4999, so
+        1008 becomes 4008 there; uvicorn sends the standard code.
+        """
+        try:
+            await self.close(code=code, reason=reason)
+        except Exception:
+            if code >= 3000:
+                raise
+            await self.close(code=4000 + code % 1000, reason=reason)
+
+    async def disconnect(self, code):
+        await self.hub.unregister(self)
+
+    # The hub's side of a connection.
+
+    async def deliver(self, frame):
+        if self.buffer is not None:
+            self.buffer.append(frame)
+        else:
+            await self.send(text_data=frame)
+
+    async def drop(self, code, reason):
+        """Close this socket from the server side and forget its registration."""
+        await self.close_with(code, reason)
+        await self.hub.unregister(self)
+        self.peer_id = None
+
+
+def _header(scope, name):
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _query(scope):
+    """The first value of each query parameter; junk bytes become U+FFFD."""
+    raw = scope.get("query_string", b"").decode("utf-8", "replace")
+    return {name: values[0] for name, values in urllib.parse.parse_qs(raw).items()}

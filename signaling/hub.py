@@ -1,0 +1,343 @@
+"""The worker's hub: the peers this process holds, and how a frame reaches a peer.
+
+One hub per worker process (per event loop). It keeps its own peers in a
+dict, so relaying to a peer on the same worker is a dict lookup and a socket
+write: no database query, no thread hop, no channel layer. A frame for a peer
+held elsewhere travels through the channel layer to *the worker* that holds
+it, which delivers it or, if the peer has just gone, queues it or answers the
+sender. A stale routing guess costs a hop, never a lost message.
+
+Connections are duck-typed (the consumer implements them): ``peer_id``,
+``connection_id``, ``last_frame`` (loop time of the last frame received),
+``deliver(frame)`` and ``drop(code, reason)``.
+"""
+import asyncio
+import collections
+import logging
+import os
+import re
+import secrets
+import socket
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from signaling import protocol, registry
+from signaling.conf import options
+
+logger = logging.getLogger(__name__)
+
+MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
+
+# Close codes. Standard ones where they fit (the reference closes with none);
+# the 4100 range is ours. See PeerConsumer.close_with for servers that
+# reserve the standard range.
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_GOING_AWAY = 1001
+CLOSE_REPLACED = 4100  # the same id and token connected on another socket
+CLOSE_TIMEOUT = 4101  # no frame at all within alive_timeout
+CLOSE_DISCONNECTED = 4102  # an operator disconnected the peer (admin action)
+CLOSE_WORKER_LOST = 4103  # this worker's registrations were reaped; reconnect
+
+
+def _db(function):
+    return database_sync_to_async(function)
+
+
+def inbox_name(worker):
+    """The channel on which ``worker`` receives frames for its peers."""
+    return f"peerjs.worker.{worker}"
+
+
+def _worker_name():
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Hub:
+    def __init__(self):
+        self.options = options()
+        self.loop = asyncio.get_running_loop()
+        self.name = _worker_name()
+        self.started_at = timezone.now()
+        self.layer = get_channel_layer()
+        self.local = {}  # peer id -> registered connection on this worker
+        self.connections = {}  # connection id -> every open socket on this worker
+        self.stats = collections.Counter()
+        self._tasks = []
+        self._started = None
+
+    # Life cycle.
+
+    async def ensure_started(self):
+        """Announce the worker and start its services, once."""
+        if self._started is None:
+            self._started = self.loop.create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self):
+        await _db(registry.worker_beat)(self.name, socket.gethostname(), os.getpid(), self.started_at)
+        services = [self._beat_loop, self._expiry_loop, self._liveness_loop]
+        if self.layer is not None:
+            services.append(self._inbox_loop)
+        self._tasks = [self.loop.create_task(service()) for service in services]
+        logger.info("worker %s started", self.name)
+
+    async def stop(self):
+        """Close every socket with 1001 and remove this worker's rows at once."""
+        for task in self._tasks:
+            task.cancel()
+        for connection in list(self.connections.values()):
+            await connection.drop(CLOSE_GOING_AWAY, "Server shutting down")
+        await _db(registry.worker_gone)(self.name)
+
+    # Registration.
+
+    async def register(self, connection, request, address):
+        """Claim ``request.peer_id`` for ``connection``; returns the registry outcome.
+
+        On success the connection is routable at once, but buffers what it is
+        sent until :meth:`open` has delivered its queued messages, so that
+        nothing overtakes them.
+        """
+        await self.ensure_started()
+        self.connections[connection.connection_id] = connection
+        claim = await _db(registry.claim)(
+            request.peer_id,
+            request.key,
+            request.token,
+            self.name,
+            connection.connection_id,
+            address,
+            self.options.concurrent_limit,
+        )
+        if claim.outcome in (registry.TAKEN, registry.FULL):
+            return claim.outcome
+        self.local[request.peer_id] = connection
+        if claim.outcome == registry.REPLACED:
+            await self._close_connection(
+                claim.previous_worker,
+                claim.previous_connection,
+                CLOSE_REPLACED,
+                "Replaced by a newer connection with the same id",
+            )
+        return claim.outcome
+
+    async def open(self, connection):
+        """Deliver what was queued for a newly registered peer, then go live."""
+        frames = await _db(registry.take_queued)(connection.peer_id)
+        frames.extend(connection.buffer)
+        connection.buffer = None
+        for frame in frames:
+            await connection.deliver(frame)
+
+    async def unregister(self, connection):
+        """Forget a socket; remove its registration only if it is still its own."""
+        self.connections.pop(connection.connection_id, None)
+        peer_id = connection.peer_id
+        if peer_id is None:
+            return
+        if self.local.get(peer_id) is connection:
+            del self.local[peer_id]
+        await _db(registry.release)(peer_id, connection.connection_id)
+
+    # Delivery.
+
+    async def relay(self, src, action):
+        """The hot path: hand a relayed frame to its destination."""
+        connection = self.local.get(action.dst)
+        if connection is not None:
+            self.stats["relayed_local"] += 1
+            await connection.deliver(action.frame)
+            return
+        await self.deliver_elsewhere(src, action.dst, action.kind, action.frame, 0)
+
+    async def deliver_elsewhere(self, src, dst, kind, frame, hops):
+        """Deliver a frame for a peer this worker does not hold (or no longer holds)."""
+        connection = self.local.get(dst)
+        if connection is not None:
+            await connection.deliver(frame)
+            return
+        where = await _db(registry.locate)(dst, self.options.worker_timeout)
+        if where is None:
+            await self._queue(src, dst, kind, frame)
+        elif where.worker == self.name:
+            connection = self.connections.get(where.connection)
+            if connection is not None and connection.peer_id == dst:
+                # Registered a moment ago: its registration is still settling.
+                await connection.deliver(frame)
+            else:
+                await self._gone(src, dst, kind, where)
+        elif not where.worker_alive:
+            await self._gone(src, dst, kind, where)
+        elif hops >= MAX_HOPS or self.layer is None:
+            await self._queue(src, dst, kind, frame)
+        else:
+            message = {"type": "peerjs.relay", "src": src, "dst": dst, "kind": kind, "frame": frame, "hops": hops + 1}
+            if await self._send_to_worker(where.worker, message):
+                self.stats["relayed_remote"] += 1
+            else:
+                await self.notify(dst, src, protocol.EXPIRE)
+
+    async def notify(self, about, to, kind):
+        """Tell peer ``to`` that peer ``about`` is gone (LEAVE) or unreachable (EXPIRE)."""
+        await self.deliver_elsewhere(about, to, kind, protocol.notice_frame(kind, about, to), 0)
+
+    async def _gone(self, src, dst, kind, where):
+        """``dst`` is registered to a socket that no longer exists: drop it, tell the sender.
+
+        A notice (LEAVE, EXPIRE) for a dead peer is dropped without a notice back.
+        """
+        self.stats["dead_destination"] += 1
+        await _db(registry.release)(dst, where.connection)
+        if kind in protocol.QUEUED:
+            await self.notify(dst, src, protocol.LEAVE)
+
+    async def _queue(self, src, dst, kind, frame):
+        if kind not in protocol.QUEUED:
+            return  # LEAVE and EXPIRE for an offline peer mean nothing
+        o = self.options
+        queued = await _db(registry.enqueue)(
+            dst, src, frame, o.expire_timeout, o.queue_max_messages, o.queue_max_bytes
+        )
+        if not queued:
+            self.stats["queue_full"] += 1
+            logger.warning("queue for %r is full; refused a %s from %r", dst, kind, src)
+            await self.notify(dst, src, protocol.EXPIRE)
+            return
+        self.stats["queued"] += 1
+        # The destination may have connected (and drained its queue) while
+        # this frame was on its way into the queue: have its worker drain again.
+        where = await _db(registry.locate)(dst, self.options.worker_timeout)
+        if where is None:
+            return
+        if where.worker == self.name:
+            await self.drain(dst)
+        elif where.worker_alive:
+            await self._send_to_worker(where.worker, {"type": "peerjs.drain", "dst": dst})
+
+    async def drain(self, peer_id):
+        """Deliver to a peer of this worker whatever is queued for it now."""
+        connection = self.local.get(peer_id)
+        if connection is None:
+            return
+        for frame in await _db(registry.take_queued)(peer_id):
+            await connection.deliver(frame)
+
+    async def _close_connection(self, worker, connection_id, code, reason):
+        if worker == self.name:
+            connection = self.connections.get(connection_id)
+            if connection is not None:
+                await connection.drop(code, reason)
+        else:
+            message = {"type": "peerjs.close", "connection": connection_id, "code": code, "reason": reason}
+            await self._send_to_worker(worker, message)
+
+    # Between workers.
+
+    async def _send_to_worker(self, worker, message):
+        """Put a message on ``worker``'s inbox; False (logged, counted) if that failed."""
+        try:
+            await self.layer.send(inbox_name(worker), message)
+        except Exception:
+            self.stats["layer_send_failed"] += 1
+            logger.exception("could not send %s to worker %s", message["type"], worker)
+            return False
+        return True
+
+    async def _inbox_loop(self):
+        channel = inbox_name(self.name)
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["layer_receive_failed"] += 1
+                logger.exception("worker %s cannot read its inbox; retrying", self.name)
+                await asyncio.sleep(1)
+                continue
+            try:
+                await self.handle(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker %s failed on %s", self.name, message.get("type"))
+
+    async def handle(self, message):
+        """Act on a message from another worker (or from the admin)."""
+        kind = message.get("type")
+        if kind == "peerjs.relay":
+            await self.deliver_elsewhere(
+                message["src"], message["dst"], message["kind"], message["frame"], message["hops"]
+            )
+        elif kind == "peerjs.drain":
+            await self.drain(message["dst"])
+        elif kind == "peerjs.close":
+            await self._close_connection(self.name, message["connection"], message["code"], message["reason"])
+
+    # Services: every worker runs them; the database makes sure each job is done once.
+
+    async def _every(self, milliseconds, job):
+        while True:
+            await asyncio.sleep(milliseconds / 1000)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker %s: %s failed; will retry", self.name, job.__name__)
+
+    def _beat_loop(self):
+        return self._every(self.options.worker_beat, self.beat)
+
+    def _expiry_loop(self):
+        return self._every(self.options.cleanup_out_msgs, self.expire)
+
+    def _liveness_loop(self):
+        period = min(self.options.alive_timeout / 4, 5000)
+        return self._every(period, self.check_liveness)
+
+    async def beat(self):
+        """Tell the cluster this worker lives; reap workers that do not."""
+        if not await _db(registry.worker_beat)(self.name, socket.gethostname(), os.getpid(), self.started_at):
+            # We were silent long enough to be presumed dead, so our rows are
+            # gone and others may hand out our peers' ids: make them reconnect.
+            logger.error("worker %s was reaped while alive; closing its sockets", self.name)
+            for connection in list(self.connections.values()):
+                await connection.drop(CLOSE_WORKER_LOST, "Worker lost its registrations")
+        dead, freed = await _db(registry.reap)(self.options.worker_timeout)
+        if dead or freed:
+            logger.warning("reaped workers %s and %d peer rows", dead, freed)
+        cutoff = self.loop.time() - self.options.worker_beat / 1000
+        active = [p for p, c in self.local.items() if c.last_frame >= cutoff]
+        if active:
+            await _db(registry.touch)(active, self.name)
+
+    async def expire(self):
+        """Drop queued messages past their time; tell each sender once."""
+        for src, dst in await _db(registry.take_expired)():
+            self.stats["expired"] += 1
+            await self.notify(dst, src, protocol.EXPIRE)
+
+    async def check_liveness(self):
+        """Close sockets that sent no frame at all within alive_timeout."""
+        cutoff = self.loop.time() - self.options.alive_timeout / 1000
+        for connection in list(self.connections.values()):
+            if connection.last_frame < cutoff:
+                self.stats["timed_out"] += 1
+                await connection.drop(CLOSE_TIMEOUT, "No sign of life within alive_timeout")
+
+
+_hub = None
+
+
+def get_hub():
+    """This worker's hub (one per event loop; tests run several loops)."""
+    global _hub
+    if _hub is None or _hub.loop is not asyncio.get_running_loop():
+        _hub = Hub()
+    return _hub
+

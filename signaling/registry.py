@@ -1,0 +1,196 @@
+"""Database operations on the registry, one function per question.
+
+Plain synchronous functions: the hub calls them through
+``database_sync_to_async`` on connect, disconnect and in its sweeps, never
+while relaying.
+"""
+import dataclasses
+import datetime
+import hashlib
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from signaling.models import Peer, QueuedMessage, Worker
+
+CLAIMED = "claimed"  # a new registration
+REPLACED = "replaced"  # same id and token: this socket took over from an older one
+TAKEN = "taken"  # the id belongs to a peer with another token
+FULL = "full"  # the cluster is at its concurrent limit
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    outcome: str
+    previous_worker: str = ""
+    previous_connection: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    worker: str
+    connection: str
+    worker_alive: bool
+
+
+def hash_token(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def claim(peer_id, key, token, worker, connection_id, address, limit):
+    """Register ``peer_id`` for this socket, or say why not.
+
+    The primary key decides races: of two sockets inserting the same id at
+    once, exactly one insert succeeds and the other sees the winner's row.
+    """
+    token_hash = hash_token(token)
+    for _attempt in range(5):
+        now = timezone.now()
+        row = Peer.objects.filter(pk=peer_id).values_list("token_hash", "worker", "connection").first()
+        if row is not None:
+            held_hash, held_worker, held_connection = row
+            if held_hash != token_hash:
+                return Claim(TAKEN)
+            # The same client reconnecting while its old socket lingers: take
+            # over, unless another socket changed the row since we read it.
+            taken_over = Peer.objects.filter(pk=peer_id, connection=held_connection).update(
+                key=key,
+                worker=worker,
+                connection=connection_id,
+                address=address,
+                connected_at=now,
+                last_seen=now,
+            )
+            if taken_over:
+                return Claim(REPLACED, held_worker, held_connection)
+            continue
+        if Peer.objects.count() >= limit:
+            return Claim(FULL)
+        try:
+            with transaction.atomic():
+                Peer.objects.create(
+                    peer_id=peer_id,
+                    key=key,
+                    token_hash=token_hash,
+                    worker=worker,
+                    connection=connection_id,
+                    address=address,
+                    connected_at=now,
+                    last_seen=now,
+                )
+        except IntegrityError:
+            continue  # another socket won the insert: look at its row
+        return Claim(CLAIMED)
+    return Claim(TAKEN)
+
+
+def release(peer_id, connection_id):
+    """Remove the registration of this socket; a newer owner's row is never touched."""
+    deleted, _ = Peer.objects.filter(pk=peer_id, connection=connection_id).delete()
+    return bool(deleted)
+
+
+def locate(peer_id, worker_timeout_ms):
+    """Where ``peer_id`` is connected, or None."""
+    row = Peer.objects.filter(pk=peer_id).values_list("worker", "connection").first()
+    if row is None:
+        return None
+    cutoff = timezone.now() - datetime.timedelta(milliseconds=worker_timeout_ms)
+    alive = Worker.objects.filter(name=row[0], last_beat__gte=cutoff).exists()
+    return Location(row[0], row[1], alive)
+
+
+def connected_ids(key):
+    return list(Peer.objects.filter(key=key).order_by("peer_id").values_list("peer_id", flat=True))
+
+
+def is_connected(peer_id):
+    return Peer.objects.filter(pk=peer_id).exists()
+
+
+def touch(peer_ids, worker):
+    """Record that these peers of ``worker`` were heard from just now."""
+    now = timezone.now()
+    peer_ids = list(peer_ids)
+    for start in range(0, len(peer_ids), 500):
+        Peer.objects.filter(pk__in=peer_ids[start : start + 500], worker=worker).update(last_seen=now)
+
+
+# The queue of messages for peers that are not connected.
+
+
+def enqueue(dst, src, frame, expire_timeout_ms, max_messages, max_bytes):
+    """Queue a frame for ``dst``; False when its queue is full (count or bytes)."""
+    size = len(frame.encode())
+    now = timezone.now()
+    with transaction.atomic():
+        held = QueuedMessage.objects.filter(dst=dst).aggregate(count=Count("id"), size=Sum("size"))
+        if held["count"] + 1 > max_messages or (held["size"] or 0) + size > max_bytes:
+            return False
+        QueuedMessage.objects.create(
+            dst=dst,
+            src=src,
+            frame=frame,
+            size=size,
+            queued_at=now,
+            expires_at=now + datetime.timedelta(milliseconds=expire_timeout_ms),
+        )
+    return True
+
+
+def _delete_returning(where, params, columns):
+    """DELETE the matching queued rows and return them.
+
+    DELETE ... RETURNING (PostgreSQL, SQLite >= 3.35) hands each row to
+    exactly one caller, so two workers sweeping at once never both deliver
+    or both expire the same message.
+    """
+    table = connection.ops.quote_name(QueuedMessage._meta.db_table)
+    sql = f"DELETE FROM {table} WHERE {where} RETURNING {', '.join(columns)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def take_queued(dst):
+    """Remove and return the frames queued for ``dst``, oldest first."""
+    rows = _delete_returning("dst = %s", [dst], ["id", "frame"])
+    return [frame for _id, frame in sorted(rows)]
+
+
+def take_expired():
+    """Remove expired messages; return the distinct (src, dst) pairs they were between."""
+    rows = _delete_returning("expires_at <= %s", [timezone.now()], ["src", "dst"])
+    return sorted(set(rows))
+
+
+# Workers announce they are alive; the rows of silent ones are reaped.
+
+
+def worker_beat(name, host, pid, started_at):
+    """Record that worker ``name`` is alive. False if its row had been reaped."""
+    now = timezone.now()
+    if Worker.objects.filter(name=name).update(last_beat=now):
+        return True
+    Worker.objects.create(name=name, host=host, pid=pid, started_at=started_at, last_beat=now)
+    return False
+
+
+def reap(worker_timeout_ms):
+    """Delete silent workers and every peer row not held by a live worker.
+
+    Returns the names of the workers reaped and the number of peer rows freed.
+    """
+    cutoff = timezone.now() - datetime.timedelta(milliseconds=worker_timeout_ms)
+    dead = list(Worker.objects.filter(last_beat__lt=cutoff).values_list("name", flat=True))
+    if dead:
+        Worker.objects.filter(name__in=dead, last_beat__lt=cutoff).delete()
+    freed, _ = Peer.objects.exclude(worker__in=Worker.objects.values("name")).delete()
+    return dead, freed
+
+
+def worker_gone(name):
+    """A worker that stops cleanly removes itself and its peers at once."""
+    Peer.objects.filter(worker=name).delete()
+    Worker.objects.filter(name=name).delete()
