@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up everything the server and its tests need, idempotently:
+# the virtualenv with the pinned requirements, the npm packages (the PeerJS
+# client the pages serve), and the database schema.
+#   scripts/setup.sh          server only
+#   scripts/setup.sh --test   also what the tests need (redis-server, chromium)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+need_apt=()
+if [ "${1:-}" = "--test" ]; then
+  command -v redis-server >/dev/null || need_apt+=(redis-server)
+  [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+  command -v nginx >/dev/null || need_apt+=(nginx-light)
+fi
+command -v npm >/dev/null || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${need_apt[*]} (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "error: this machine lacks ${need_apt[*]}; install them (Debian: apt-get install ${need_apt[*]}) and run again." >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.requirements.sha"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing requirements.txt"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+if [ -f package-lock.json ]; then
+  stamp=node_modules/.lock.sha
+  want=$(sha256sum package-lock.json | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "== installing npm packages (package-lock.json)"
+    npm ci --silent --no-audit --no-fund
+    echo "$want" > "$stamp"
+  fi
+fi
+
+# Migrations need settings; the embedded defaults are development ones.
+DJANGO_DEBUG=${DJANGO_DEBUG:-1} "$VENV/bin/python" manage.py migrate --noinput -v0
