@@ -119,6 +119,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve straight from the app and npm folders, so a worker needs no
+# collectstatic step to serve the pages (the Docker image still runs it).
+WHITENOISE_USE_FINDERS = True
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # The PeerJS client comes from the pinned npm package, served as-is: no CDN.
 if (BASE_DIR / "node_modules" / "peerjs" / "dist").is_dir():

@@ -1,0 +1,55 @@
+import os
+
+import pytest
+
+from tests.servers import Database, RedisServer, Worker
+
+# Timers short enough for tests, still in the reference's proportions.
+TEST_ENV = {
+    "PEERJS_EXPIRE_TIMEOUT": "1000",
+    "PEERJS_CLEANUP_OUT_MSGS": "100",
+    "PEERJS_WORKER_BEAT": "500",
+    "PEERJS_WORKER_TIMEOUT": "3000",
+}
+
+
+@pytest.fixture(scope="session")
+def database():
+    """A migrated database shared by the server processes of the session.
+
+    SQLite by default; PostgreSQL when PEERJS_TEST_DATABASE_URL names one
+    (a fresh database is created beside it and dropped at the end).
+    """
+    db = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    yield db
+    db.drop()
+
+
+@pytest.fixture(scope="session")
+def server(database):
+    """One daphne worker with the default options (short timers)."""
+    worker = Worker(database, TEST_ENV)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def make_server(database):
+    """Start a daphne worker with extra PEERJS_* options; stopped after the test."""
+    started = []
+
+    def make(env=None, **kwargs):
+        worker = Worker(database, {**TEST_ENV, **(env or {})}, **kwargs)
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    redis = RedisServer()
+    yield redis
+    redis.stop()
