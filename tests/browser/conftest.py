@@ -1,0 +1,87 @@
+"""Headless Chromium for the browser tests: one browser, one context per machine.
+
+Each "machine" is a separate browser context (its own storage, like a second
+computer) with camera and microphone granted: on a loopback-only box Chromium
+gathers no ICE candidates without that grant (see TESTING.md). Console
+messages and page errors are recorded and printed when a test fails, because
+the PeerJS client reports a server ERROR as a bare "Error".
+"""
+import pytest
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--allow-loopback-in-peer-connection",
+    "--disable-quic",
+]
+# Every wait in these tests is for a DOM state or an event; this bounds it.
+TIMEOUT_MS = 15_000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Machine:
+    """A browser context and its first page, with everything the page logged."""
+
+    def __init__(self, browser, name, **context_options):
+        self.name = name
+        self.context = browser.new_context(**context_options)
+        self.context.grant_permissions(["camera", "microphone"])
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.log = []
+        self.requests = []
+        self.context.on("request", lambda request: self.requests.append(request.url))
+        self.page = self.new_page()
+
+    def new_page(self):
+        page = self.context.new_page()
+        page.on("console", lambda msg: self.log.append(f"[{msg.type}] {msg.text}"))
+        page.on("pageerror", lambda error: self.log.append(f"[pageerror] {error}"))
+        return page
+
+    def close(self):
+        self.context.close()
+
+
+@pytest.fixture
+def machines(chromium, request):
+    """Factory of machines; on failure every machine's console is printed."""
+    made = []
+
+    def make(name, **context_options):
+        machine = Machine(chromium, name, **context_options)
+        made.append(machine)
+        return machine
+
+    yield make
+    failed = any(
+        getattr(request.node, f"report_{when}", None) is not None
+        and getattr(request.node, f"report_{when}").failed
+        for when in ("setup", "call")
+    )
+    if failed:
+        for machine in made:
+            print(f"\n----- console of {machine.name} -----")
+            print("\n".join(machine.log) or "(nothing)")
+    for machine in made:
+        machine.close()
