@@ -35,17 +35,27 @@ def server(database):
 
 @pytest.fixture
 def make_server(database):
-    """Start a daphne worker with extra PEERJS_* options; stopped after the test."""
-    started = []
+    """Start a daphne worker with extra PEERJS_* options; stopped after the test.
 
-    def make(env=None, **kwargs):
-        worker = Worker(database, {**TEST_ENV, **(env or {})}, **kwargs)
+    ``private=True`` gives it a database of its own, for tests that count
+    every row (the concurrent limit, discovery).
+    """
+    started, databases = [], []
+
+    def make(env=None, private=False, **kwargs):
+        db = database
+        if private:
+            db = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+            databases.append(db)
+        worker = Worker(db, {**TEST_ENV, **(env or {})}, **kwargs)
         started.append(worker)
         return worker
 
     yield make
     for worker in started:
         worker.stop()
+    for db in databases:
+        db.drop()
 
 
 @pytest.fixture(scope="session")
