@@ -1,0 +1,340 @@
+"""The docker-compose cluster, checked without a Docker engine.
+
+No Docker daemon runs on these machines, so the compose file is checked for
+what `docker compose up --build` relies on, the nginx template is rendered
+the two ways it is used (the official image's envsubst step and
+scripts/cluster.sh) and handed to the real nginx for `nginx -t`, and the
+worker entrypoint's server switch is run against stand-in servers.
+"""
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+TEMPLATE = ROOT / "deploy" / "nginx" / "peerserver.conf.template"
+ENTRYPOINT = ROOT / "deploy" / "worker-entrypoint.sh"
+CLUSTER = ROOT / "scripts" / "cluster.sh"
+NGINX = "/usr/sbin/nginx"
+
+SERVICES = {"redis", "postgres", "migrate", "worker1", "worker2", "nginx"}
+WORKERS = ["worker1", "worker2"]
+HEALTH = "service_healthy"
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose):
+    return compose["services"]
+
+
+def interpolate(value):
+    """A compose value as compose sees it with no variables set: ${X:-d} is d."""
+    if not isinstance(value, str):
+        return value
+
+    def default(match):
+        if match.group(2) is None:
+            raise AssertionError(f"{match.group(0)} has no default in docker-compose.yml")
+        return match.group(2)
+
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", default, value)
+
+
+def environment(service):
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {name: interpolate(str(value)) for name, value in env.items()}
+
+
+def depends_on(service):
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return {name: "service_started" for name in deps}
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def command_text(service):
+    command = service.get("command", "")
+    return " ".join(command) if isinstance(command, list) else command
+
+
+def health_test(service):
+    test = service["healthcheck"]["test"]
+    return " ".join(test) if isinstance(test, list) else test
+
+
+# --- the compose file -----------------------------------------------------------
+
+
+def test_compose_file_parses_and_names_every_service(services):
+    assert SERVICES <= set(services), f"missing services: {SERVICES - set(services)}"
+
+
+@pytest.mark.parametrize("name", ["migrate", *WORKERS])
+def test_workers_and_migrate_build_from_the_one_dockerfile(services, name):
+    build = services[name]["build"]
+    if isinstance(build, str):
+        build = {"context": build}
+    assert (ROOT / build["context"]).resolve() == ROOT
+    assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+    assert (ROOT / "Dockerfile").is_file()
+    # One image: the same tag everywhere, so compose builds one thing.
+    assert services[name]["image"] == services["worker1"]["image"]
+
+
+@pytest.mark.parametrize("name", ["redis", "postgres", *WORKERS])
+def test_services_others_wait_for_have_healthchecks(services, name):
+    assert health_test(services[name]).split()[0] in {"CMD", "CMD-SHELL"}
+
+
+def test_healthchecks_ask_the_right_questions(services):
+    assert "redis-cli ping" in health_test(services["redis"])
+    assert "pg_isready" in health_test(services["postgres"])
+    for name in WORKERS:
+        test = health_test(services[name])
+        # python:3.11-slim has no curl: the check is Python's urllib.
+        assert "python" in test and "urllib" in test
+        assert "http://localhost:8000/peerjs/myapp/" in test
+
+
+def test_postgres_keeps_its_data_in_a_named_volume(compose, services):
+    volumes = [v.split(":")[0] for v in services["postgres"]["volumes"]]
+    assert any(v in (compose.get("volumes") or {}) for v in volumes)
+
+
+def test_migrations_run_once_before_any_worker(services):
+    migrate = services["migrate"]
+    assert "manage.py migrate --noinput" in command_text(migrate)
+    assert migrate.get("restart", "no") == "no"
+    assert depends_on(migrate).get("postgres") == HEALTH
+    for name in WORKERS:
+        deps = depends_on(services[name])
+        assert deps.get("migrate") == "service_completed_successfully"
+        assert deps.get("redis") == HEALTH
+        assert deps.get("postgres") == HEALTH
+        assert "migrate" not in command_text(services[name])
+    # The one job that migrates is the only service with a migrate command.
+    migrating = [n for n, s in services.items() if "migrate" in command_text(s)]
+    assert migrating == ["migrate"]
+
+
+@pytest.mark.parametrize("name", ["migrate", *WORKERS])
+def test_workers_share_redis_postgres_and_run_proxied(services, name):
+    env = environment(services[name])
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["DATABASE_URL"].startswith("postgres://")
+    assert "@postgres:5432/" in env["DATABASE_URL"]
+    assert env["PEERJS_PROXIED"] == "1"
+    assert env["DJANGO_DEBUG"] == "0"
+    assert "change-me" in env["DJANGO_SECRET_KEY"]
+    hosts = env["DJANGO_ALLOWED_HOSTS"].split(",")
+    assert {"localhost", "127.0.0.1", "0.0.0.0", "[::1]", "nginx"} <= set(hosts)
+    assert env["ASGI_SERVER"] in {"daphne", "uvicorn"}
+
+
+def test_the_database_password_is_the_same_on_both_sides(services):
+    password = environment(services["postgres"])["POSTGRES_PASSWORD"]
+    url = environment(services["worker1"])["DATABASE_URL"]
+    assert f":{password}@" in url
+
+
+def test_nginx_publishes_8080_and_waits_for_healthy_workers(services):
+    nginx = services["nginx"]
+    assert "8080:8080" in [str(p) for p in nginx["ports"]]
+    deps = depends_on(nginx)
+    for name in WORKERS:
+        assert deps.get(name) == HEALTH
+
+
+def test_nginx_renders_the_shared_template_for_every_worker(services):
+    nginx = services["nginx"]
+    mounts = {}
+    for volume in nginx["volumes"]:
+        source, target = volume.split(":")[:2]
+        mounts[target] = (COMPOSE.parent / source).resolve()
+    templates = {t: s for t, s in mounts.items() if t.startswith("/etc/nginx/templates/")}
+    assert list(templates.values()) == [TEMPLATE]
+    assert all(t.endswith(".template") for t in templates)
+    env = environment(nginx)
+    assert env["PEERSERVER_PORT"] == "8080"
+    for name in WORKERS:
+        assert f"server {name}:8000;" in env["PEERSERVER_UPSTREAMS"]
+
+
+# --- the nginx template -----------------------------------------------------------
+
+
+def directives(conf):
+    """(name, args) of every directive, comments dropped."""
+    text = re.sub(r"#[^\n]*", "", conf)
+    return [
+        (parts[0], " ".join(parts[1:]))
+        for parts in (statement.split() for statement in re.split(r"[;{}]", text))
+        if parts
+    ]
+
+
+def test_template_upgrades_websockets_and_forwards_the_client():
+    found = directives(TEMPLATE.read_text())
+    headers = {args.split()[0].lower(): args.split(None, 1)[1] for name, args in found
+               if name == "proxy_set_header"}
+    assert ("proxy_http_version", "1.1") in found
+    assert headers["upgrade"] == "$http_upgrade"
+    assert headers["connection"] == "$connection_upgrade"
+    assert headers["x-forwarded-for"] == "$proxy_add_x_forwarded_for"
+    assert headers["x-forwarded-proto"] == "$scheme"
+    assert headers["host"] in {"$host", "$http_host"}
+    assert ("map", "$http_upgrade $connection_upgrade") in found
+    # The socket's location keeps idle-but-alive sockets open for long.
+    assert ("proxy_read_timeout", "1h") in found
+
+
+def test_template_leaves_nginx_variables_to_nginx():
+    # envsubst only ever sees the PEERSERVER_ names: an nginx $variable
+    # written as ${name} or named like an environment variable would be
+    # clobbered by the official image's rendering.
+    text = TEMPLATE.read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == {"PEERSERVER_PORT", "PEERSERVER_UPSTREAMS"}
+    nginx_vars = set(re.findall(r"\$([A-Za-z_]\w*)", text)) - {"PEERSERVER_PORT", "PEERSERVER_UPSTREAMS"}
+    assert nginx_vars and all(v == v.lower() for v in nginx_vars)
+
+
+def render_like_the_official_image(template, env):
+    """What nginx:1.27's 20-envsubst-on-templates.sh makes of ``template``:
+    envsubst limited to the defined variables matching NGINX_ENVSUBST_FILTER."""
+    pattern = re.compile(env.get("NGINX_ENVSUBST_FILTER", ""))
+    defined = {name: value for name, value in env.items() if pattern.search(name)}
+
+    def substitute(match):
+        name = match.group(1) or match.group(2)
+        return defined[name] if name in defined else match.group(0)
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", substitute, template)
+
+
+def render_like_cluster_sh(tmp_path, port, upstreams):
+    prefix = tmp_path / "nginx"
+    subprocess.run(
+        [str(CLUSTER), "--render-nginx", str(prefix)],
+        env={**os.environ, "PORT": str(port), "UPSTREAMS": upstreams},
+        check=True,
+        timeout=30,
+    )
+    return prefix
+
+
+def test_compose_and_cluster_sh_render_the_template_alike(services, tmp_path):
+    env = environment(services["nginx"])
+    # The filter is what keeps the rest of the container's environment out.
+    assert env["NGINX_ENVSUBST_FILTER"] == "^PEERSERVER_"
+    noisy_env = {**env, "HOSTNAME": "abc", "host": "clobbered", "scheme": "clobbered"}
+    in_compose = render_like_the_official_image(TEMPLATE.read_text(), noisy_env)
+    prefix = render_like_cluster_sh(tmp_path, env["PEERSERVER_PORT"], env["PEERSERVER_UPSTREAMS"])
+    assert (prefix / "peerserver.conf").read_text().strip() == in_compose.strip()
+    assert "clobbered" not in in_compose
+
+
+def test_rendered_config_passes_nginx_t(tmp_path):
+    assert Path(NGINX).is_file(), "nginx is missing: apt-get install nginx-light"
+    prefix = render_like_cluster_sh(
+        tmp_path, 8080, "server 127.0.0.1:8001; server 127.0.0.1:8002;"
+    )
+    conf = (prefix / "peerserver.conf").read_text()
+    assert "server 127.0.0.1:8001; server 127.0.0.1:8002;" in conf
+    assert "listen 8080;" in conf
+    result = subprocess.run(
+        [NGINX, "-t", "-e", "stderr", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+# --- the image -----------------------------------------------------------------------
+
+
+def dockerfile_instructions():
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_dockerfile_builds_a_non_root_worker_image():
+    lines = dockerfile_instructions()
+    froms = [line.split()[1] for line in lines if line.upper().startswith("FROM ")]
+    assert froms[-1] == "python:3.11-slim"
+    final = lines[max(i for i, line in enumerate(lines) if line.upper().startswith("FROM ")):]
+    text = "\n".join(final)
+    assert "pip install -r requirements.txt" in text
+    assert "collectstatic --noinput" in text
+    assert "EXPOSE 8000" in final
+    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    assert "deploy/worker-entrypoint.sh" in text
+    # The PeerJS client from package-lock.json, served as static vendor/peerjs/.
+    assert "node_modules/peerjs/dist" in "\n".join(lines)
+    assert "npm ci" in "\n".join(lines)
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in [".git", ".venv/", "node_modules/", "staticfiles/"]:
+        assert entry in ignored
+
+
+@pytest.fixture
+def stand_in_servers(tmp_path):
+    """daphne and uvicorn that print how they were called, first on PATH."""
+    for name in ["daphne", "uvicorn"]:
+        fake = tmp_path / name
+        fake.write_text(f'#!/bin/sh\necho {name} "$@"\n')
+        fake.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+
+def run_entrypoint(env, *args):
+    return subprocess.run(
+        [str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_entrypoint_starts_daphne_by_default(stand_in_servers):
+    env = {k: v for k, v in stand_in_servers.items() if not k.startswith("ASGI_")}
+    result = run_entrypoint(env)
+    assert result.stdout.split() == [
+        "daphne", "-b", "0.0.0.0", "-p", "8000", "p2psite.asgi:application",
+    ]
+
+
+def test_entrypoint_switches_to_uvicorn(stand_in_servers):
+    env = {**stand_in_servers, "ASGI_SERVER": "uvicorn", "ASGI_HOST": "127.0.0.1", "ASGI_PORT": "8001"}
+    words = run_entrypoint(env).stdout.split()
+    assert words[:2] == ["uvicorn", "p2psite.asgi:application"]
+    assert "--proxy-headers" in words
+    assert words[words.index("--host") + 1] == "127.0.0.1"
+    assert words[words.index("--port") + 1] == "8001"
+    assert words[words.index("--ws") + 1] == "websockets"
+
+
+def test_entrypoint_refuses_an_unknown_server(stand_in_servers):
+    result = run_entrypoint({**stand_in_servers, "ASGI_SERVER": "gunicorn"})
+    assert result.returncode != 0
+    assert "gunicorn" in result.stderr and result.stdout == ""
+
+
+def test_entrypoint_runs_a_given_command_instead(stand_in_servers):
+    result = run_entrypoint(stand_in_servers, "echo", "migrating")
+    assert result.stdout.strip() == "migrating"
+
