@@ -1,5 +1,74 @@
+"""The seed's three pages, plus the QR code of a receiver's share link.
+
+The pages get everything they need to reach the PeerServer from here (path,
+key, ICE servers) rather than hard-coding it: host and port are the page's
+own, so the same pages work on a laptop, on a theatre LAN and behind the
+cluster's load balancer.
+"""
+import io
+
+import segno
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET
+
+from cuepages.csp import content_security_policy
+from signaling.conf import ID_RULE, options
 
 
-def index(request):
-    return render(request, "cuepages/index.html")
+def client_config():
+    """What the pages' PeerJS clients need besides the page's own host and port."""
+    peerjs = options()
+    return {
+        "path": peerjs.path or "/",
+        "key": peerjs.key,
+        "iceServers": getattr(settings, "CUEPAGES_ICE_SERVERS", []),
+        "idMaxLength": peerjs.id_max_length,
+    }
+
+
+def share_url(request, receiver_id):
+    """The sender link for a receiver, absolute, as a phone scanning the QR code needs it."""
+    relative = f"{reverse('send')}?{urlencode({'id': receiver_id})}"
+    base = getattr(settings, "CUEPAGES_PUBLIC_URL", "")
+    return f"{base}{relative}" if base else request.build_absolute_uri(relative)
+
+
+def page(template):
+    @require_GET
+    @content_security_policy
+    def view(request):
+        config = {
+            **client_config(),
+            # Where the receiver's share link and its QR code point.
+            "sendUrl": reverse("send"),
+            "qrUrl": reverse("share-qr"),
+            "publicUrl": getattr(settings, "CUEPAGES_PUBLIC_URL", ""),
+        }
+        return render(request, template, {"client_config": config})
+
+    return view
+
+
+index = page("cuepages/index.html")
+receive = page("cuepages/receive.html")
+send = page("cuepages/send.html")
+
+
+@require_GET
+def share_qr(request):
+    """An SVG QR code of the sender link for ``?id=``, drawn on the server (segno)."""
+    peerjs = options()
+    receiver_id = request.GET.get("id", "")
+    if not receiver_id or len(receiver_id) > peerjs.id_max_length or not ID_RULE.match(receiver_id):
+        return HttpResponseBadRequest("id must be a valid peer id\n", content_type="text/plain")
+    qr = segno.make(share_url(request, receiver_id), error="m")
+    svg = io.BytesIO()
+    qr.save(svg, kind="svg", scale=8, border=2, xmldecl=False, title="Sender link", dark="#000", light="#fff")
+    response = HttpResponse(svg.getvalue(), content_type="image/svg+xml")
+    response["Cache-Control"] = "public, max-age=3600"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
