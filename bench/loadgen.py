@@ -1,0 +1,583 @@
+"""A load generator that speaks the PeerJS server protocol over real WebSockets.
+
+It plays many PeerJS clients at once: it opens signaling sockets the way the
+browser client does (``/peerjs/myapp/peerjs?key=&id=&token=&version=``, then
+waits for ``OPEN``), pairs them up and sends OFFER and CANDIDATE frames whose
+payload carries a sequence number and a send time, so that every receiver can
+tell its one-way latency and whether a message was lost, delivered twice or
+overtaken by a later one. Idle peers send a HEARTBEAT every 5 s like the
+client, and the generator counts the ones the server drops.
+
+Two ways to run it:
+
+``loadgen.py serve``
+    A worker of ``bench/run.py``: reads one JSON command per line on stdin,
+    answers one JSON line on stdout. ``run.py`` starts several so that the
+    load is not capped by one Python process, and measures the servers' CPU
+    between the commands.
+
+``loadgen.py smoke --url ws://127.0.0.1:PORT --pairs 2 --messages 200``
+    One process, a short run against one server (or two: ``--url`` twice puts
+    each pair's peers on different servers); prints the figures as JSON.
+    The smoke test of the suite runs this.
+
+Every frame sent is well-formed JSON (the reference server dies on one that
+is not), every loop is bounded by a count or a deadline, and only loopback
+addresses are accepted as targets.
+"""
+import argparse
+import asyncio
+import collections
+import ipaddress
+import itertools
+import json
+import math
+import resource
+import sys
+import time
+import urllib.parse
+
+import orjson
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+HEARTBEAT_PERIOD = 5.0  # the PeerJS client's pingInterval
+HEARTBEAT_FRAME = '{"type":"HEARTBEAT"}'
+DRAIN_TIMEOUT = 5.0  # how long a phase waits for messages still in flight
+RELAYED_TYPES = ("OFFER", "CANDIDATE")
+# A realistic trickled ICE candidate, as the PeerJS client relays it.
+CANDIDATE = {
+    "candidate": "candidate:3401736125 1 udp 2122260223 192.0.2.10 54321 typ host generation 0 ufrag Zx9q network-id 1",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+    "usernameFragment": "Zx9q",
+}
+# A short data-channel SDP offer, of the size PeerJS sends.
+SDP = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "a=group:BUNDLE 0\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n"
+    "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=ice-ufrag:Zx9q\r\na=ice-pwd:7Jm1pbQ1uN0bW3b1iY1w0Fq2\r\na=ice-options:trickle\r\n"
+    "a=fingerprint:sha-256 3C:4A:9F:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:01:23:45:67:89:AB:CD:EF:10:32:54:76:98\r\n"
+    "a=setup:actpass\r\na=mid:0\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n"
+)
+
+
+class LoadError(Exception):
+    """The generator cannot do what it was asked (bad target, nothing opened)."""
+
+
+def check_loopback(url):
+    """Refuse any target that is not on this machine's loopback."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise LoadError(f"refusing to load {url!r}: the benchmark targets loopback addresses only")
+
+
+def socket_url(base, peer_id, token, key="peerjs", path="/peerjs/myapp"):
+    """The signaling socket URL the PeerJS client opens for ``peer_id``."""
+    query = urllib.parse.urlencode({"key": key, "id": peer_id, "token": token, "version": "1.5.5"})
+    return f"{base.rstrip('/')}{path}/peerjs?{query}"
+
+
+def cpu_seconds():
+    """CPU time (user + system) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# Latency histograms: values in µs rounded down to 3 significant digits, so
+# that the workers' histograms merge by adding counts (error under 1 %).
+
+
+def bucket(us):
+    if us < 1000:
+        return int(us)
+    scale = 10 ** (int(math.log10(us)) - 2)
+    return int(us) // scale * scale
+
+
+def merge_histograms(histograms):
+    total = collections.Counter()
+    for histogram in histograms:
+        for value, count in histogram.items():
+            total[int(value)] += count
+    return total
+
+
+def percentiles(histogram, wanted=(50, 95, 99)):
+    """{"p50": µs, ...} of a histogram {µs: count}; None where it is empty."""
+    count = sum(histogram.values())
+    result = {}
+    for p in wanted:
+        if not count:
+            result[f"p{p}"] = None
+            continue
+        rank = max(1, math.ceil(count * p / 100))
+        seen = 0
+        for value in sorted(histogram):
+            seen += histogram[value]
+            if seen >= rank:
+                result[f"p{p}"] = value
+                break
+    if count:
+        result["max"] = max(histogram)
+    return result
+
+
+class Stream:
+    """Messages from one peer to another: what was sent and what arrived."""
+
+    __slots__ = ("src", "dst", "sent", "seen", "highest", "duplicated", "reordered", "arrived", "connection_id")
+
+    def __init__(self, src, dst):
+        self.src = src
+        self.dst = dst
+        self.sent = 0
+        self.seen = set()
+        self.highest = -1
+        self.duplicated = 0
+        self.reordered = 0
+        self.arrived = asyncio.Event()
+        self.connection_id = f"dc_{src.peer_id[-8:]}"
+
+    def outstanding(self):
+        return self.sent - len(self.seen)
+
+
+class Phase:
+    """Counts and latencies of one measured phase."""
+
+    def __init__(self, number):
+        self.number = number
+        self.latency = collections.Counter()
+        self.received = 0
+
+
+class Peer:
+    """One PeerJS client: a signaling socket and what it has received."""
+
+    def __init__(self, generator, peer_id, base):
+        self.generator = generator
+        self.peer_id = peer_id
+        self.token = f"t{peer_id}"
+        self.url = socket_url(base, peer_id, self.token)
+        self.ws = None
+        self.reader = None
+        self.open = False
+        self.dropped = False  # closed by the server while we held it
+        self.close_code = None
+        self.inbound = {}  # src peer id -> Stream
+
+    async def connect(self, timeout):
+        self.ws = await connect(
+            self.url,
+            open_timeout=timeout,
+            close_timeout=2,
+            ping_interval=None,  # the PeerJS client sends no pings, only HEARTBEAT frames
+            max_size=1 << 20,
+            proxy=None,
+            compression=self.generator.compression,
+        )
+        first = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        if first.get("type") != "OPEN":
+            await self.ws.close()
+            raise LoadError(f"{self.peer_id}: server answered {first!r} instead of OPEN")
+        self.open = True
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self):
+        generator = self.generator
+        try:
+            async for raw in self.ws:
+                generator.on_frame(self, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.open and not generator.closing:
+                self.dropped = True
+            self.open = False
+            if self.ws.close_code is not None:
+                self.close_code = self.ws.close_code
+
+    async def close(self):
+        self.open = False
+        if self.ws is not None:
+            await self.ws.close()
+        if self.reader is not None:
+            await self.reader
+
+
+class Generator:
+    """The peers of one load-generator process and the phases it runs."""
+
+    def __init__(self, prefix, compression="deflate"):
+        self.prefix = prefix  # makes peer ids unique across worker processes
+        self.compression = compression  # "deflate" offers permessage-deflate, as browsers do
+        self.counter = itertools.count()
+        self.idle = []
+        self.pairs = []  # (Peer, Peer)
+        self.streams = []
+        self.phases = {}
+        self.unexpected = collections.Counter()  # frames of other types (EXPIRE, LEAVE, ERROR...)
+        self.closing = False
+        self.heartbeat_task = None
+
+    def new_peer(self, base):
+        return Peer(self, f"{self.prefix}n{next(self.counter)}", base)
+
+    # Receiving.
+
+    def on_frame(self, peer, raw):
+        now = time.monotonic_ns()
+        try:
+            message = orjson.loads(raw)
+            kind = message["type"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            self.unexpected["not-a-frame"] += 1
+            return
+        if kind not in RELAYED_TYPES:
+            self.unexpected[kind] += 1
+            return
+        stream = peer.inbound.get(message.get("src"))
+        payload = message.get("payload") or {}
+        phase = self.phases.get(payload.get("ph"))
+        if stream is None or phase is None or message.get("dst") != peer.peer_id:
+            self.unexpected["misaddressed"] += 1
+            return
+        seq = payload["seq"]
+        phase.received += 1
+        phase.latency[bucket((now - payload["sent"]) / 1000)] += 1
+        if seq in stream.seen:
+            stream.duplicated += 1
+            return
+        if seq < stream.highest:
+            stream.reordered += 1
+        else:
+            stream.highest = seq
+        stream.seen.add(seq)
+        stream.arrived.set()
+
+    # Opening and holding sockets.
+
+    async def open_peers(self, bases, count, concurrency, timeout=20.0):
+        """Open ``count`` peers spread over ``bases``; returns (peers, failures, open latencies)."""
+        semaphore = asyncio.Semaphore(concurrency)
+        failures = collections.Counter()
+        latency = collections.Counter()
+        peers = [self.new_peer(bases[i % len(bases)]) for i in range(count)]
+
+        async def one(peer):
+            async with semaphore:
+                started = time.monotonic_ns()
+                try:
+                    await peer.connect(timeout)
+                except Exception as exc:  # counted and reported: a refused or failed open
+                    failures[type(exc).__name__ + (f": {exc}"[:120] if isinstance(exc, LoadError) else "")] += 1
+                    return
+                latency[bucket((time.monotonic_ns() - started) / 1000)] += 1
+
+        await asyncio.gather(*(one(peer) for peer in peers))
+        return [peer for peer in peers if peer.open], failures, latency
+
+    async def close_peers(self, peers, concurrency=200):
+        self.closing = True
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(peer):
+            async with semaphore:
+                try:
+                    await asyncio.wait_for(peer.close(), 10)
+                except Exception:
+                    pass
+
+        try:
+            await asyncio.gather(*(one(peer) for peer in peers))
+        finally:
+            self.closing = False
+
+    def start_heartbeats(self):
+        if self.heartbeat_task is None:
+            self.heartbeat_task = asyncio.create_task(self._heartbeats())
+
+    async def stop_heartbeats(self):
+        if self.heartbeat_task is not None:
+            self.heartbeat_task.cancel()
+            try:
+                await self.heartbeat_task
+            except asyncio.CancelledError:
+                pass
+            self.heartbeat_task = None
+
+    async def _heartbeats(self):
+        """Every peer sends HEARTBEAT every 5 s, spread evenly over the period."""
+        while True:
+            peers = self.idle + [peer for pair in self.pairs for peer in pair]
+            if not peers:
+                await asyncio.sleep(HEARTBEAT_PERIOD)
+                continue
+            slices = min(50, len(peers))
+            chunk = math.ceil(len(peers) / slices)
+            for start in range(0, len(peers), chunk):
+                for peer in peers[start : start + chunk]:
+                    if peer.open:
+                        try:
+                            await peer.ws.send(HEARTBEAT_FRAME)
+                        except ConnectionClosed:
+                            pass
+                await asyncio.sleep(HEARTBEAT_PERIOD / slices)
+
+    # Relaying.
+
+    def make_pairs(self, opened):
+        """Pair peers (a, b) and set up a stream each way."""
+        self.pairs = list(zip(opened[0::2], opened[1::2]))
+        self.streams = []
+        for a, b in self.pairs:
+            for src, dst in ((a, b), (b, a)):
+                stream = Stream(src, dst)
+                dst.inbound[src.peer_id] = stream
+                self.streams.append(stream)
+
+    def frame(self, stream, phase):
+        seq = stream.sent
+        stream.sent += 1
+        kind = "OFFER" if seq % 50 == 0 else "CANDIDATE"
+        payload = {"seq": seq, "ph": phase, "sent": time.monotonic_ns(), "type": "data", "connectionId": stream.connection_id}
+        if kind == "OFFER":
+            payload["sdp"] = {"type": "offer", "sdp": SDP}
+        else:
+            payload["candidate"] = CANDIDATE
+        return orjson.dumps({"type": kind, "dst": stream.dst.peer_id, "payload": payload}).decode()
+
+    async def relay(self, number, mode, seconds, rate=None, window=32, max_messages=1_000_000):
+        """Run one relay phase; returns its figures.
+
+        ``paced``: ``rate`` messages/s in all, spread round-robin over the
+        streams at evenly scheduled times. ``full``: every stream sends as
+        fast as it can with at most ``window`` messages in flight.
+        """
+        streams = [s for s in self.streams if s.src.open and s.dst.open]
+        if not streams:
+            raise LoadError("no open pair to relay between")
+        phase = self.phases[number] = Phase(number)
+        sent_before = {id(s): (s.sent, len(s.seen), s.duplicated, s.reordered) for s in streams}
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        late = 0.0
+        deadline = wall0 + seconds
+        budget = max_messages
+        if mode == "paced":
+            total = min(int(rate * seconds), max_messages)
+            interval = 1.0 / rate
+            for i in range(total):
+                due = wall0 + i * interval
+                lag = due - time.monotonic()
+                if lag > 0.0005:
+                    await asyncio.sleep(lag)
+                else:
+                    late = max(late, -lag)
+                stream = streams[i % len(streams)]
+                try:
+                    await stream.src.ws.send(self.frame(stream, number))
+                except ConnectionClosed:
+                    stream.sent -= 1
+        else:
+            per_stream = max(1, budget // len(streams))
+
+            async def pump(stream):
+                for _ in range(per_stream):
+                    if time.monotonic() >= deadline:
+                        return
+                    while stream.outstanding() >= window:
+                        stream.arrived.clear()
+                        try:
+                            await asyncio.wait_for(stream.arrived.wait(), 1.0)
+                        except asyncio.TimeoutError:
+                            if time.monotonic() >= deadline:
+                                return
+                    try:
+                        await stream.src.ws.send(self.frame(stream, number))
+                    except ConnectionClosed:
+                        stream.sent -= 1
+                        return
+
+            await asyncio.gather(*(pump(s) for s in streams))
+        send_wall = time.monotonic() - wall0
+        # Wait (bounded) for what is still in flight.
+        drain_deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < drain_deadline and any(s.outstanding() > 0 for s in streams):
+            await asyncio.sleep(0.01)
+        wall = time.monotonic() - wall0
+        cpu = cpu_seconds() - cpu0
+        sent = lost = duplicated = reordered = 0
+        for s in streams:
+            s0, seen0, dup0, reord0 = sent_before[id(s)]
+            sent += s.sent - s0
+            duplicated += s.duplicated - dup0
+            reordered += s.reordered - reord0
+        lost = sum(s.outstanding() for s in streams)
+        return {
+            "mode": mode,
+            "rate": rate,
+            "streams": len(streams),
+            "sent": sent,
+            "received": phase.received,
+            "lost": lost,
+            "duplicated": duplicated,
+            "reordered": reordered,
+            "send_seconds": send_wall,
+            "wall_seconds": wall,
+            "client_cpu_seconds": cpu,
+            "max_schedule_lag_ms": late * 1000,
+            "latency_us": {str(k): v for k, v in phase.latency.items()},
+        }
+
+
+# The worker protocol: one JSON command per line in, one JSON answer per line out.
+
+
+class Worker:
+    def __init__(self, prefix, compression):
+        self.generator = Generator(prefix, compression)
+
+    async def handle(self, command):
+        g = self.generator
+        op = command["op"]
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        answer = {}
+        if op == "ping":
+            pass
+        elif op == "open_idle":
+            bases = command["bases"]
+            for base in bases:
+                check_loopback(base)
+            opened, failures, latency = await g.open_peers(bases, command["count"], command.get("concurrency", 64))
+            g.idle.extend(opened)
+            g.start_heartbeats()
+            answer = {"opened": len(opened), "failures": dict(failures), "open_latency_us": {str(k): v for k, v in latency.items()}}
+        elif op == "hold":
+            end = time.monotonic() + command["seconds"]
+            while time.monotonic() < end:
+                await asyncio.sleep(min(0.25, max(0.0, end - time.monotonic())))
+            answer = self.idle_state()
+        elif op == "close_idle":
+            state = self.idle_state()
+            await g.close_peers(g.idle)
+            g.idle = []
+            answer = state
+        elif op == "open_pairs":
+            bases = command["bases"]
+            for base in bases:
+                check_loopback(base)
+            # Peer 2k and 2k+1 form a pair; alternating bases puts the two on different servers.
+            opened, failures, _ = await g.open_peers(bases, 2 * command["pairs"], command.get("concurrency", 32))
+            if failures or len(opened) != 2 * command["pairs"]:
+                raise LoadError(f"could not open the relay peers: {dict(failures)}")
+            g.make_pairs(opened)
+            g.start_heartbeats()
+            answer = {"pairs": len(g.pairs)}
+        elif op == "relay":
+            answer = await g.relay(
+                command["phase"],
+                command["mode"],
+                command["seconds"],
+                rate=command.get("rate"),
+                window=command.get("window", 32),
+                max_messages=command.get("max_messages", 1_000_000),
+            )
+        elif op == "close_pairs":
+            dropped = sum(p.dropped for pair in g.pairs for p in pair)
+            await g.close_peers([p for pair in g.pairs for p in pair])
+            g.pairs, g.streams = [], []
+            answer = {"dropped": dropped}
+        elif op == "stats":
+            answer = {"unexpected": dict(g.unexpected)}
+        else:
+            raise LoadError(f"unknown op {op!r}")
+        answer["op"] = op
+        answer["client_cpu_seconds"] = answer.get("client_cpu_seconds", cpu_seconds() - cpu0)
+        answer["client_wall_seconds"] = time.monotonic() - wall0
+        return answer
+
+    def idle_state(self):
+        peers = self.generator.idle
+        codes = collections.Counter(str(p.close_code) for p in peers if p.dropped)
+        return {"held": len(peers), "alive": sum(p.open for p in peers), "dropped": sum(p.dropped for p in peers), "close_codes": dict(codes)}
+
+
+async def serve(prefix, compression):
+    """Run commands from stdin until EOF or ``quit``; every answer is one JSON line."""
+    worker = Worker(prefix, compression)
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        command = json.loads(line)
+        if command.get("op") == "quit":
+            break
+        try:
+            answer = await worker.handle(command)
+        except Exception as exc:
+            answer = {"op": command.get("op"), "error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    g = worker.generator
+    await g.stop_heartbeats()
+    await g.close_peers(g.idle + [p for pair in g.pairs for p in pair])
+
+
+async def smoke(urls, pairs, messages, rate, prefix):
+    """A short complete run in one process: open, relay at ``rate`` then at full speed, close."""
+    for url in urls:
+        check_loopback(url)
+    g = Generator(prefix)
+    opened, failures, open_latency = await g.open_peers(urls, 2 * pairs, 8)
+    result = {"opened": len(opened), "open_failures": dict(failures), "open_latency_us": percentiles(open_latency)}
+    if len(opened) != 2 * pairs:
+        raise LoadError(f"opened {len(opened)} of {2 * pairs} peers: {dict(failures)}")
+    g.make_pairs(opened)
+    try:
+        paced = await g.relay(1, "paced", messages / rate, rate=rate)
+        full = await g.relay(2, "full", 10.0, window=16, max_messages=messages)
+    finally:
+        await g.close_peers(opened)
+    for name, phase in (("paced", paced), ("full", full)):
+        histogram = merge_histograms([phase.pop("latency_us")])
+        phase["latency_us"] = percentiles(histogram)
+        phase["messages_per_second"] = phase["received"] / phase["wall_seconds"] if phase["wall_seconds"] else None
+        result[name] = phase
+    result["unexpected"] = dict(g.unexpected)
+    result["dropped"] = sum(p.dropped for p in opened)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="a worker of bench/run.py (JSON lines on stdin/stdout)")
+    s.add_argument("--prefix", required=True, help="peer id prefix, unique per worker (letters and digits)")
+    s.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
+    m = sub.add_parser("smoke", help="a short run against one or two servers; prints JSON")
+    m.add_argument("--url", action="append", required=True, help="ws://127.0.0.1:PORT (twice: pairs span both)")
+    m.add_argument("--pairs", type=int, default=2)
+    m.add_argument("--messages", type=int, default=200, help="messages per phase")
+    m.add_argument("--rate", type=float, default=1000.0, help="messages/s of the paced phase")
+    m.add_argument("--prefix", default="smoke")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        asyncio.run(serve(args.prefix, None if args.no_compression else "deflate"))
+        return 0
+    result = asyncio.run(smoke(args.url, args.pairs, args.messages, args.rate, args.prefix))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# make bench: the reference PeerServer and this project side by side (bench/run.py).
+#   bench/run.sh            the full comparison (under 10 minutes)
+#   bench/run.sh --quick    about a minute
+# Any other option goes to bench/run.py (see bench/run.py --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  ./scripts/setup.sh
+fi
+# uvicorn's wsproto implementation is one of the contenders.
+.venv/bin/python -c "import wsproto" 2>/dev/null || .venv/bin/pip install -q "wsproto==1.3.2"
+command -v redis-server >/dev/null || { echo "bench: redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
+command -v node >/dev/null || { echo "bench: node is needed" >&2; exit 1; }
+
+# The reference server, pinned by bench/package-lock.json.
+stamp=bench/node_modules/.lock.sha
+want=$(sha256sum bench/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  (cd bench && npm ci --silent --no-audit --no-fund)
+  echo "$want" > "$stamp"
+fi
+
+# Thousands of idle peers need as many descriptors.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+exec .venv/bin/python bench/run.py "$@"
