@@ -136,6 +136,8 @@ port_free() {
   "$PY" - "$1" <<'EOF'
 import socket, sys
 s = socket.socket()
+# As the servers bind: connections left in TIME_WAIT do not make a port busy.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
