@@ -170,6 +170,10 @@ fi
 # The schema once, before any worker starts: the compose "migrate" service.
 say "migrating $DATABASE_URL"
 "$PY" manage.py migrate --noinput -v0
+# With DJANGO_DEBUG=0 WhiteNoise serves only collected files (the PeerJS
+# client among them), read once at start-up: collect them first, as the image does.
+say "collecting static files"
+"$PY" manage.py collectstatic --noinput -v0
 
 # --- start and stop --------------------------------------------------------------
 

@@ -225,6 +225,17 @@ def test_info_answers_through_nginx(cluster):
     assert json.loads(body)["name"]
 
 
+def test_pages_and_static_files_answer_through_nginx(cluster):
+    status, body = cluster.http("/")
+    assert status == 200 and "<html" in body.lower()
+    # The PeerJS client the pages load, from the pinned npm package: larger
+    # than nginx's proxy buffers, so it also exercises nginx's temp files.
+    status, body = cluster.http("/static/vendor/peerjs/peerjs.min.js")
+    pinned = ROOT / "node_modules" / "peerjs" / "dist" / "peerjs.min.js"
+    assert status == 200
+    assert body == pinned.read_text()
+
+
 def test_every_worker_answers_on_its_own_port(cluster):
     for port in cluster.worker_ports:
         status, body = cluster.http(f"{BASE}/", port=port)
