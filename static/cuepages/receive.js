@@ -78,9 +78,10 @@
     ui.link.textContent = link;
     ui.qr.src = cfg.qrUrl + "?id=" + encodeURIComponent(id);
     ui.qr.hidden = false;
-    const local = ["localhost", "127.0.0.1", "[::1]", "::1"].includes(new URL(base).hostname);
+    const host = new URL(base).hostname;
+    const local = host === "localhost" || host === "[::1]" || host.startsWith("127.");
     ui.hint.textContent = local
-      ? "This link names this computer as “localhost”: open the receiver by the computer's network address so that other devices can use the link."
+      ? "This link names this computer as “" + host + "”, which other devices cannot reach: open the receiver by the computer's network address (or set CUEPAGES_PUBLIC_URL)."
       : "";
     ui.hint.hidden = !local;
   }

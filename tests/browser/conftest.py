@@ -85,3 +85,7 @@ def machines(chromium, request):
             print("\n".join(machine.log) or "(nothing)")
     for machine in made:
         machine.close()
+    # An uncaught exception in a page is a bug even when the test's checks passed.
+    errors = [f"{m.name}: {line}" for m in made for line in m.log if line.startswith("[pageerror]")]
+    if errors and not failed:
+        pytest.fail("uncaught errors in the pages:\n" + "\n".join(errors))

@@ -115,6 +115,7 @@ def test_each_cue_lights_the_right_indicator_and_comes_back_acknowledged(pair):
     sender.locator("body").press("g")
     expect_lit(receiver, "go")
     expect(sender.locator("#cue-result")).to_have_text(re.compile(r"^Go: delivered in \d+ ms$"))
+    expect(receiver.locator("#announcer")).to_have_attribute("aria-live", "assertive")
     # The receiver flashes on a cue and logs it with the time.
     expect(receiver.locator("body")).to_have_class(re.compile(r"\bflash\b"))
     expect(receiver.locator("#log li").first).to_have_text(re.compile(r"^\d\d:\d\d:\d\d Cue: Go$"))
@@ -212,6 +213,23 @@ def test_a_reload_of_the_receiver_keeps_its_id_and_the_sender_reconnects(pair):
     sender.click("#cue-fade")
     expect_lit(receiver, "fade")
     expect(sender.locator("#cue-result")).to_have_text(re.compile(r"^Fade: delivered in \d+ ms$"))
+
+
+def test_a_lost_receiver_shows_a_banner_and_cues_are_reported_not_delivered(pair):
+    receiver, receiver_id, sender = pair
+    expect(sender.locator("#banner")).to_be_hidden()
+    receiver.close()
+    expect(receiver_row(sender, receiver_id)).to_have_attribute("data-state", "down")
+    expect(sender.locator("#banner")).to_have_text(f"Link to receiver {receiver_id} is down: reconnecting…")
+    sender.click("#cue-go")
+    expect(sender.locator("#cue-result")).to_have_text(re.compile(r"^Go: NOT delivered"))
+    expect(sender.locator("#log li").first).to_contain_text("Go NOT delivered")
+
+
+def test_a_cue_with_no_receiver_connected_says_not_delivered(server, machines):
+    sender = open_sender(machines("sender"), server)
+    sender.click("#cue-fade")
+    expect(sender.locator("#cue-result")).to_have_text("Fade: NOT delivered (no receiver connected)")
 
 
 HOSTILE = '<img src=x onerror="window.pwned=1">'
