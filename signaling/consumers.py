@@ -1,4 +1,5 @@
 """The signaling socket: turns WebSocket events into protocol and hub calls."""
+import collections
 import logging
 import urllib.parse
 import uuid
@@ -12,6 +13,10 @@ from signaling.conf import options
 from signaling.http import client_address
 
 logger = logging.getLogger(__name__)
+
+# Frames delivered this shortly before the server hears of the socket's close
+# may have been dropped unread: their senders are told LEAVE (seconds).
+CLOSE_RACE_WINDOW = 0.5
 
 
 class PeerConsumer(AsyncWebsocketConsumer):
@@ -35,6 +40,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.connection_id = uuid.uuid4().hex
         self.peer_id = None
         self.buffer = []  # frames for this peer held back until it is open
+        self.recent = collections.deque(maxlen=32)  # (time, src) of signaling frames sent
         self.bad_frames = 0
         self.last_frame = self.hub.loop.time()
         self.allowance = float(self.options.flood_limit)
@@ -122,15 +128,29 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.close(code=4000 + code % 1000, reason=reason)
 
     async def disconnect(self, code):
+        peer_id = self.peer_id
         await self.hub.unregister(self)
+        if peer_id is not None:
+            # The server learns of a close a moment after it happens, and a
+            # frame written in that moment is dropped by the ASGI server
+            # without a word. Its sender must not wait for an answer forever.
+            cutoff = self.hub.loop.time() - CLOSE_RACE_WINDOW
+            await self.hub.lost(peer_id, {src for at, src in self.recent if at >= cutoff and src != peer_id})
 
     # The hub's side of a connection.
 
-    async def deliver(self, frame):
+    async def deliver(self, frame, src, kind):
         if self.buffer is not None:
-            self.buffer.append(frame)
-        else:
+            self.buffer.append((frame, src, kind))
+            return
+        try:
             await self.send(text_data=frame)
+        except Exception:
+            # Some ASGI servers (uvicorn) raise once they know the socket closed.
+            await self.hub.lost(self.peer_id, {src} if kind in protocol.QUEUED else set())
+            return
+        if kind in protocol.QUEUED:
+            self.recent.append((self.hub.loop.time(), src))
 
     async def drop(self, code, reason):
         """Close this socket from the server side and forget its registration."""

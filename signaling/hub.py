@@ -9,7 +9,7 @@ sender. A stale routing guess costs a hop, never a lost message.
 
 Connections are duck-typed (the consumer implements them): ``peer_id``,
 ``connection_id``, ``last_frame`` (loop time of the last frame received),
-``deliver(frame)`` and ``drop(code, reason)``.
+``buffer``, ``deliver(frame, src, kind)`` and ``drop(code, reason)``.
 """
 import asyncio
 import collections
@@ -130,8 +130,8 @@ class Hub:
         frames = await _db(registry.take_queued)(connection.peer_id)
         frames.extend(connection.buffer)
         connection.buffer = None
-        for frame in frames:
-            await connection.deliver(frame)
+        for frame, src, kind in frames:
+            await connection.deliver(frame, src, kind)
 
     async def unregister(self, connection):
         """Forget a socket; remove its registration only if it is still its own."""
@@ -150,7 +150,7 @@ class Hub:
         connection = self.local.get(action.dst)
         if connection is not None:
             self.stats["relayed_local"] += 1
-            await connection.deliver(action.frame)
+            await connection.deliver(action.frame, src, action.kind)
             return
         await self.deliver_elsewhere(src, action.dst, action.kind, action.frame, 0)
 
@@ -158,7 +158,7 @@ class Hub:
         """Deliver a frame for a peer this worker does not hold (or no longer holds)."""
         connection = self.local.get(dst)
         if connection is not None:
-            await connection.deliver(frame)
+            await connection.deliver(frame, src, kind)
             return
         where = await _db(registry.locate)(dst, self.options.worker_timeout)
         if where is None:
@@ -167,7 +167,7 @@ class Hub:
             connection = self.connections.get(where.connection)
             if connection is not None and connection.peer_id == dst:
                 # Registered a moment ago: its registration is still settling.
-                await connection.deliver(frame)
+                await connection.deliver(frame, src, kind)
             else:
                 await self._gone(src, dst, kind, where)
         elif not where.worker_alive:
@@ -184,6 +184,12 @@ class Hub:
     async def notify(self, about, to, kind):
         """Tell peer ``to`` that peer ``about`` is gone (LEAVE) or unreachable (EXPIRE)."""
         await self.deliver_elsewhere(about, to, kind, protocol.notice_frame(kind, about, to), 0)
+
+    async def lost(self, dst, senders):
+        """Frames to ``dst`` may not have reached it before its socket closed: tell their senders LEAVE."""
+        for src in senders:
+            self.stats["lost_on_close"] += 1
+            await self.notify(dst, src, protocol.LEAVE)
 
     async def _gone(self, src, dst, kind, where):
         """``dst`` is registered to a socket that no longer exists: drop it, tell the sender.
@@ -223,8 +229,8 @@ class Hub:
         connection = self.local.get(peer_id)
         if connection is None:
             return
-        for frame in await _db(registry.take_queued)(peer_id):
-            await connection.deliver(frame)
+        for frame, src, kind in await _db(registry.take_queued)(peer_id):
+            await connection.deliver(frame, src, kind)
 
     async def _close_connection(self, worker, connection_id, code, reason):
         if worker == self.name:

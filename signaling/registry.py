@@ -12,6 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+from signaling import protocol
 from signaling.models import Peer, QueuedMessage, Worker
 
 CLAIMED = "claimed"  # a new registration
@@ -154,14 +155,28 @@ def _delete_returning(where, params, columns):
 
 
 def take_queued(dst):
-    """Remove and return the frames queued for ``dst``, oldest first."""
-    rows = _delete_returning("dst = %s", [dst], ["id", "frame"])
-    return [frame for _id, frame in sorted(rows)]
+    """Remove and return the frames queued for ``dst``, oldest first.
+
+    Each as (frame, src, kind); only OFFER, ANSWER and CANDIDATE are queued,
+    and they are alike for what the caller does with ``kind``.
+    """
+    rows = _delete_returning("dst = %s", [dst], ["id", "frame", "src"])
+    return [(frame, src, protocol.OFFER) for _id, frame, src in sorted(rows)]
 
 
 def take_expired():
-    """Remove expired messages; return the distinct (src, dst) pairs they were between."""
-    rows = _delete_returning("expires_at <= %s", [timezone.now()], ["src", "dst"])
+    """Remove expired messages; return the distinct (src, dst) pairs they were between.
+
+    The rest of a pair's queue goes with its first expired message: the
+    sender is told EXPIRE once, and its client gives up on that peer, so the
+    later messages would only earn it a second EXPIRE a moment later.
+    """
+    table = connection.ops.quote_name(QueuedMessage._meta.db_table)
+    rows = _delete_returning(
+        f"(src, dst) IN (SELECT src, dst FROM {table} WHERE expires_at <= %s)",
+        [timezone.now()],
+        ["src", "dst"],
+    )
     return sorted(set(rows))
 
 

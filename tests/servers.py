@@ -64,11 +64,14 @@ class Database:
             import psycopg
 
             with psycopg.connect(self.url) as conn:
-                return conn.execute(sql.replace("?", "%s"), params).fetchall()
+                cursor = conn.execute(sql.replace("?", "%s"), params)
+                return cursor.fetchall() if cursor.description else []
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=20)) as conn:
-            return conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, params).fetchall()
+            conn.commit()
+            return rows
 
     def drop(self):
         if self.admin_url:
