@@ -190,6 +190,7 @@ class Peer:
             await self.ws.close()
             raise LoadError(f"{self.peer_id}: server answered {first!r} instead of OPEN")
         self.open = True
+        self.generator.extensions[",".join(e.name for e in self.ws.protocol.extensions) or "none"] += 1
         self.reader = asyncio.create_task(self._read())
 
     async def _read(self):
@@ -226,6 +227,7 @@ class Generator:
         self.streams = []
         self.phases = {}
         self.unexpected = collections.Counter()  # frames of other types (EXPIRE, LEAVE, ERROR...)
+        self.extensions = collections.Counter()  # what the server negotiated (permessage-deflate or none)
         self.closing = False
         self.heartbeat_task = None
 
@@ -266,15 +268,23 @@ class Generator:
 
     # Opening and holding sockets.
 
-    async def open_peers(self, bases, count, concurrency, timeout=20.0):
-        """Open ``count`` peers spread over ``bases``; returns (peers, failures, open latencies)."""
+    async def open_peers(self, bases, count, concurrency, timeout=20.0, seconds=None):
+        """Open ``count`` peers spread over ``bases``; returns (peers, failures, open latencies).
+
+        With ``seconds``, no open starts after that long: a slow server gets
+        fewer peers (counted under "not attempted") instead of a run without end.
+        """
         semaphore = asyncio.Semaphore(concurrency)
         failures = collections.Counter()
         latency = collections.Counter()
         peers = [self.new_peer(bases[i % len(bases)]) for i in range(count)]
+        stop_at = None if seconds is None else time.monotonic() + seconds
 
         async def one(peer):
             async with semaphore:
+                if stop_at is not None and time.monotonic() > stop_at:
+                    failures["not attempted (time cap)"] += 1
+                    return
                 started = time.monotonic_ns()
                 try:
                     await peer.connect(timeout)
@@ -356,7 +366,7 @@ class Generator:
             payload["candidate"] = CANDIDATE
         return orjson.dumps({"type": kind, "dst": stream.dst.peer_id, "payload": payload}).decode()
 
-    async def relay(self, number, mode, seconds, rate=None, window=32, max_messages=1_000_000):
+    async def relay(self, number, mode, seconds, rate=None, window=32, max_messages=1_000_000, drain=DRAIN_TIMEOUT):
         """Run one relay phase; returns its figures.
 
         ``paced``: ``rate`` messages/s in all, spread round-robin over the
@@ -397,7 +407,7 @@ class Generator:
                     while stream.outstanding() >= window:
                         stream.arrived.clear()
                         try:
-                            await asyncio.wait_for(stream.arrived.wait(), 1.0)
+                            await asyncio.wait_for(stream.arrived.wait(), 0.25)
                         except asyncio.TimeoutError:
                             if time.monotonic() >= deadline:
                                 return
@@ -410,7 +420,7 @@ class Generator:
             await asyncio.gather(*(pump(s) for s in streams))
         send_wall = time.monotonic() - wall0
         # Wait (bounded) for what is still in flight.
-        drain_deadline = time.monotonic() + DRAIN_TIMEOUT
+        drain_deadline = time.monotonic() + drain
         while time.monotonic() < drain_deadline and any(s.outstanding() > 0 for s in streams):
             await asyncio.sleep(0.01)
         wall = time.monotonic() - wall0
@@ -457,7 +467,9 @@ class Worker:
             bases = command["bases"]
             for base in bases:
                 check_loopback(base)
-            opened, failures, latency = await g.open_peers(bases, command["count"], command.get("concurrency", 64))
+            opened, failures, latency = await g.open_peers(
+                bases, command["count"], command.get("concurrency", 64), seconds=command.get("seconds")
+            )
             g.idle.extend(opened)
             g.start_heartbeats()
             answer = {"opened": len(opened), "failures": dict(failures), "open_latency_us": {str(k): v for k, v in latency.items()}}
@@ -490,6 +502,7 @@ class Worker:
                 rate=command.get("rate"),
                 window=command.get("window", 32),
                 max_messages=command.get("max_messages", 1_000_000),
+                drain=command.get("drain", DRAIN_TIMEOUT),
             )
         elif op == "close_pairs":
             dropped = sum(p.dropped for pair in g.pairs for p in pair)
@@ -497,7 +510,7 @@ class Worker:
             g.pairs, g.streams = [], []
             answer = {"dropped": dropped}
         elif op == "stats":
-            answer = {"unexpected": dict(g.unexpected)}
+            answer = {"unexpected": dict(g.unexpected), "extensions": dict(g.extensions)}
         else:
             raise LoadError(f"unknown op {op!r}")
         answer["op"] = op
@@ -554,6 +567,7 @@ async def smoke(urls, pairs, messages, rate, prefix):
         phase["messages_per_second"] = phase["received"] / phase["wall_seconds"] if phase["wall_seconds"] else None
         result[name] = phase
     result["unexpected"] = dict(g.unexpected)
+    result["extensions"] = dict(g.extensions)
     result["dropped"] = sum(p.dropped for p in opened)
     return result
 

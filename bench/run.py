@@ -63,29 +63,40 @@ TARGETS = {
 }
 
 PROFILES = {
-    # Whole run under 10 minutes on 2 cores.
+    # The whole comparison in under 10 minutes on 2 cores.
     "full": {
         "idle_peers": 5000,
-        "idle_hold": 12,
+        "idle_hold": 10,
+        "open_seconds": 25,  # cap on the open phase: a slow server opens fewer peers
         "pairs": 50,
         "paced_seconds": 5,
         "full_seconds": 5,
         "full_max_messages": 200_000,
-        "soak_peers": 10000,
+        "soak_peers": 10000,  # the production candidate holds these instead, for soak_hold
         "soak_hold": 60,
-        "deadline": 570,
+        "soak_open_seconds": 60,
+        "deadline": 560,
+        "drain_seconds": 5,
+        "settle_seconds": 20,
+        "setups": None,
     },
     # About a minute: the same phases, smaller.
     "quick": {
-        "idle_peers": 500,
-        "idle_hold": 6,
-        "pairs": 20,
-        "paced_seconds": 2,
-        "full_seconds": 2,
-        "full_max_messages": 40_000,
+        "idle_peers": 200,
+        "idle_hold": 3,
+        "open_seconds": 4,
+        "pairs": 10,
+        "paced_seconds": 1.5,
+        "full_seconds": 1.5,
+        "full_max_messages": 20_000,
         "soak_peers": 0,
         "soak_hold": 0,
-        "deadline": 150,
+        "soak_open_seconds": 0,
+        "deadline": 100,
+        "drain_seconds": 2,
+        "settle_seconds": 3,
+        # Only the reference, daphne, the first uvicorn and its cluster.
+        "setups": 1,
     },
 }
 
@@ -199,8 +210,10 @@ def redis_ok(port):
 class Setup:
     """One server configuration under test: its processes and the bases peers connect to."""
 
-    def __init__(self, name, work, kind, server=None, ws=None, workers=1):
+    def __init__(self, name, work, kind, server=None, ws=None, workers=1, project=ROOT):
         self.name = name
+        self.project = project
+        self.soak = False
         self.work = work
         self.kind = kind  # "reference" or "ours"
         self.server = server
@@ -208,9 +221,6 @@ class Setup:
         self.workers = workers
         self.processes = []
         self.bases = []
-
-    def label(self):
-        return self.name
 
     def start(self, template_db):
         try:
@@ -239,7 +249,7 @@ class Setup:
                 env["REDIS_URL"] = f"redis://{HOST}:{rport}/0"
             for i in range(self.workers):
                 port = free_port()
-                p = Process(f"{self.name}-w{i}", self._command(port), env=env, log_dir=self.work)
+                p = Process(f"{self.name}-w{i}", self._command(port), env=env, cwd=self.project, log_dir=self.work)
                 self.processes.append(p)
                 self._wait(p, port)
                 self.bases.append(f"ws://{HOST}:{port}")
@@ -357,40 +367,62 @@ def client_load(answers, key="client_cpu_seconds", wall="client_wall_seconds"):
     return max(shares) if shares else 0.0
 
 
-def bench_setup(setup, profile, clients_count, soak=False):
+def settle(meter, quiet=0.15, timeout=20.0):
+    """Wait (bounded) until the servers stop working off a backlog (under ``quiet`` of a core)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cpu0 = meter.cpu_us()
+        time.sleep(0.5)
+        if (meter.cpu_us() - cpu0) / 0.5e6 < quiet:
+            return True
+    return False
+
+
+def merge_counts(answers, key):
+    total = {}
+    for a in answers:
+        for k, v in a.get(key, {}).items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def bench_setup(setup, profile, clients_count):
     """Run every phase against one started setup; returns its figures."""
     p = profile
     meter = Meter(setup.pids())
-    result = {"name": setup.name, "pids": setup.pids(), "phases": {}}
-    clients = Clients(clients_count, tag=f"{setup.name.replace('-', '').replace('+', '')[:10]}{int(time.time()) % 100000}")
+    result = {"name": setup.name, "workers": setup.workers, "phases": {}}
+    tag = "".join(ch for ch in setup.name if ch.isalnum())[:12] + str(int(time.time()) % 100000)
+    clients = Clients(clients_count, tag=tag)
+    first_only = lambda command: [command] + [{"op": "ping"}] * (clients_count - 1)  # noqa: E731
     try:
-        # Warm up: the first socket loads code and starts the worker's services.
-        clients.run([{"op": "open_pairs", "bases": setup.bases, "pairs": 2}] + [{"op": "ping"}] * (clients_count - 1), 60)
-        clients.run([{"op": "relay", "phase": 0, "mode": "full", "seconds": 2, "max_messages": 400}] + [{"op": "ping"}] * (clients_count - 1), 30)
-        clients.run([{"op": "close_pairs"}] + [{"op": "ping"}] * (clients_count - 1), 30)
-        time.sleep(1.0)
+        # Warm up: the first sockets load code and start the worker's services.
+        clients.run(first_only({"op": "open_pairs", "bases": setup.bases, "pairs": 2}), 60)
+        clients.run(first_only({"op": "relay", "phase": 0, "mode": "full", "seconds": 2, "max_messages": 400}), 30)
+        clients.run(first_only({"op": "close_pairs"}), 30)
+        settle(meter, timeout=min(5, p["settle_seconds"]))
         setup.check_alive()
 
-        # 1. Open the idle peers.
-        idle = p["soak_peers"] if soak else p["idle_peers"]
-        hold = p["soak_hold"] if soak else p["idle_hold"]
+        # 1. Open the idle peers (the production candidate opens the soak's count).
+        idle, hold, open_seconds = p["idle_peers"], p["idle_hold"], p["open_seconds"]
+        if setup.soak and p["soak_peers"]:
+            idle, hold, open_seconds = p["soak_peers"], p["soak_hold"], p["soak_open_seconds"]
+        result["soak"] = setup.soak and bool(p["soak_peers"])
         rss0, cpu0, t0 = meter.rss_kb(), meter.cpu_us(), time.monotonic()
         answers = clients.run(
-            [{"op": "open_idle", "bases": setup.bases, "count": n, "concurrency": 50} for n in split(idle, clients_count)],
-            timeout=240,
+            [
+                {"op": "open_idle", "bases": setup.bases, "count": n, "concurrency": 50, "seconds": open_seconds}
+                for n in split(idle, clients_count)
+            ],
+            timeout=open_seconds + 90,
         )
         wall = time.monotonic() - t0
         cpu = meter.cpu_us() - cpu0
         opened = sum(a["opened"] for a in answers)
-        failures = {}
-        for a in answers:
-            for k, v in a["failures"].items():
-                failures[k] = failures.get(k, 0) + v
         latency = loadgen.merge_histograms(a["open_latency_us"] for a in answers)
         result["phases"]["open"] = {
             "requested": idle,
             "opened": opened,
-            "failures": failures,
+            "failures": merge_counts(answers, "failures"),
             "wall_seconds": wall,
             "opens_per_second": opened / wall if wall else None,
             "server_cpu_us": cpu,
@@ -404,38 +436,33 @@ def bench_setup(setup, profile, clients_count, soak=False):
         rss1 = meter.rss_kb()
         hold_cpu = meter.cpu_us() - cpu0
         setup.check_alive()
-        dropped = sum(a["dropped"] for a in answers)
-        codes = {}
-        for a in answers:
-            for k, v in a["close_codes"].items():
-                codes[k] = codes.get(k, 0) + v
         result["phases"]["idle"] = {
+            "requested": idle,
             "peers": opened,
             "hold_seconds": hold,
-            "dropped": dropped,
+            "dropped": sum(a["dropped"] for a in answers),
             "alive": sum(a["alive"] for a in answers),
-            "close_codes": codes,
+            "close_codes": merge_counts(answers, "close_codes"),
             "rss_before_kb": rss0,
             "rss_after_kb": rss1,
             "kb_per_idle_peer": (rss1 - rss0) / opened if opened else None,
-            "server_cpu_us_per_peer_second": hold_cpu / opened / hold if opened else None,
+            "server_cpu_share_holding": hold_cpu / 1e6 / hold,
         }
         cpu0, t0 = meter.cpu_us(), time.monotonic()
-        clients.all({"op": "close_idle"}, timeout=180)
-        time.sleep(0.5)
+        clients.all({"op": "close_idle"}, timeout=120)
+        settled = settle(meter, timeout=p["settle_seconds"])
         close_cpu = meter.cpu_us() - cpu0
         result["phases"]["close"] = {
             "wall_seconds": time.monotonic() - t0,
+            "settled": settled,
             "cpu_us_per_close": close_cpu / opened if opened else None,
         }
-        time.sleep(1.0)  # let the server finish unregistering before measuring relays
         setup.check_alive()
-        if soak:
-            return result
 
-        # 3. Relay between pairs, each pair's peers on different workers when there are two.
+        # 3. Relay between pairs; with two workers each pair's peers are on different ones.
         pairs = split(p["pairs"], clients_count)
-        clients.run([{"op": "open_pairs", "bases": setup.bases, "pairs": n} for n in pairs], timeout=60)
+        clients.run([{"op": "open_pairs", "bases": setup.bases, "pairs": n} for n in pairs], timeout=90)
+        settle(meter, timeout=p["settle_seconds"])
         phases = [
             ("paced_1000", {"mode": "paced", "rate": 1000, "seconds": p["paced_seconds"]}),
             ("paced_2000", {"mode": "paced", "rate": 2000, "seconds": p["paced_seconds"]}),
@@ -445,20 +472,19 @@ def bench_setup(setup, profile, clients_count, soak=False):
             commands = []
             for n in pairs:
                 share = n / p["pairs"]
-                command = {"op": "relay", "phase": number, **spec}
+                command = {"op": "relay", "phase": number, "drain": p["drain_seconds"], **spec}
                 if spec["mode"] == "paced":
                     command["rate"] = spec["rate"] * share
                 else:
                     command["max_messages"] = int(p["full_max_messages"] * share)
                 commands.append(command)
             cpu0, t0 = meter.cpu_us(), time.monotonic()
-            answers = clients.run(commands, timeout=spec["seconds"] + loadgen.DRAIN_TIMEOUT + 60)
+            answers = clients.run(commands, timeout=spec["seconds"] + p["drain_seconds"] + 60)
             wall = time.monotonic() - t0
             cpu = meter.cpu_us() - cpu0
             setup.check_alive()
             received = sum(a["received"] for a in answers)
             send_seconds = max(a["send_seconds"] for a in answers)
-            histogram = loadgen.merge_histograms(a["latency_us"] for a in answers)
             share = client_load(answers, wall="wall_seconds")
             result["phases"][name] = {
                 "target_rate": spec.get("rate"),
@@ -467,24 +493,23 @@ def bench_setup(setup, profile, clients_count, soak=False):
                 "lost": sum(a["lost"] for a in answers),
                 "duplicated": sum(a["duplicated"] for a in answers),
                 "reordered": sum(a["reordered"] for a in answers),
-                "messages_per_second": received / send_seconds if send_seconds else None,
+                "messages_per_second": received / wall if wall else None,
+                "send_seconds": send_seconds,
                 "wall_seconds": wall,
                 "server_cpu_us": cpu,
                 "cpu_us_per_message": cpu / received if received else None,
                 "server_cpu_share": cpu / 1e6 / wall,
-                "latency_us": loadgen.percentiles(histogram),
+                "latency_us": loadgen.percentiles(loadgen.merge_histograms(a["latency_us"] for a in answers)),
                 "max_schedule_lag_ms": max(a["max_schedule_lag_ms"] for a in answers),
                 "client_cpu_share": share,
                 "client_bound": share > CLIENT_BOUND,
             }
+            settle(meter, timeout=p["settle_seconds"] / 2)
         answers = clients.all({"op": "close_pairs"}, timeout=60)
         result["phases"]["relay_dropped"] = sum(a["dropped"] for a in answers)
         stats = clients.all({"op": "stats"}, timeout=30)
-        unexpected = {}
-        for a in stats:
-            for k, v in a["unexpected"].items():
-                unexpected[k] = unexpected.get(k, 0) + v
-        result["unexpected_frames"] = unexpected
+        result["unexpected_frames"] = merge_counts(stats, "unexpected")
+        result["extensions"] = merge_counts(stats, "extensions")
         return result
     finally:
         clients.stop()
@@ -492,69 +517,96 @@ def bench_setup(setup, profile, clients_count, soak=False):
 
 # Reporting.
 
-ROWS = [
-    # (label, getter, format, lower is better)
-    ("open: server CPU µs/socket", lambda r: r["phases"]["open"]["cpu_us_per_open"], "{:.0f}"),
-    ("open: sockets/s", lambda r: r["phases"]["open"]["opens_per_second"], "{:.0f}"),
-    ("open: latency p99 ms", lambda r: _ms(r["phases"]["open"]["open_latency_us"]["p99"]), "{:.1f}"),
-    ("close: server CPU µs/socket", lambda r: r["phases"]["close"]["cpu_us_per_close"], "{:.0f}"),
-    ("idle: KB RSS/peer", lambda r: r["phases"]["idle"]["kb_per_idle_peer"], "{:.1f}"),
-    ("idle: peers held", lambda r: r["phases"]["idle"]["peers"], "{:.0f}"),
-    ("idle: dropped", lambda r: r["phases"]["idle"]["dropped"], "{:.0f}"),
-    ("relay full: CPU µs/msg", lambda r: r["phases"]["full"]["cpu_us_per_message"], "{:.1f}"),
-    ("relay full: msgs/s", lambda r: r["phases"]["full"]["messages_per_second"], "{:.0f}"),
-    ("relay full: p50 ms", lambda r: _ms(r["phases"]["full"]["latency_us"]["p50"]), "{:.2f}"),
-    ("relay full: p99 ms", lambda r: _ms(r["phases"]["full"]["latency_us"]["p99"]), "{:.2f}"),
-    ("relay 2000/s: CPU µs/msg", lambda r: r["phases"]["paced_2000"]["cpu_us_per_message"], "{:.1f}"),
-    ("relay 1000/s: p50 ms", lambda r: _ms(r["phases"]["paced_1000"]["latency_us"]["p50"]), "{:.2f}"),
-    ("relay 1000/s: p95 ms", lambda r: _ms(r["phases"]["paced_1000"]["latency_us"]["p95"]), "{:.2f}"),
-    ("relay 1000/s: p99 ms", lambda r: _ms(r["phases"]["paced_1000"]["latency_us"]["p99"]), "{:.2f}"),
-    ("relay 2000/s: p50 ms", lambda r: _ms(r["phases"]["paced_2000"]["latency_us"]["p50"]), "{:.2f}"),
-    ("relay 2000/s: p95 ms", lambda r: _ms(r["phases"]["paced_2000"]["latency_us"]["p95"]), "{:.2f}"),
-    ("relay 2000/s: p99 ms", lambda r: _ms(r["phases"]["paced_2000"]["latency_us"]["p99"]), "{:.2f}"),
-    ("lost", lambda r: _sum_relay(r, "lost"), "{:.0f}"),
-    ("duplicated", lambda r: _sum_relay(r, "duplicated"), "{:.0f}"),
-    ("reordered", lambda r: _sum_relay(r, "reordered"), "{:.0f}"),
-]
-
-RELAY_PHASES = ("paced_1000", "paced_2000", "full")
-
 
 def _ms(us):
     return None if us is None else us / 1000
 
 
-def _sum_relay(result, key):
-    return sum(result["phases"][name][key] for name in RELAY_PHASES)
+def _phase(name, *keys):
+    def get(result):
+        v = result["phases"][name]
+        for key in keys:
+            v = v[key]
+        return v
+
+    return get
 
 
-def value(getter, result):
+def _relay_sum(key):
+    return lambda r: sum(r["phases"][name][key] for name in RELAY_PHASES)
+
+
+def _latency(name, p):
+    return lambda r: _ms(r["phases"][name]["latency_us"][p])
+
+
+RELAY_PHASES = ("paced_1000", "paced_2000", "full")
+COUNTS = ("lost", "duplicated", "reordered")
+# key -> (label, getter, format); the table's rows in order.
+ROWS = {
+    "open_us": ("open: server CPU µs/socket", _phase("open", "cpu_us_per_open"), "{:.0f}"),
+    "open_rate": ("open: sockets/s", _phase("open", "opens_per_second"), "{:.0f}"),
+    "open_p99": ("open: latency p99 ms", lambda r: _ms(r["phases"]["open"]["open_latency_us"]["p99"]), "{:.1f}"),
+    "close_us": ("close: server CPU µs/socket", _phase("close", "cpu_us_per_close"), "{:.0f}"),
+    "idle_kb": ("idle: KB RSS/peer", _phase("idle", "kb_per_idle_peer"), "{:.1f}"),
+    "idle_peers": ("idle: peers held", _phase("idle", "peers"), "{:.0f}"),
+    "idle_dropped": ("idle: dropped", _phase("idle", "dropped"), "{:.0f}"),
+    "relay_us": ("relay full: CPU µs/msg", _phase("full", "cpu_us_per_message"), "{:.1f}"),
+    "relay_rate": ("relay full: msgs/s", _phase("full", "messages_per_second"), "{:.0f}"),
+    "full_p50": ("relay full: p50 ms", _latency("full", "p50"), "{:.2f}"),
+    "full_p99": ("relay full: p99 ms", _latency("full", "p99"), "{:.2f}"),
+    "relay2000_us": ("relay 2000/s: CPU µs/msg", _phase("paced_2000", "cpu_us_per_message"), "{:.1f}"),
+    "relay1000_us": ("relay 1000/s: CPU µs/msg", _phase("paced_1000", "cpu_us_per_message"), "{:.1f}"),
+    "p1000_p50": ("relay 1000/s: p50 ms", _latency("paced_1000", "p50"), "{:.2f}"),
+    "p1000_p95": ("relay 1000/s: p95 ms", _latency("paced_1000", "p95"), "{:.2f}"),
+    "p1000_p99": ("relay 1000/s: p99 ms", _latency("paced_1000", "p99"), "{:.2f}"),
+    "p2000_p50": ("relay 2000/s: p50 ms", _latency("paced_2000", "p50"), "{:.2f}"),
+    "p2000_p95": ("relay 2000/s: p95 ms", _latency("paced_2000", "p95"), "{:.2f}"),
+    "p2000_p99": ("relay 2000/s: p99 ms", _latency("paced_2000", "p99"), "{:.2f}"),
+    "lost": ("lost", _relay_sum("lost"), "{:.0f}"),
+    "duplicated": ("duplicated", _relay_sum("duplicated"), "{:.0f}"),
+    "reordered": ("reordered", _relay_sum("reordered"), "{:.0f}"),
+}
+
+
+def value(key, result):
+    if result is None or "error" in result:
+        return None
     try:
-        return getter(result)
+        return ROWS[key][1](result)
     except (KeyError, TypeError):
         return None
+
+
+def figures(result):
+    """The table's figures of one setup, by key (for the JSON and for medians)."""
+    return {key: value(key, result) for key in ROWS}
 
 
 def table(results):
     """The figures of every setup, with each one's ratio to the reference."""
     names = [r["name"] for r in results]
     reference = next((r for r in results if r["name"] == "reference" and "error" not in r), None)
-    width = max(len(label) for label, _, _ in ROWS) + 2
-    col = max(18, max(len(n) for n in names) + 2)
+    width = max(len(label) for label, _, _ in ROWS.values()) + 2
+    col = max(16, max(len(n) for n in names) + 2)
     lines = ["".ljust(width) + "".join(n.rjust(col) for n in names)]
-    for label, getter, fmt in ROWS:
+    for key, (label, _, fmt) in ROWS.items():
+        ref = value(key, reference)
         cells = []
-        ref = value(getter, reference) if reference else None
         for r in results:
-            v = value(getter, r) if "error" not in r else None
+            v = value(key, r)
             if v is None:
                 cells.append("-".rjust(col))
                 continue
             text = fmt.format(v)
-            if r is not reference and ref and ref > 0 and label not in ("lost", "duplicated", "reordered"):
+            if r is not reference and ref and key not in COUNTS and key != "idle_peers":
                 text += f" ({v / ref:.1f}x)"
             cells.append(text.rjust(col))
         lines.append(label.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def notes_for(results):
     notes = []
     for r in results:
         if "error" in r:
@@ -564,82 +616,94 @@ def table(results):
             phase = r["phases"].get(name, {})
             if phase.get("client_cpu_share", 0) > CLIENT_BOUND:
                 notes.append(
-                    f"{r['name']} {name}: the load generator was the bottleneck "
-                    f"(a client process at {phase['client_cpu_share']:.0%} CPU); the server was not saturated"
+                    f"{r['name']} {name}: the load generator was the bottleneck (a client process at "
+                    f"{phase['client_cpu_share']:.0%} of a core): the server was not saturated"
                 )
         for name in ("paced_1000", "paced_2000"):
             phase = r["phases"].get(name, {})
             if phase.get("messages_per_second") and phase["messages_per_second"] < 0.95 * phase["target_rate"]:
-                notes.append(f"{r['name']} {name}: only {phase['messages_per_second']:.0f} msgs/s reached")
-        if r.get("unexpected_frames"):
-            notes.append(f"{r['name']}: unexpected frames {r['unexpected_frames']}")
+                notes.append(f"{r['name']} {name}: only {phase['messages_per_second']:.0f} msgs/s delivered")
+        opened = r["phases"].get("open", {})
+        if opened.get("failures"):
+            notes.append(f"{r['name']}: {opened['opened']} of {opened['requested']} opened; {opened['failures']}")
         if r["phases"].get("relay_dropped"):
-            notes.append(f"{r['name']}: {r['phases']['relay_dropped']} relay peers dropped by the server")
-        failures = r["phases"].get("open", {}).get("failures")
-        if failures:
-            notes.append(f"{r['name']}: failed opens {failures}")
-    return "\n".join(lines), notes
+            notes.append(f"{r['name']}: {r['phases']['relay_dropped']} relay peers closed by the server")
+        if r.get("unexpected_frames"):
+            notes.append(f"{r['name']}: frames other than the relayed ones came back: {r['unexpected_frames']}")
+        if r.get("extensions") and set(r["extensions"]) != {"none"}:
+            notes.append(f"{r['name']}: negotiated {r['extensions']} (the load generator offers it, as browsers do)")
+    return notes
 
 
-def check_targets(results, soak):
-    """The issue's targets against the best single worker and the cluster."""
+def check_targets(results):
+    """The issue's targets against the best uvicorn worker, the cluster and the soak."""
     lines = []
-    singles = [r for r in results if r["name"].startswith("uvicorn") and "error" not in r]
-    clusters = [r for r in results if r["name"].startswith("2x") and "error" not in r]
+    ok = [r for r in results if "error" not in r]
+    singles = [r for r in ok if r["name"].startswith("uvicorn")]
+    clusters = [r for r in ok if r["name"].startswith("2x")]
     picks = []
     if singles:
-        picks.append(("single", min(singles, key=lambda r: value(ROWS[7][1], r) or 1e9)))
-    if clusters:
-        picks.append(("cluster", min(clusters, key=lambda r: value(ROWS[7][1], r) or 1e9)))
+        picks.append(("single", min(singles, key=lambda r: value("relay_us", r) or 1e9)))
+    picks += [("cluster", r) for r in clusters]
     for kind, r in picks:
         t = TARGETS[kind]
         checks = [
-            ("relay CPU µs/msg (full speed)", value(ROWS[7][1], r), t["relay_us"]),
-            ("open CPU µs/socket", value(ROWS[0][1], r), t["open_us"]),
-            ("KB per idle peer", value(ROWS[4][1], r), t["idle_kb"]),
-            ("p99 ms at 2000 msgs/s", value(ROWS[17][1], r), t["p99_2000_ms"]),
-            ("lost+duplicated+reordered", sum(value(ROWS[i][1], r) or 0 for i in (18, 19, 20)), 0),
+            ("relay CPU µs/msg (full speed)", value("relay_us", r), t["relay_us"]),
+            ("open CPU µs/socket", value("open_us", r), t["open_us"]),
+            ("KB per idle peer", value("idle_kb", r), t["idle_kb"]),
+            ("p99 ms at 2000 msgs/s", value("p2000_p99", r), t["p99_2000_ms"]),
+            ("lost+duplicated+reordered", sum(value(k, r) or 0 for k in COUNTS), 0),
         ]
         for label, v, limit in checks:
             if v is None:
                 verdict = "no figure"
+            elif v <= limit:
+                verdict = "met"
             else:
-                verdict = "met" if v <= limit else f"MISSED by {v - limit:.1f} ({v / limit:.1f}x)" if limit else "MISSED"
-            lines.append(f"{kind:8} {r['name']:22} {label:32} {'-' if v is None else f'{v:.1f}':>10} <= {limit:<6} {verdict}")
-    if soak:
-        if "error" in soak:
-            lines.append(f"soak     {soak['name']:22} FAILED: {soak['error'].splitlines()[0]}")
-        else:
-            idle = soak["phases"]["idle"]
-            ok = idle["dropped"] == 0 and idle["peers"] >= soak["requested"]
+                verdict = f"MISSED by {v - limit:.1f}" + (f" ({v / limit:.1f}x)" if limit else "")
+            shown = "-" if v is None else f"{v:.1f}"
+            lines.append(f"{kind:8} {r['name']:26} {label:30} {shown:>9} <= {limit:<5} {verdict}")
+    for r in ok:
+        if r.get("soak"):
+            idle = r["phases"]["idle"]
+            met = idle["dropped"] == 0 and idle["peers"] >= idle["requested"]
             lines.append(
-                f"soak     {soak['name']:22} {idle['peers']} idle peers held {idle['hold_seconds']} s: "
-                f"{idle['dropped']} dropped, {idle['kb_per_idle_peer']:.1f} KB/peer -> {'met' if ok else 'MISSED'}"
+                f"soak     {r['name']:26} {idle['peers']} of {idle['requested']} idle peers opened, held "
+                f"{idle['hold_seconds']} s, {idle['dropped']} dropped -> {'met' if met else 'MISSED'}"
             )
     return lines
 
 
-def setups(args, work):
-    chosen = []
-    add = chosen.append
-    add(Setup("reference", work, "reference"))
-    add(Setup("daphne", work, "ours", server="daphne"))
+def setups(args, work, project):
+    chosen = [Setup("reference", work, "reference", project=project)]
+    chosen.append(Setup("daphne", work, "ours", server="daphne", project=project))
     for ws in args.ws:
-        add(Setup(f"uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws))
+        chosen.append(Setup(f"uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project))
     for server in args.cluster:
         ws = args.ws[0]
-        name = f"2x{server}+redis" if server == "daphne" else f"2xuvicorn-{ws}+redis"
-        add(Setup(name, work, "ours", server=server, ws=ws, workers=2))
+        name = "2xdaphne+redis" if server == "daphne" else f"2xuvicorn-{ws}+redis"
+        chosen.append(Setup(name, work, "ours", server=server, ws=ws, workers=2, project=project))
+    for setup in chosen:
+        setup.soak = setup.name == args.soak
     if args.only:
         chosen = [s for s in chosen if s.name in args.only or s.name == "reference"]
     return chosen
 
 
-def migrate(work):
+def migrate(work, project):
     db = Path(work) / "template.sqlite3"
     env = {**os.environ, **OUR_ENV, "DATABASE_URL": f"sqlite:///{db}"}
-    subprocess.run([python(), "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True, timeout=120)
+    subprocess.run([python(), "manage.py", "migrate", "--noinput", "-v0"], cwd=project, env=env, check=True, timeout=120)
     return db
+
+
+def snapshot(rev, work):
+    """The project's files at git revision ``rev``, unpacked beside the run (the work tree is untouched)."""
+    target = Path(work) / "src"
+    target.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 def raise_fd_limit():
@@ -655,27 +719,34 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a run of about a minute (smaller counts)")
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes (default 2)")
     parser.add_argument(
-        "--ws", nargs="+", default=["websockets", "websockets-sansio", "wsproto"],
-        help="uvicorn WebSocket implementations to compare; the first is used for the cluster",
+        "--ws", nargs="+", help="uvicorn WebSocket implementations to compare; the first one is used for the "
+        "cluster (default: websockets-sansio websockets wsproto; --quick: the first only)",
     )
-    parser.add_argument("--cluster", nargs="*", default=["uvicorn", "daphne"], help="servers to run as two workers + Redis")
+    parser.add_argument(
+        "--cluster", nargs="*", help="servers to run as two workers + Redis (default: uvicorn daphne; --quick: uvicorn)"
+    )
+    parser.add_argument("--soak", default="uvicorn-websockets-sansio", help="the setup whose idle phase is the 10 000-peer, 60 s soak")
     parser.add_argument("--only", nargs="*", help="run only these setups (and the reference)")
-    parser.add_argument("--no-soak", action="store_true", help="skip the 10 000-idle-peer soak of the best worker")
+    parser.add_argument("--rev", help="benchmark the project at this git revision (default: the work tree as it is)")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where the JSON goes")
     args = parser.parse_args(argv)
     profile = dict(PROFILES["quick" if args.quick else "full"])
+    if args.ws is None:
+        args.ws = ["websockets-sansio", "websockets", "wsproto"][: profile["setups"]]
+    if args.cluster is None:
+        args.cluster = ["uvicorn", "daphne"][: profile["setups"]]
     started = time.monotonic()
     deadline = started + profile["deadline"]
     fd_limit = raise_fd_limit()
-    if profile["soak_peers"] + 200 > fd_limit:
-        profile["soak_peers"] = max(0, fd_limit - 1000)
+    for key in ("soak_peers", "idle_peers"):
+        profile[key] = min(profile[key], max(0, fd_limit // 2 - 500))  # client and server share the limit
 
     work = tempfile.mkdtemp(prefix="peerjs-bench-")
-    results, soak = [], None
-    stopping = []
+    results = []
+    interrupted = []
 
     def on_signal(signum, frame):
-        stopping.append(signum)
+        interrupted.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -689,16 +760,25 @@ def main(argv=None):
         "python": platform.python_version(),
         "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
         "loadavg_at_start": os.getloadavg(),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "rev": args.rev or "work tree",
+        "git": subprocess.run(["git", "rev-parse", "--short", args.rev or "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "git_dirty": bool(not args.rev and subprocess.run(["git", "status", "--porcelain", "--", "signaling", "p2psite"], cwd=ROOT, capture_output=True, text=True).stdout.strip()),
     }
-    print(f"bench: {info['mode']} run, {args.clients} load-generator processes, load average {info['loadavg_at_start'][0]:.2f}", flush=True)
+    print(
+        f"bench: {info['mode']} run of {info['git']}{' + uncommitted changes' if info['git_dirty'] else ''}, "
+        f"{args.clients} load-generator processes, load average {info['loadavg_at_start'][0]:.2f}",
+        flush=True,
+    )
     try:
         if not (BENCH / "node_modules" / "peer").is_dir():
             raise SystemExit("bench/node_modules is missing: run bench/run.sh (it runs npm ci)")
-        template = migrate(work)
-        for setup in setups(args, work):
-            if time.monotonic() > deadline - 20:
+        project = snapshot(args.rev, work) if args.rev else ROOT
+        template = migrate(work, project)
+        for setup in setups(args, work, project):
+            needs = 150 if setup.soak and profile["soak_peers"] else 50 if not args.quick else 5
+            if time.monotonic() > deadline - needs:
                 results.append({"name": setup.name, "error": "skipped: the run's time budget is spent"})
+                print(f"bench: {setup.name} skipped: the time budget is spent", flush=True)
                 continue
             print(f"bench: {setup.name} ...", flush=True)
             t0 = time.monotonic()
@@ -713,36 +793,17 @@ def main(argv=None):
             finally:
                 setup.stop()
             print(f"bench: {setup.name} done in {time.monotonic() - t0:.0f}s", flush=True)
-        # The soak: the best single worker holds the full count of idle peers for a minute.
-        if profile["soak_peers"] and not args.no_soak:
-            singles = [r for r in results if r["name"].startswith("uvicorn") and "error" not in r]
-            if singles:
-                best = min(singles, key=lambda r: value(ROWS[7][1], r) or 1e9)
-                need = profile["soak_hold"] + 60
-                if time.monotonic() + need < deadline + 20:
-                    ws = best["name"].split("-", 1)[1]
-                    setup = Setup(f"soak-{best['name']}", work, "ours", server="uvicorn", ws=ws)
-                    print(f"bench: soak {best['name']}: {profile['soak_peers']} idle peers for {profile['soak_hold']}s ...", flush=True)
-                    try:
-                        setup.start(template)
-                        soak = bench_setup(setup, profile, args.clients, soak=True)
-                        soak["requested"] = profile["soak_peers"]
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:
-                        soak = {"name": setup.name, "error": f"{type(exc).__name__}: {exc}"}
-                    finally:
-                        setup.stop()
-                else:
-                    print("bench: soak skipped: not enough time left in the budget", flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted; servers stopped", flush=True)
     finally:
         info["seconds"] = time.monotonic() - started
         info["loadavg_at_end"] = os.getloadavg()
         shutil.rmtree(work, ignore_errors=True)
-    text, notes = table(results)
-    targets = check_targets(results, soak)
+    if not results:
+        return 1
+    text = table(results)
+    notes = notes_for(results)
+    targets = check_targets(results)
     print()
     print(text)
     if notes:
@@ -751,16 +812,19 @@ def main(argv=None):
             print(f"note: {note}")
     if targets:
         print()
-        print("targets (issue 5):")
+        print("targets (issue 5, part 2):")
         for line in targets:
             print(f"  {line}")
+    for r in results:
+        r["figures"] = figures(r)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps({"info": info, "results": results, "soak": soak, "table": text, "notes": notes, "targets": targets}, indent=2))
-    print(f"\nbench: {info['seconds']:.0f}s; JSON in {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
-    return 130 if stopping else 0
+    path.write_text(json.dumps({"info": info, "results": results, "table": text, "notes": notes, "targets": targets}, indent=2))
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"\nbench: {info['seconds']:.0f}s in all; JSON in {shown}")
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
