@@ -121,8 +121,8 @@ def _validated(raw):
     if not values["KEY"]:
         fail("KEY", "must not be empty.")
     path = values["PATH"]
-    if not path.startswith("/") or (path.endswith("/") and path != "/"):
-        fail("PATH", f"must start with '/' and not end with one, got {path!r}.")
+    if not path.startswith("/"):
+        fail("PATH", f"must start with '/', got {path!r}.")
     if values["WORKER_TIMEOUT"] <= values["WORKER_BEAT"]:
         fail("WORKER_TIMEOUT", "must be longer than PEERJS_WORKER_BEAT.")
     try:

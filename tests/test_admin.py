@@ -1,0 +1,42 @@
+"""The Django admin's view of the registry."""
+import pytest
+from django.utils import timezone
+
+from signaling import registry
+from signaling.models import Peer
+
+pytestmark = [pytest.mark.db, pytest.mark.django_db]
+
+
+@pytest.fixture
+def peers():
+    registry.worker_beat("worker-a", "host-a", 10, timezone.now())
+    registry.claim("stage-left", "peerjs", "tok-secret-1", "worker-a", "c1", "192.0.2.1", 100)
+    registry.claim("stage-right", "peerjs", "tok-secret-2", "worker-a", "c2", "192.0.2.2", 100)
+
+
+def test_operator_sees_connected_peers_without_tokens(admin_client, peers):
+    page = admin_client.get("/admin/signaling/peer/").content.decode()
+    assert "stage-left" in page and "stage-right" in page and "192.0.2.1" in page and "worker-a" in page
+    for peer in Peer.objects.all():
+        assert peer.token_hash not in page
+    detail = admin_client.get("/admin/signaling/peer/stage-left/change/").content.decode()
+    assert "stage-left" in detail and Peer.objects.get(pk="stage-left").token_hash not in detail
+    assert "tok-secret-1" not in detail
+
+
+def test_peer_list_is_searchable_by_id(admin_client, peers):
+    page = admin_client.get("/admin/signaling/peer/", {"q": "left"}).content.decode()
+    assert "stage-left" in page and "stage-right" not in page
+
+
+def test_peer_list_filters_by_worker(admin_client, peers):
+    page = admin_client.get("/admin/signaling/peer/", {"worker": "worker-a"}).content.decode()
+    assert "stage-left" in page and "stage-right" in page
+
+
+def test_the_registry_is_read_only_in_the_admin(admin_client, peers):
+    assert admin_client.get("/admin/signaling/peer/add/").status_code == 403
+    response = admin_client.post("/admin/signaling/peer/stage-left/change/", {"worker": "forged"})
+    assert response.status_code == 403
+    assert Peer.objects.get(pk="stage-left").worker == "worker-a"

@@ -1,0 +1,70 @@
+"""Options: the reference's defaults, environment overrides, and clear refusals."""
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from signaling import conf
+from tests.servers import ROOT
+
+
+def test_defaults_are_the_references():
+    o = conf._validated(conf.from_environ({}))
+    assert (o.key, o.path, o.expire_timeout, o.alive_timeout, o.cleanup_out_msgs) == (
+        "peerjs", "/peerjs/myapp", 5000, 60000, 1000,
+    )
+    assert (o.concurrent_limit, o.allow_discovery, o.proxied, o.cors_origins) == (5000, False, False, ("*",))
+    assert o.generate_client_id.__name__ == "uuid4_id"
+
+
+def test_every_option_reads_its_environment_variable():
+    environ = {
+        "PEERJS_KEY": "stage",
+        "PEERJS_PATH": "/signal/",
+        "PEERJS_EXPIRE_TIMEOUT": "7000",
+        "PEERJS_ALIVE_TIMEOUT": "30000",
+        "PEERJS_CLEANUP_OUT_MSGS": "500",
+        "PEERJS_CONCURRENT_LIMIT": "10",
+        "PEERJS_ALLOW_DISCOVERY": "yes",
+        "PEERJS_PROXIED": "1",
+        "PEERJS_CORS_ORIGINS": "http://a.example, http://b.example",
+        "PEERJS_MAX_FRAME_BYTES": "4096",
+        "PEERJS_ID_MAX_LENGTH": "40",
+        "PEERJS_GENERATE_CLIENT_ID": "signaling.ids.uuid4_id",
+    }
+    o = conf._validated(conf.from_environ(environ))
+    assert (o.key, o.path, o.expire_timeout, o.alive_timeout, o.cleanup_out_msgs) == ("stage", "/signal", 7000, 30000, 500)
+    assert (o.concurrent_limit, o.allow_discovery, o.proxied) == (10, True, True)
+    assert o.cors_origins == ("http://a.example", "http://b.example")
+    assert (o.max_frame_bytes, o.id_max_length) == (4096, 40)
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("PEERJS_EXPIRE_TIMEOUT", "soon"),
+        ("PEERJS_CONCURRENT_LIMIT", "0"),
+        ("PEERJS_ALLOW_DISCOVERY", "maybe"),
+        ("PEERJS_GENERATE_CLIENT_ID", "no.such.generator"),
+        ("PEERJS_PATH", "relative"),
+    ],
+)
+def test_a_bad_value_names_its_variable(variable, value):
+    with pytest.raises(ImproperlyConfigured, match=variable):
+        conf._validated(conf.from_environ({variable: value}))
+
+
+def test_a_bad_value_stops_start_up():
+    env = {**os.environ, "DJANGO_SECRET_KEY": "x", "PEERJS_ALIVE_TIMEOUT": "-5"}
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "PEERJS_ALIVE_TIMEOUT='-5' must be at least 1" in result.stderr
+
+
+def test_secret_key_is_required_when_debug_is_off():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    env["DJANGO_DEBUG"] = "0"
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY is required" in result.stderr
