@@ -13,7 +13,7 @@ from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from cuepages.csp import content_security_policy
 from signaling.conf import ID_RULE, options
@@ -38,7 +38,7 @@ def share_url(request, receiver_id):
 
 
 def page(template):
-    @require_GET
+    @require_safe
     @content_security_policy
     def view(request):
         config = {
@@ -58,7 +58,7 @@ receive = page("cuepages/receive.html")
 send = page("cuepages/send.html")
 
 
-@require_GET
+@require_safe
 def share_qr(request):
     """An SVG QR code of the sender link for ``?id=``, drawn on the server (segno)."""
     peerjs = options()
