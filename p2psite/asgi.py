@@ -11,9 +11,27 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
+
+
+async def lifespan(scope, receive, send):
+    """Acknowledge the server's start and stop (uvicorn asks; daphne does not).
+
+    Nothing to do at either: a worker's hub starts with its first socket, and
+    drains on SIGTERM before the server begins its own shutdown.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": URLRouter(websocket_urlpatterns),
+        "lifespan": lifespan,
     }
 )

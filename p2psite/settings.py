@@ -100,13 +100,31 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # REDIS_URL unset: the in-memory channel layer (one worker).
-# REDIS_URL set: every worker shares signaling through Redis.
+# REDIS_URL set: every worker shares signaling through Redis. Workers talk to
+# each other through one inbox channel each (never groups, whose sends drop
+# silently when full); a full inbox raises, and the sender hears EXPIRE.
 REDIS_URL = env.string("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py's default 5 s read timeout equals the layer's
+                        # 5 s blocking read: a quiet worker's inbox read would
+                        # time out and fail. Block without a timeout instead.
+                        "socket_timeout": None,
+                        "socket_connect_timeout": 5,
+                        "health_check_interval": 30,
+                        "max_connections": env.integer("REDIS_MAX_CONNECTIONS", 1000, minimum=4),
+                    }
+                ],
+                # Messages waiting in one worker's inbox before sends to it fail.
+                "capacity": env.integer("REDIS_INBOX_CAPACITY", 10000, minimum=100),
+                "expiry": 60,
+            },
         }
     }
 else:

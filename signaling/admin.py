@@ -1,5 +1,7 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import Count, IntegerField, OuterRef, Subquery
 
+from signaling import hub
 from signaling.models import Peer, QueuedMessage, Worker
 
 
@@ -24,11 +26,39 @@ class PeerAdmin(ReadOnlyAdmin):
     # The token hash is never shown: it identifies a client's reconnections.
     exclude = ["token_hash"]
     date_hierarchy = "connected_at"
+    actions = ["disconnect"]
+
+    @admin.action(description="Disconnect the selected peers", permissions=["disconnect"])
+    def disconnect(self, request, queryset):
+        """Close the peers' sockets on whichever worker holds them; their rows go as they close."""
+        peers = list(queryset)
+        for peer in peers:
+            hub.request_disconnect(peer)
+        self.message_user(request, f"Asked to disconnect {len(peers)} peer(s).", messages.SUCCESS)
+
+    def has_disconnect_permission(self, request):
+        return request.user.has_perm("signaling.delete_peer")
 
 
 @admin.register(Worker)
 class WorkerAdmin(ReadOnlyAdmin):
-    list_display = ["name", "host", "pid", "started_at", "last_beat"]
+    list_display = ["name", "host", "pid", "peers", "started_at", "last_beat"]
+
+    def get_queryset(self, request):
+        counts = (
+            Peer.objects.filter(worker=OuterRef("name"))
+            .order_by()
+            .values("worker")
+            .annotate(n=Count("*"))
+            .values("n")
+        )
+        return super().get_queryset(request).annotate(
+            peer_count=Subquery(counts, output_field=IntegerField())
+        )
+
+    @admin.display(description="peers", ordering="peer_count")
+    def peers(self, worker):
+        return worker.peer_count or 0
 
 
 @admin.register(QueuedMessage)

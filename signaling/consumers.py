@@ -56,7 +56,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         self.peer_id = request.peer_id
         outcome = await self.hub.register(self, request, client_address(self.scope, self.options.proxied))
-        if outcome == registry.TAKEN:
+        if outcome == hubs.STOPPING:
+            # No ERROR frame: the client would give up. A plain close makes it
+            # reconnect, through the load balancer, to a worker that stays.
+            self.peer_id = None
+            await self.close_with(hubs.CLOSE_GOING_AWAY)
+        elif outcome == registry.TAKEN:
             self.peer_id = None
             await self.refuse(protocol.ID_TAKEN_FRAME)
         elif outcome == registry.FULL:

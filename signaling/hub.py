@@ -17,8 +17,11 @@ import logging
 import os
 import re
 import secrets
+import signal
 import socket
+import threading
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
@@ -27,6 +30,8 @@ from signaling import protocol, registry
 from signaling.conf import options
 
 logger = logging.getLogger(__name__)
+
+STOPPING = "stopping"  # register() outcome while the worker drains
 
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
 
@@ -68,6 +73,7 @@ class Hub:
         self.stats = collections.Counter()
         self._tasks = []
         self._started = None
+        self.stopping = False
 
     # Life cycle.
 
@@ -83,15 +89,44 @@ class Hub:
         if self.layer is not None:
             services.append(self._inbox_loop)
         self._tasks = [self.loop.create_task(service()) for service in services]
+        self._drain_on_sigterm()
         logger.info("worker %s started", self.name)
+
+    def _drain_on_sigterm(self):
+        """On SIGTERM, close every socket and free this worker's rows, then let the server stop.
+
+        The handler is chained in front of the ASGI server's own (daphne's
+        reactor, uvicorn's), which runs once the drain is done.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            signal.signal(signal.SIGTERM, previous)  # a second SIGTERM stops at once
+            self.loop.call_soon_threadsafe(self.loop.create_task, self._stop_then(previous, signum, frame))
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    async def _stop_then(self, previous, signum, frame):
+        try:
+            await asyncio.wait_for(self.stop(), timeout=10)
+        except Exception:
+            logger.exception("worker %s did not drain cleanly", self.name)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def stop(self):
         """Close every socket with 1001 and remove this worker's rows at once."""
+        self.stopping = True
         for task in self._tasks:
             task.cancel()
         for connection in list(self.connections.values()):
             await connection.drop(CLOSE_GOING_AWAY, "Server shutting down")
         await _db(registry.worker_gone)(self.name)
+        logger.info("worker %s stopped: %d sockets closed, registrations removed", self.name, self.stats["drained"])
 
     # Registration.
 
@@ -103,6 +138,8 @@ class Hub:
         nothing overtakes them.
         """
         await self.ensure_started()
+        if self.stopping:
+            return STOPPING
         self.connections[connection.connection_id] = connection
         claim = await _db(registry.claim)(
             request.peer_id,
@@ -139,6 +176,9 @@ class Hub:
         peer_id = connection.peer_id
         if peer_id is None:
             return
+        if self.stopping:
+            self.stats["drained"] += 1
+            return  # stop() removes every row of this worker in one go
         if self.local.get(peer_id) is connection:
             del self.local[peer_id]
         await _db(registry.release)(peer_id, connection.connection_id)
@@ -272,6 +312,27 @@ class Hub:
             except Exception:
                 logger.exception("worker %s failed on %s", self.name, message.get("type"))
 
+    async def _adopt_inbox(self, worker):
+        """Re-route what was sent to a worker that died before reading it.
+
+        Its peers have lost their sockets; they may have reconnected
+        elsewhere already, or will, or their senders hear EXPIRE. The dead
+        worker's closes and drains have nothing left to act on.
+        """
+        if self.layer is None:
+            return
+        while True:
+            try:
+                message = await asyncio.wait_for(self.layer.receive(inbox_name(worker)), timeout=0.5)
+            except asyncio.TimeoutError:
+                logger.info("worker %s adopted the inbox of dead worker %s", self.name, worker)
+                return
+            if message.get("type") == "peerjs.relay":
+                self.stats["adopted"] += 1
+                await self.deliver_elsewhere(
+                    message["src"], message["dst"], message["kind"], message["frame"], message["hops"]
+                )
+
     async def handle(self, message):
         """Act on a message from another worker (or from the admin)."""
         kind = message.get("type")
@@ -316,7 +377,10 @@ class Hub:
                 await connection.drop(CLOSE_WORKER_LOST, "Worker lost its registrations")
         dead, freed = await _db(registry.reap)(self.options.worker_timeout)
         if dead or freed:
+            self.stats["reaped_peers"] += freed
             logger.warning("reaped workers %s and %d peer rows", dead, freed)
+        for worker in dead:
+            await self._adopt_inbox(worker)
         cutoff = self.loop.time() - self.options.worker_beat / 1000
         active = [p for p, c in self.local.items() if c.last_frame >= cutoff]
         if active:
@@ -335,6 +399,17 @@ class Hub:
             if connection.last_frame < cutoff:
                 self.stats["timed_out"] += 1
                 await connection.drop(CLOSE_TIMEOUT, "No sign of life within alive_timeout")
+
+
+def request_disconnect(peer):
+    """Ask the worker holding ``peer`` (a Peer row) to close its socket; for sync code (the admin)."""
+    message = {
+        "type": "peerjs.close",
+        "connection": peer.connection,
+        "code": CLOSE_DISCONNECTED,
+        "reason": "Disconnected by an operator",
+    }
+    async_to_sync(get_channel_layer().send)(inbox_name(peer.worker), message)
 
 
 _hub = None

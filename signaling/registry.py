@@ -198,9 +198,12 @@ def reap(worker_timeout_ms):
     Returns the names of the workers reaped and the number of peer rows freed.
     """
     cutoff = timezone.now() - datetime.timedelta(milliseconds=worker_timeout_ms)
-    dead = list(Worker.objects.filter(last_beat__lt=cutoff).values_list("name", flat=True))
-    if dead:
-        Worker.objects.filter(name__in=dead, last_beat__lt=cutoff).delete()
+    dead = []
+    for name in Worker.objects.filter(last_beat__lt=cutoff).values_list("name", flat=True):
+        # Of several workers reaping at once, the one whose delete succeeds
+        # owns the dead worker's leftovers (its inbox).
+        if Worker.objects.filter(name=name, last_beat__lt=cutoff).delete()[0]:
+            dead.append(name)
     freed, _ = Peer.objects.exclude(worker__in=Worker.objects.values("name")).delete()
     return dead, freed
 

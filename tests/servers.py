@@ -103,6 +103,18 @@ class RedisServer:
         except OSError:
             return False
 
+    def blocked_readers(self):
+        """How many clients wait in a blocking pop (each worker's inbox has one)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"CLIENT LIST\r\n")
+            data = b""
+            while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return data.count(b"cmd=bzpopmin")
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

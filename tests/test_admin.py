@@ -40,3 +40,13 @@ def test_the_registry_is_read_only_in_the_admin(admin_client, peers):
     response = admin_client.post("/admin/signaling/peer/stage-left/change/", {"worker": "forged"})
     assert response.status_code == 403
     assert Peer.objects.get(pk="stage-left").worker == "worker-a"
+
+
+def test_workers_list_counts_their_peers(admin_client, peers):
+    registry.worker_beat("worker-b", "host-b", 11, timezone.now())
+    registry.claim("booth", "peerjs", "t", "worker-b", "c3", None, 100)
+    page = admin_client.get("/admin/signaling/worker/").content.decode()
+    import re
+
+    counts = dict(re.findall(r'<a href="[^"]*">(worker-[ab])</a></th>.*?<td class="field-peers">(\d+)</td>', page, re.S))
+    assert counts == {"worker-a": "2", "worker-b": "1"}

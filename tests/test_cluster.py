@@ -1,0 +1,254 @@
+"""Several daphne workers sharing one Redis and one database behave as one PeerServer."""
+import asyncio
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.client import connect, roundtrip, uid
+from tests.conftest import TEST_ENV
+from tests.servers import BASE, ROOT, Database, Worker, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+class Cluster:
+    def __init__(self, redis, count=2, env=None, server="daphne"):
+        self.database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+        self.env = {**TEST_ENV, "REDIS_URL": redis.url, **(env or {})}
+        self.workers = [Worker(self.database, self.env, server=server, name=f"w{n}") for n in range(count)]
+
+    def stop(self):
+        for worker in self.workers:
+            worker.stop()
+        self.database.drop()
+
+    def rows(self, peer_id):
+        return self.database.query("SELECT worker FROM signaling_peer WHERE peer_id = ?", (peer_id,))
+
+
+@pytest.fixture
+def cluster(redis_server):
+    cluster = Cluster(redis_server)
+    yield cluster
+    cluster.stop()
+
+
+async def test_signaling_crosses_workers_both_ways(cluster):
+    w1, w2 = cluster.workers
+    a, b = await connect(w1), await connect(w2)
+    await a.relay("OFFER", b.peer_id, {"sdp": "offer"})
+    assert await b.recv() == {"type": "OFFER", "src": a.peer_id, "dst": b.peer_id, "payload": {"sdp": "offer"}}
+    await b.relay("ANSWER", a.peer_id, {"sdp": "answer"})
+    assert (await a.expect("ANSWER"))["payload"] == {"sdp": "answer"}
+    for n in range(20):  # candidates keep their order across the hop
+        await a.relay("CANDIDATE", b.peer_id, n)
+    assert [(await b.expect("CANDIDATE"))["payload"] for _ in range(20)] == list(range(20))
+
+
+async def test_id_held_on_another_worker_is_taken(cluster):
+    w1, w2 = cluster.workers
+    holder = await connect(w1)
+    thief = await connect(w2, peer_id=holder.peer_id, token="other", expect_open=False)
+    assert (await thief.recv())["type"] == "ID-TAKEN"
+
+
+async def test_the_same_id_claimed_on_two_workers_at_once_gets_one_open(cluster):
+    w1, w2 = cluster.workers
+    for _round in range(5):
+        peer_id = uid()
+        clients = await asyncio.gather(
+            *(connect(w, peer_id=peer_id, token=f"t{n}", expect_open=False) for n, w in enumerate([w1, w2, w1, w2]))
+        )
+        assert sorted([(await c.recv())["type"] for c in clients]) == ["ID-TAKEN"] * 3 + ["OPEN"]
+
+
+async def test_queued_messages_reach_a_peer_that_connects_to_another_worker(cluster):
+    w1, w2 = cluster.workers
+    a, later = await connect(w1), uid()
+    await a.relay("OFFER", later, "first")
+    await a.relay("CANDIDATE", later, "second")
+    await roundtrip(a, await connect(w1))
+    b = await connect(w2, peer_id=later)
+    assert [(await b.recv())["payload"] for _ in range(2)] == ["first", "second"]
+    await roundtrip(b, a)
+
+
+async def test_expiry_sends_one_expire_whichever_worker_sweeps(cluster):
+    w1, w2 = cluster.workers
+    a, c, nobody = await connect(w1), await connect(w2), uid()
+    for n in range(3):
+        await a.relay("CANDIDATE", nobody, n)
+    await c.relay("OFFER", nobody, "c")
+    assert await a.recv(timeout=5) == {"type": "EXPIRE", "src": nobody, "dst": a.peer_id}
+    assert await c.recv(timeout=5) == {"type": "EXPIRE", "src": nobody, "dst": c.peer_id}
+    await roundtrip(c, a)  # the next frame each gets is fresh: no second EXPIRE
+    await roundtrip(a, c)
+
+
+async def test_discovery_and_concurrent_limit_count_the_whole_cluster(redis_server):
+    cluster = Cluster(redis_server, env={"PEERJS_CONCURRENT_LIMIT": "2", "PEERJS_ALLOW_DISCOVERY": "1"})
+    try:
+        w1, w2 = cluster.workers
+        a, b = await connect(w1), await connect(w2)
+        for worker in (w1, w2):
+            with urllib.request.urlopen(f"{worker.http}{BASE}/peerjs/peers", timeout=5) as response:
+                assert sorted(json.load(response)) == sorted([a.peer_id, b.peer_id])
+        c = await connect(w1, expect_open=False)
+        assert (await c.recv())["payload"]["msg"] == "Server has reached its concurrent user limit"
+    finally:
+        cluster.stop()
+
+
+async def test_relay_to_a_peer_that_left_another_worker_ends_in_leave_or_expire(cluster):
+    w1, w2 = cluster.workers
+    for _round in range(5):
+        a, b = await connect(w1), await connect(w2)
+        await b.close()
+        await a.relay("OFFER", b.peer_id, "too late")
+        frame = await a.recv(timeout=5)
+        assert frame["type"] in ("EXPIRE", "LEAVE") and frame["src"] == b.peer_id
+
+
+async def test_sigkill_rows_are_reaped_and_ids_come_back_with_their_tokens(redis_server):
+    cluster = Cluster(redis_server, count=3)
+    try:
+        w1, w2, w3 = cluster.workers
+        returning, vanished = await connect(w2), await connect(w2)
+        sender, bystander = await connect(w1), await connect(w3)
+        readers = redis_server.blocked_readers()
+        w2.proc.kill()
+        killed_at = time.monotonic()
+        # Sent while the dead worker still looks alive, so it lands in its
+        # inbox: it must not vanish with it. (Once Redis has noticed the dead
+        # connection: a message Redis hands to a connection in the instant its
+        # process dies is lost, see the README's "Failure modes".)
+        wait_until(lambda: redis_server.blocked_readers() < readers, 10, "Redis to drop the dead worker's connection")
+        await sender.relay("OFFER", vanished.peer_id, "into the void?")
+        # The client reconnects (PeerJS does on 'disconnected') to another
+        # worker with its id and token, and gets the id back at once.
+        back = await connect(w3, peer_id=returning.peer_id, token=returning.token)
+        await roundtrip(bystander, back)
+        # A stranger cannot take an id whose owner may come back...
+        thief = await connect(w1, peer_id=vanished.peer_id, token="stranger", expect_open=False)
+        assert (await thief.recv())["type"] == "ID-TAKEN"
+        # ...until the dead worker's rows are reaped, within the worker timeout.
+        wait_until(lambda: not cluster.rows(vanished.peer_id), 15, "the dead worker's rows to be reaped")
+        reaped_after = time.monotonic() - killed_at
+        print(f"rows reaped {reaped_after:.2f}s after SIGKILL (PEERJS_WORKER_TIMEOUT=3000)")
+        assert reaped_after < 3.0 + 2 * 0.5 + 2  # timeout + two beats + slack
+        # The message for the vanished peer ends as an EXPIRE to its sender.
+        assert await sender.recv(timeout=10) == {"type": "EXPIRE", "src": vanished.peer_id, "dst": sender.peer_id}
+        await connect(w1, peer_id=vanished.peer_id, token="stranger")
+        await roundtrip(bystander, sender)  # the other workers carried on throughout
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("server, code", [("uvicorn", 1001), ("daphne", 4001)])
+async def test_sigterm_closes_sockets_with_going_away_and_frees_rows_at_once(redis_server, server, code):
+    cluster = Cluster(redis_server, server=server)
+    try:
+        w1, w2 = cluster.workers
+        leaving, staying = await connect(w1), await connect(w2)
+        w1.signal(signal.SIGTERM)
+        closed_code, _ = await leaving.closed(timeout=10)
+        # daphne (autobahn) lets applications send 1000 and 3000-4999 only: 4001 there.
+        assert closed_code == code
+        assert w1.proc.wait(15) is not None
+        assert not cluster.rows(leaving.peer_id)  # removed before the worker exited
+        back = await connect(w2, peer_id=leaving.peer_id, token=leaving.token)
+        await roundtrip(staying, back)
+    finally:
+        cluster.stop()
+
+
+async def test_redis_outage_keeps_what_does_not_need_it_and_recovers(redis_server):
+    cluster = Cluster(redis_server)
+    try:
+        w1, w2 = cluster.workers
+        a, a2, b = await connect(w1), await connect(w1), await connect(w2)
+        await roundtrip(a, b)
+        redis_server.stop()
+        try:
+            # Same worker: no Redis needed.
+            await roundtrip(a, a2)
+            # HTTP answers.
+            with urllib.request.urlopen(f"{w1.http}{BASE}/peerjs/id", timeout=5) as response:
+                assert response.status == 200
+            # Across workers: a clear EXPIRE instead of silence or a hang.
+            await a.relay("OFFER", b.peer_id, "during the outage")
+            assert await a.recv(timeout=10) == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
+        finally:
+            redis_server.start()
+        # Signaling resumes without restarting any worker.
+        async def crosses():
+            await a.relay("CANDIDATE", b.peer_id, "back")
+            frame = await a.recv(timeout=2) if False else None
+            return frame
+
+        deadline = time.monotonic() + 20
+        while True:
+            await a.relay("CANDIDATE", b.peer_id, "back?")
+            try:
+                frame = await b.recv(timeout=1)
+                break
+            except asyncio.TimeoutError:
+                assert time.monotonic() < deadline, "cross-worker signaling did not resume"
+                # The attempt that failed was answered with EXPIRE; drain it.
+                assert (await a.recv(timeout=5))["type"] == "EXPIRE"
+        assert frame["payload"] == "back?"
+        await roundtrip(b, a)
+    finally:
+        cluster.stop()
+
+
+class AdminSession:
+    """An operator logged in to the admin of one worker, over real HTTP."""
+
+    def __init__(self, worker, username, password):
+        self.base = worker.http
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.post("/admin/login/?next=/admin/", {"username": username, "password": password, "next": "/admin/"})
+
+    def get(self, path):
+        with self.opener.open(self.base + path, timeout=10) as response:
+            return response.read().decode()
+
+    def post(self, path, fields):
+        page = self.get(path)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}, doseq=True).encode()
+        request = urllib.request.Request(self.base + path, data=data, headers={"Referer": self.base + path})
+        with self.opener.open(request, timeout=10) as response:
+            return response.read().decode()
+
+
+async def test_admin_disconnect_reaches_a_peer_on_another_worker(cluster):
+    w1, w2 = cluster.workers
+    env = {**w1.env, "DJANGO_SUPERUSER_PASSWORD": "stage-manager-pw"}
+    subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "sm", "--email", "sm@example.com"],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )
+    target, other = await connect(w2), await connect(w2)
+    admin = AdminSession(w1, "sm", "stage-manager-pw")
+    listing = admin.get("/admin/signaling/peer/")
+    assert target.peer_id in listing and other.peer_id in listing
+    page = await asyncio.to_thread(
+        admin.post, "/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [target.peer_id]}
+    )
+    assert "Asked to disconnect 1 peer" in page
+    code, _ = await target.closed(timeout=10)
+    assert code == 4102
+    wait_until(lambda: not cluster.rows(target.peer_id), 10, "the disconnected peer's row to go")
+    await roundtrip(await connect(w1), other)  # the others stay
