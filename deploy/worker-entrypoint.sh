@@ -24,11 +24,8 @@ case "${ASGI_SERVER:-daphne}" in
         exec daphne -b "$host" -p "$port" "$app"
         ;;
     uvicorn)
-        # --lifespan auto, not on: p2psite.asgi routes no "lifespan" scope
-        # yet, and with "on" uvicorn refuses to start without one. auto runs
-        # the app's lifespan as soon as it has one.
         exec uvicorn "$app" --host "$host" --port "$port" \
-            --ws websockets --lifespan auto --proxy-headers
+            --ws websockets --lifespan on --proxy-headers
         ;;
     *)
         echo "error: ASGI_SERVER=${ASGI_SERVER} is not a server this image runs; use daphne or uvicorn." >&2

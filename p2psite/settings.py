@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from cuepages import conf as cuepages_conf
 from p2psite import env
 from signaling import conf as peerjs_conf
 
@@ -159,14 +160,11 @@ LOGGING = {
     },
 }
 
-# --- Cue pages (cuepages app) ---------------------------------------------
+# Cue pages (the cuepages app)
 # CUEPAGES_ICE_SERVERS: JSON list of RTCIceServer objects for the pages' PeerJS
 #   clients, e.g. [{"urls": "stun:stun.example.org:3478"}] or a TURN server
 #   with "username" and "credential". Default []: a theatre LAN needs none.
 # CUEPAGES_PUBLIC_URL: base URL for the receiver's share link and QR code,
 #   e.g. http://192.168.1.20:8080; default: the address the page was opened at.
-from cuepages import conf as cuepages_conf  # noqa: E402
-
 CUEPAGES_ICE_SERVERS = cuepages_conf.ice_servers("CUEPAGES_ICE_SERVERS")
 CUEPAGES_PUBLIC_URL = cuepages_conf.public_url("CUEPAGES_PUBLIC_URL")
-# --- end of cue pages -----------------------------------------------------
