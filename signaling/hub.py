@@ -23,6 +23,7 @@ import threading
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
@@ -287,9 +288,17 @@ class Hub:
         """Put a message on ``worker``'s inbox; False (logged, counted) if that failed."""
         try:
             await self.layer.send(inbox_name(worker), message)
-        except Exception:
+        except ChannelFull:
+            self.stats["inbox_full"] += 1
+            logger.warning(
+                "inbox full: worker %s did not take a %s (%d refused so far)",
+                worker, message["type"], self.stats["inbox_full"],
+            )
+            return False
+        except Exception as exc:
+            # Redis down or unreachable: the caller answers the sender.
             self.stats["layer_send_failed"] += 1
-            logger.exception("could not send %s to worker %s", message["type"], worker)
+            logger.warning("could not send %s to worker %s: %r", message["type"], worker, exc)
             return False
         return True
 

@@ -252,3 +252,27 @@ async def test_admin_disconnect_reaches_a_peer_on_another_worker(cluster):
     assert code == 4102
     wait_until(lambda: not cluster.rows(target.peer_id), 10, "the disconnected peer's row to go")
     await roundtrip(await connect(w1), other)  # the others stay
+
+
+async def test_a_full_inbox_is_answered_with_expire_never_a_silent_drop(redis_server):
+    # A worker that stops reading (SIGSTOP) lets its inbox fill up to capacity.
+    cluster = Cluster(redis_server, env={"REDIS_INBOX_CAPACITY": "100", "PEERJS_WORKER_TIMEOUT": "60000"})
+    try:
+        w1, w2 = cluster.workers
+        a, b = await connect(w1), await connect(w2)
+        w2.signal(signal.SIGSTOP)
+        try:
+            for n in range(150):
+                await a.relay("CANDIDATE", b.peer_id, n)
+            expired = 0
+            while expired + 101 < 150:  # at most capacity + 1 (in the stopped reader's socket) get through
+                assert await a.recv() == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
+                expired += 1
+        finally:
+            w2.signal(signal.SIGCONT)
+        delivered = [(await b.expect("CANDIDATE"))["payload"] for _ in range(150 - expired)]
+        assert delivered == list(range(150 - expired))  # what fitted arrives, in order
+        await roundtrip(b, a)  # nothing else was owed to either: every message is accounted for
+        assert "inbox full" in w1.read_log()
+    finally:
+        cluster.stop()
