@@ -131,6 +131,11 @@ def percentiles(histogram, wanted=(50, 95, 99)):
     return result
 
 
+def missing(ranges):
+    """Messages of ``ranges`` [(stream, first seq, end seq)] that have not arrived."""
+    return sum(sum(1 for seq in range(first, end) if seq not in s.seen) for s, first, end in ranges)
+
+
 class Stream:
     """Messages from one peer to another: what was sent and what arrived."""
 
@@ -226,6 +231,7 @@ class Generator:
         self.pairs = []  # (Peer, Peer)
         self.streams = []
         self.phases = {}
+        self.ranges = {}  # phase number -> [(stream, first seq, end seq)]
         self.unexpected = collections.Counter()  # frames of other types (EXPIRE, LEAVE, ERROR...)
         self.extensions = collections.Counter()  # what the server negotiated (permessage-deflate or none)
         self.closing = False
@@ -345,6 +351,17 @@ class Generator:
 
     # Relaying.
 
+    async def never_delivered(self, wait):
+        """Per phase, the messages still missing after waiting up to ``wait`` s more.
+
+        A phase's "lost" counts what had not arrived when its drain ended
+        (late or lost); this counts what never arrived before the sockets closed.
+        """
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(s.outstanding() > 0 for s in self.streams):
+            await asyncio.sleep(0.05)
+        return {str(number): missing(ranges) for number, ranges in self.ranges.items()}
+
     def make_pairs(self, opened):
         """Pair peers (a, b) and set up a stream each way."""
         self.pairs = list(zip(opened[0::2], opened[1::2]))
@@ -420,8 +437,9 @@ class Generator:
             await asyncio.gather(*(pump(s) for s in streams))
         send_wall = time.monotonic() - wall0
         # Wait (bounded) for what is still in flight.
+        ranges = [(s, sent_before[id(s)][0], s.sent) for s in streams]
         drain_deadline = time.monotonic() + drain
-        while time.monotonic() < drain_deadline and any(s.outstanding() > 0 for s in streams):
+        while time.monotonic() < drain_deadline and missing(ranges):
             await asyncio.sleep(0.01)
         wall = time.monotonic() - wall0
         cpu = cpu_seconds() - cpu0
@@ -431,7 +449,8 @@ class Generator:
             sent += s.sent - s0
             duplicated += s.duplicated - dup0
             reordered += s.reordered - reord0
-        lost = sum(s.outstanding() for s in streams)
+        lost = missing(ranges)
+        self.ranges[number] = ranges
         return {
             "mode": mode,
             "rate": rate,
@@ -505,10 +524,11 @@ class Worker:
                 drain=command.get("drain", DRAIN_TIMEOUT),
             )
         elif op == "close_pairs":
+            never = await g.never_delivered(command.get("wait", 0))
             dropped = sum(p.dropped for pair in g.pairs for p in pair)
             await g.close_peers([p for pair in g.pairs for p in pair])
-            g.pairs, g.streams = [], []
-            answer = {"dropped": dropped}
+            g.pairs, g.streams, g.ranges = [], [], {}
+            answer = {"dropped": dropped, "never_delivered": never}
         elif op == "stats":
             answer = {"unexpected": dict(g.unexpected), "extensions": dict(g.extensions)}
         else:
@@ -546,11 +566,11 @@ async def serve(prefix, compression):
     await g.close_peers(g.idle + [p for pair in g.pairs for p in pair])
 
 
-async def smoke(urls, pairs, messages, rate, prefix):
+async def smoke(urls, pairs, messages, rate, prefix, compression="deflate"):
     """A short complete run in one process: open, relay at ``rate`` then at full speed, close."""
     for url in urls:
         check_loopback(url)
-    g = Generator(prefix)
+    g = Generator(prefix, compression)
     opened, failures, open_latency = await g.open_peers(urls, 2 * pairs, 8)
     result = {"opened": len(opened), "open_failures": dict(failures), "open_latency_us": percentiles(open_latency)}
     if len(opened) != 2 * pairs:
@@ -559,8 +579,10 @@ async def smoke(urls, pairs, messages, rate, prefix):
     try:
         paced = await g.relay(1, "paced", messages / rate, rate=rate)
         full = await g.relay(2, "full", 10.0, window=16, max_messages=messages)
+        never = await g.never_delivered(DRAIN_TIMEOUT)
     finally:
         await g.close_peers(opened)
+    paced["never_delivered"], full["never_delivered"] = never.get("1"), never.get("2")
     for name, phase in (("paced", paced), ("full", full)):
         histogram = merge_histograms([phase.pop("latency_us")])
         phase["latency_us"] = percentiles(histogram)
@@ -584,11 +606,13 @@ def main(argv=None):
     m.add_argument("--messages", type=int, default=200, help="messages per phase")
     m.add_argument("--rate", type=float, default=1000.0, help="messages/s of the paced phase")
     m.add_argument("--prefix", default="smoke")
+    m.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     args = parser.parse_args(argv)
     if args.command == "serve":
         asyncio.run(serve(args.prefix, None if args.no_compression else "deflate"))
         return 0
-    result = asyncio.run(smoke(args.url, args.pairs, args.messages, args.rate, args.prefix))
+    compression = None if args.no_compression else "deflate"
+    result = asyncio.run(smoke(args.url, args.pairs, args.messages, args.rate, args.prefix, compression))
     print(json.dumps(result, indent=2))
     return 0
 

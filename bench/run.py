@@ -65,20 +65,21 @@ TARGETS = {
 PROFILES = {
     # The whole comparison in under 10 minutes on 2 cores.
     "full": {
-        "idle_peers": 5000,
+        "idle_peers": 2000,
         "idle_hold": 10,
-        "open_seconds": 25,  # cap on the open phase: a slow server opens fewer peers
-        "pairs": 50,
+        "open_seconds": 15,  # cap on the open phase: a slow server opens fewer peers
+        "pairs": 40,
         "paced_seconds": 5,
         "full_seconds": 5,
         "full_max_messages": 200_000,
-        "soak_peers": 10000,  # the production candidate holds these instead, for soak_hold
+        "soak_peers": 10000,  # the best uvicorn worker, on a fresh server, holds these for soak_hold
         "soak_hold": 60,
         "soak_open_seconds": 60,
         "deadline": 560,
         "drain_seconds": 5,
         "settle_seconds": 20,
         "setups": None,
+        "daphne": True,
     },
     # About a minute: the same phases, smaller.
     "quick": {
@@ -86,17 +87,18 @@ PROFILES = {
         "idle_hold": 3,
         "open_seconds": 4,
         "pairs": 10,
-        "paced_seconds": 1.5,
-        "full_seconds": 1.5,
+        "paced_seconds": 1,
+        "full_seconds": 1,
         "full_max_messages": 20_000,
         "soak_peers": 0,
         "soak_hold": 0,
         "soak_open_seconds": 0,
         "deadline": 100,
-        "drain_seconds": 2,
-        "settle_seconds": 3,
-        # Only the reference, daphne, the first uvicorn and its cluster.
+        "drain_seconds": 1,
+        "settle_seconds": 2,
+        # Only the reference, the first uvicorn and its cluster.
         "setups": 1,
+        "daphne": False,
     },
 }
 
@@ -213,7 +215,6 @@ class Setup:
     def __init__(self, name, work, kind, server=None, ws=None, workers=1, project=ROOT):
         self.name = name
         self.project = project
-        self.soak = False
         self.work = work
         self.kind = kind  # "reference" or "ours"
         self.server = server
@@ -260,10 +261,15 @@ class Setup:
     def _command(self, port):
         if self.server == "daphne":
             return [python(), "-m", "daphne", "-b", HOST, "-p", str(port), "p2psite.asgi:application"]
-        return [
+        # "<impl>-nodeflate" runs <impl> with permessage-deflate refused.
+        ws, nodeflate = (self.ws[: -len("-nodeflate")], True) if self.ws.endswith("-nodeflate") else (self.ws, False)
+        command = [
             python(), "-m", "uvicorn", "p2psite.asgi:application", "--host", HOST, "--port", str(port),
-            "--ws", self.ws, "--lifespan", "off", "--log-level", "warning", "--no-access-log",
+            "--ws", ws, "--lifespan", "off", "--log-level", "warning", "--no-access-log",
         ]
+        if nodeflate:
+            command += ["--ws-per-message-deflate", "false"]
+        return command
 
     def _wait(self, process, port):
         wait_for(lambda: http_ok(port) or not process.alive(), 40, f"{process.name} on port {port}")
@@ -386,7 +392,7 @@ def merge_counts(answers, key):
     return total
 
 
-def bench_setup(setup, profile, clients_count):
+def bench_setup(setup, profile, clients_count, soak=False):
     """Run every phase against one started setup; returns its figures."""
     p = profile
     meter = Meter(setup.pids())
@@ -397,16 +403,16 @@ def bench_setup(setup, profile, clients_count):
     try:
         # Warm up: the first sockets load code and start the worker's services.
         clients.run(first_only({"op": "open_pairs", "bases": setup.bases, "pairs": 2}), 60)
-        clients.run(first_only({"op": "relay", "phase": 0, "mode": "full", "seconds": 2, "max_messages": 400}), 30)
+        clients.run(first_only({"op": "relay", "phase": 0, "mode": "full", "seconds": 1, "max_messages": 200, "drain": 1}), 30)
         clients.run(first_only({"op": "close_pairs"}), 30)
         settle(meter, timeout=min(5, p["settle_seconds"]))
         setup.check_alive()
 
-        # 1. Open the idle peers (the production candidate opens the soak's count).
+        # 1. Open the idle peers (the soak opens more, holds them longer, and stops there).
         idle, hold, open_seconds = p["idle_peers"], p["idle_hold"], p["open_seconds"]
-        if setup.soak and p["soak_peers"]:
+        if soak:
             idle, hold, open_seconds = p["soak_peers"], p["soak_hold"], p["soak_open_seconds"]
-        result["soak"] = setup.soak and bool(p["soak_peers"])
+        result["soak"] = soak
         rss0, cpu0, t0 = meter.rss_kb(), meter.cpu_us(), time.monotonic()
         answers = clients.run(
             [
@@ -448,13 +454,15 @@ def bench_setup(setup, profile, clients_count):
             "kb_per_idle_peer": (rss1 - rss0) / opened if opened else None,
             "server_cpu_share_holding": hold_cpu / 1e6 / hold,
         }
+        if soak:
+            return result  # the server is stopped with its peers: thousands of closes would only cost time
         cpu0, t0 = meter.cpu_us(), time.monotonic()
         clients.all({"op": "close_idle"}, timeout=120)
         settled = settle(meter, timeout=p["settle_seconds"])
         close_cpu = meter.cpu_us() - cpu0
         result["phases"]["close"] = {
             "wall_seconds": time.monotonic() - t0,
-            "settled": settled,
+            "settled": settled,  # False: the server was still working off the closes when relaying began
             "cpu_us_per_close": close_cpu / opened if opened else None,
         }
         setup.check_alive()
@@ -468,6 +476,7 @@ def bench_setup(setup, profile, clients_count):
             ("paced_2000", {"mode": "paced", "rate": 2000, "seconds": p["paced_seconds"]}),
             ("full", {"mode": "full", "seconds": p["full_seconds"], "window": 16}),
         ]
+        relay_cpu0 = meter.cpu_us()
         for number, (name, spec) in enumerate(phases, start=1):
             commands = []
             for n in pairs:
@@ -497,7 +506,8 @@ def bench_setup(setup, profile, clients_count):
                 "send_seconds": send_seconds,
                 "wall_seconds": wall,
                 "server_cpu_us": cpu,
-                "cpu_us_per_message": cpu / received if received else None,
+                # None when the server fell behind: its CPU then went to an earlier backlog.
+                "cpu_us_per_message": cpu / received if received and received >= 0.9 * sum(a["sent"] for a in answers) else None,
                 "server_cpu_share": cpu / 1e6 / wall,
                 "latency_us": loadgen.percentiles(loadgen.merge_histograms(a["latency_us"] for a in answers)),
                 "max_schedule_lag_ms": max(a["max_schedule_lag_ms"] for a in answers),
@@ -505,8 +515,23 @@ def bench_setup(setup, profile, clients_count):
                 "client_bound": share > CLIENT_BOUND,
             }
             settle(meter, timeout=p["settle_seconds"] / 2)
-        answers = clients.all({"op": "close_pairs"}, timeout=60)
+        answers = clients.all({"op": "close_pairs", "wait": p["drain_seconds"] * 2}, timeout=90)
+        relay_cpu = meter.cpu_us() - relay_cpu0
         result["phases"]["relay_dropped"] = sum(a["dropped"] for a in answers)
+        delivered = 0
+        for number, (name, _) in enumerate(phases, start=1):
+            phase = result["phases"][name]
+            never = sum(a["never_delivered"].get(str(number), 0) for a in answers)
+            phase["late"] = phase["lost"] - never  # arrived, but after the phase's drain time
+            phase["lost"] = never
+            delivered += phase["sent"] - never
+        # Over all relay phases, up to the last late message: the figure that still
+        # means something when a server falls behind and works off a backlog.
+        result["phases"]["relay_overall"] = {
+            "delivered": delivered,
+            "server_cpu_us": relay_cpu,
+            "cpu_us_per_message": relay_cpu / delivered if delivered else None,
+        }
         stats = clients.all({"op": "stats"}, timeout=30)
         result["unexpected_frames"] = merge_counts(stats, "unexpected")
         result["extensions"] = merge_counts(stats, "extensions")
@@ -541,7 +566,7 @@ def _latency(name, p):
 
 
 RELAY_PHASES = ("paced_1000", "paced_2000", "full")
-COUNTS = ("lost", "duplicated", "reordered")
+COUNTS = ("lost", "duplicated", "reordered")  # must be zero; "late" is reported beside them
 # key -> (label, getter, format); the table's rows in order.
 ROWS = {
     "open_us": ("open: server CPU µs/socket", _phase("open", "cpu_us_per_open"), "{:.0f}"),
@@ -555,6 +580,7 @@ ROWS = {
     "relay_rate": ("relay full: msgs/s", _phase("full", "messages_per_second"), "{:.0f}"),
     "full_p50": ("relay full: p50 ms", _latency("full", "p50"), "{:.2f}"),
     "full_p99": ("relay full: p99 ms", _latency("full", "p99"), "{:.2f}"),
+    "relay_all_us": ("relay all phases: CPU µs/msg", _phase("relay_overall", "cpu_us_per_message"), "{:.1f}"),
     "relay2000_us": ("relay 2000/s: CPU µs/msg", _phase("paced_2000", "cpu_us_per_message"), "{:.1f}"),
     "relay1000_us": ("relay 1000/s: CPU µs/msg", _phase("paced_1000", "cpu_us_per_message"), "{:.1f}"),
     "p1000_p50": ("relay 1000/s: p50 ms", _latency("paced_1000", "p50"), "{:.2f}"),
@@ -563,7 +589,8 @@ ROWS = {
     "p2000_p50": ("relay 2000/s: p50 ms", _latency("paced_2000", "p50"), "{:.2f}"),
     "p2000_p95": ("relay 2000/s: p95 ms", _latency("paced_2000", "p95"), "{:.2f}"),
     "p2000_p99": ("relay 2000/s: p99 ms", _latency("paced_2000", "p99"), "{:.2f}"),
-    "lost": ("lost", _relay_sum("lost"), "{:.0f}"),
+    "lost": ("lost (never delivered)", _relay_sum("lost"), "{:.0f}"),
+    "late": ("late (> drain time)", _relay_sum("late"), "{:.0f}"),
     "duplicated": ("duplicated", _relay_sum("duplicated"), "{:.0f}"),
     "reordered": ("reordered", _relay_sum("reordered"), "{:.0f}"),
 }
@@ -572,6 +599,8 @@ ROWS = {
 def value(key, result):
     if result is None or "error" in result:
         return None
+    if "phases" not in result and "figures" in result:
+        return result["figures"].get(key)  # a median of several runs
     try:
         return ROWS[key][1](result)
     except (KeyError, TypeError):
@@ -599,7 +628,7 @@ def table(results):
                 cells.append("-".rjust(col))
                 continue
             text = fmt.format(v)
-            if r is not reference and ref and key not in COUNTS and key != "idle_peers":
+            if r is not reference and ref and key not in COUNTS + ("late", "idle_peers"):
                 text += f" ({v / ref:.1f}x)"
             cells.append(text.rjust(col))
         lines.append(label.ljust(width) + "".join(cells))
@@ -648,7 +677,9 @@ def check_targets(results):
     for kind, r in picks:
         t = TARGETS[kind]
         checks = [
-            ("relay CPU µs/msg (full speed)", value("relay_us", r), t["relay_us"]),
+            ("relay CPU µs/msg (full speed)", value("relay_us", r), t["relay_us"])
+            if value("relay_us", r) is not None
+            else ("relay CPU µs/msg (all phases)", value("relay_all_us", r), t["relay_us"]),
             ("open CPU µs/socket", value("open_us", r), t["open_us"]),
             ("KB per idle peer", value("idle_kb", r), t["idle_kb"]),
             ("p99 ms at 2000 msgs/s", value("p2000_p99", r), t["p99_2000_ms"]),
@@ -674,17 +705,40 @@ def check_targets(results):
     return lines
 
 
+def summarize(paths):
+    """Medians of the figures of several runs' JSON files, as one table (issue 5 asks for medians of 3)."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    names = []
+    for run in runs:
+        for r in run["results"]:
+            if r["name"] not in names:
+                names.append(r["name"])
+    medians = []
+    for name in names:
+        merged = {"name": name, "figures": {}}
+        for key in ROWS:
+            values = [
+                r["figures"][key]
+                for run in runs
+                for r in run["results"]
+                if r["name"] == name and r.get("figures", {}).get(key) is not None
+            ]
+            merged["figures"][key] = statistics.median(values) if values else None
+        merged["runs"] = sum(1 for run in runs for r in run["results"] if r["name"] == name and "error" not in r)
+        medians.append(merged)
+    return medians
+
+
 def setups(args, work, project):
     chosen = [Setup("reference", work, "reference", project=project)]
-    chosen.append(Setup("daphne", work, "ours", server="daphne", project=project))
+    if args.daphne:
+        chosen.append(Setup("daphne", work, "ours", server="daphne", project=project))
     for ws in args.ws:
         chosen.append(Setup(f"uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project))
     for server in args.cluster:
         ws = args.ws[0]
         name = "2xdaphne+redis" if server == "daphne" else f"2xuvicorn-{ws}+redis"
         chosen.append(Setup(name, work, "ours", server=server, ws=ws, workers=2, project=project))
-    for setup in chosen:
-        setup.soak = setup.name == args.soak
     if args.only:
         chosen = [s for s in chosen if s.name in args.only or s.name == "reference"]
     return chosen
@@ -720,21 +774,31 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes (default 2)")
     parser.add_argument(
         "--ws", nargs="+", help="uvicorn WebSocket implementations to compare; the first one is used for the "
-        "cluster (default: websockets-sansio websockets wsproto; --quick: the first only)",
+        "cluster; IMPL-nodeflate refuses permessage-deflate (default: websockets-sansio websockets wsproto; "
+        "--quick: the first only)",
     )
     parser.add_argument(
         "--cluster", nargs="*", help="servers to run as two workers + Redis (default: uvicorn daphne; --quick: uvicorn)"
     )
-    parser.add_argument("--soak", default="uvicorn-websockets-sansio", help="the setup whose idle phase is the 10 000-peer, 60 s soak")
+    parser.add_argument("--no-soak", action="store_true", help="skip the 10 000-idle-peer, 60 s soak of the best uvicorn worker")
     parser.add_argument("--only", nargs="*", help="run only these setups (and the reference)")
     parser.add_argument("--rev", help="benchmark the project at this git revision (default: the work tree as it is)")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where the JSON goes")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the medians of earlier runs' JSON files and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        medians = summarize(args.summarize)
+        print(f"medians of {len(args.summarize)} runs ({', '.join(str(m['runs']) for m in medians)} runs per setup)")
+        print(table(medians))
+        for line in check_targets(medians):
+            print(f"  {line}")
+        return 0
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.ws is None:
         args.ws = ["websockets-sansio", "websockets", "wsproto"][: profile["setups"]]
     if args.cluster is None:
         args.cluster = ["uvicorn", "daphne"][: profile["setups"]]
+    args.daphne = profile["daphne"] or "daphne" in (args.only or ())
     started = time.monotonic()
     deadline = started + profile["deadline"]
     fd_limit = raise_fd_limit()
@@ -774,8 +838,26 @@ def main(argv=None):
             raise SystemExit("bench/node_modules is missing: run bench/run.sh (it runs npm ci)")
         project = snapshot(args.rev, work) if args.rev else ROOT
         template = migrate(work, project)
-        for setup in setups(args, work, project):
-            needs = 150 if setup.soak and profile["soak_peers"] else 50 if not args.quick else 5
+        chosen = setups(args, work, project)
+        # The soak runs on the best single uvicorn worker once those are measured,
+        # before the clusters; 2 daphne workers come last, if time allows.
+        plan = [s for s in chosen if s.workers == 1] + ["soak"] + [s for s in chosen if s.workers > 1]
+        plan.sort(key=lambda s: s != "soak" and s.server == "daphne" and s.workers > 1)
+        for setup in plan:
+            if setup == "soak":
+                if not profile["soak_peers"] or args.no_soak:
+                    continue
+                singles = [r for r in results if r["name"].startswith("uvicorn") and "error" not in r]
+                if not singles:
+                    continue
+                best = min(singles, key=lambda r: value("relay_us", r) or 1e9)
+                ws = best["name"].split("-", 1)[1]
+                setup = Setup(f"soak-{best['name']}", work, "ours", server="uvicorn", ws=ws, project=project)
+                soak = True
+                needs = profile["soak_open_seconds"] + profile["soak_hold"] + 30
+            else:
+                soak = False
+                needs = 5 if args.quick else 50
             if time.monotonic() > deadline - needs:
                 results.append({"name": setup.name, "error": "skipped: the run's time budget is spent"})
                 print(f"bench: {setup.name} skipped: the time budget is spent", flush=True)
@@ -784,11 +866,11 @@ def main(argv=None):
             t0 = time.monotonic()
             try:
                 setup.start(template)
-                results.append(bench_setup(setup, profile, args.clients))
+                results.append(bench_setup(setup, profile, args.clients, soak=soak))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                results.append({"name": setup.name, "error": f"{type(exc).__name__}: {exc}"})
+                results.append({"name": setup.name, "error": f"{type(exc).__name__}: {exc}", "soak": soak})
                 print(f"bench: {setup.name} FAILED: {exc}", flush=True)
             finally:
                 setup.stop()

@@ -39,6 +39,7 @@ def test_load_generator_relays_every_message_once_and_in_order(make_server):
         assert phase["sent"] == MESSAGES, name
         assert phase["received"] == MESSAGES, name
         assert (phase["lost"], phase["duplicated"], phase["reordered"]) == (0, 0, 0), name
+        assert phase["never_delivered"] == 0, name
         latency = phase["latency_us"]
         assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"], name
         assert phase["messages_per_second"] > 0, name
