@@ -32,7 +32,10 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: sync Playwright keeps an event loop running in
+# the main thread while it is open, which would break every asyncio test that
+# runs after the browser tests.
+@pytest.fixture(scope="package")
 def chromium():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

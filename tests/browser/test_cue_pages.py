@@ -4,6 +4,7 @@ Two browser contexts are two machines (a receiver on stage, a sender with the
 stage manager); the server is a real daphne. Every wait is for something a
 user would see on the page.
 """
+import os
 import re
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,9 @@ from tests.servers import BASE
 pytestmark = pytest.mark.browser
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# The README's screenshots: PEERJS_SCREENSHOTS=docs/screenshots refreshes them;
+# by default they go to test-artifacts/ so a test run leaves the tree clean.
+SCREENSHOTS = Path(__file__).resolve().parents[2] / os.environ.get("PEERJS_SCREENSHOTS", "test-artifacts/screenshots")
 INDICATORS = {"standby": "#cue-standby", "go": "#cue-go", "fade": "#cue-fade", "off": "#cue-off"}
 VIEWPORT = {"width": 1280, "height": 800}
 
