@@ -9,19 +9,21 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from signaling.hub import get_hub  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
 
 
 async def lifespan(scope, receive, send):
-    """Acknowledge the server's start and stop (uvicorn asks; daphne does not).
+    """Start the worker's hub with the server, where the server says when (uvicorn).
 
-    Nothing to do at either: a worker's hub starts with its first socket, and
-    drains on SIGTERM before the server begins its own shutdown.
+    Under daphne, which has no lifespan, the hub starts with the first socket.
+    Either way it drains on SIGTERM, before the server's own shutdown.
     """
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            await get_hub().ensure_started()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
