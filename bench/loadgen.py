@@ -274,11 +274,13 @@ class Generator:
 
     # Opening and holding sockets.
 
-    async def open_peers(self, bases, count, concurrency, timeout=20.0, seconds=None):
+    async def open_peers(self, bases, count, concurrency, timeout=20.0, seconds=None, on_open=None):
         """Open ``count`` peers spread over ``bases``; returns (peers, failures, open latencies).
 
         With ``seconds``, no open starts after that long: a slow server gets
         fewer peers (counted under "not attempted") instead of a run without end.
+        ``on_open(peer)`` is called as each one opens (idle peers start their
+        heartbeats at once, as the client does, not when the last one opened).
         """
         semaphore = asyncio.Semaphore(concurrency)
         failures = collections.Counter()
@@ -298,6 +300,8 @@ class Generator:
                     failures[type(exc).__name__ + (f": {exc}"[:120] if isinstance(exc, LoadError) else "")] += 1
                     return
                 latency[bucket((time.monotonic_ns() - started) / 1000)] += 1
+                if on_open is not None:
+                    on_open(peer)
 
         await asyncio.gather(*(one(peer) for peer in peers))
         return [peer for peer in peers if peer.open], failures, latency
@@ -486,11 +490,11 @@ class Worker:
             bases = command["bases"]
             for base in bases:
                 check_loopback(base)
-            opened, failures, latency = await g.open_peers(
-                bases, command["count"], command.get("concurrency", 64), seconds=command.get("seconds")
-            )
-            g.idle.extend(opened)
             g.start_heartbeats()
+            opened, failures, latency = await g.open_peers(
+                bases, command["count"], command.get("concurrency", 64), seconds=command.get("seconds"),
+                on_open=g.idle.append,
+            )
             answer = {"opened": len(opened), "failures": dict(failures), "open_latency_us": {str(k): v for k, v in latency.items()}}
         elif op == "hold":
             end = time.monotonic() + command["seconds"]

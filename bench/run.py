@@ -74,7 +74,7 @@ PROFILES = {
         "full_max_messages": 200_000,
         "soak_peers": 10000,  # the best uvicorn worker, on a fresh server, holds these for soak_hold
         "soak_hold": 60,
-        "soak_open_seconds": 60,
+        "soak_open_seconds": 45,
         "deadline": 560,
         "drain_seconds": 5,
         "settle_seconds": 20,
@@ -289,6 +289,13 @@ class Setup:
             with contextlib.suppress(Exception):
                 p.stop()
 
+
+# uvicorn's WebSocket implementations, the first one also for the cluster.
+# "-nodeflate" refuses permessage-deflate (browsers offer it; uvicorn accepts it
+# by default, the reference server and daphne do not). The deprecated legacy
+# "websockets" implementation runs last, if time allows.
+DEFAULT_WS = ["websockets-sansio-nodeflate", "websockets-sansio", "wsproto", "websockets"]
+OPTIONAL = {"uvicorn-websockets", "2xdaphne+redis"}
 
 OUR_ENV = {
     "DJANGO_SECRET_KEY": "bench",
@@ -774,8 +781,7 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes (default 2)")
     parser.add_argument(
         "--ws", nargs="+", help="uvicorn WebSocket implementations to compare; the first one is used for the "
-        "cluster; IMPL-nodeflate refuses permessage-deflate (default: websockets-sansio websockets wsproto; "
-        "--quick: the first only)",
+        "cluster; IMPL-nodeflate refuses permessage-deflate (default: %s; --quick: the first only)" % " ".join(DEFAULT_WS),
     )
     parser.add_argument(
         "--cluster", nargs="*", help="servers to run as two workers + Redis (default: uvicorn daphne; --quick: uvicorn)"
@@ -795,7 +801,7 @@ def main(argv=None):
         return 0
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.ws is None:
-        args.ws = ["websockets-sansio", "websockets", "wsproto"][: profile["setups"]]
+        args.ws = DEFAULT_WS[: profile["setups"]]
     if args.cluster is None:
         args.cluster = ["uvicorn", "daphne"][: profile["setups"]]
     args.daphne = profile["daphne"] or "daphne" in (args.only or ())
@@ -803,7 +809,7 @@ def main(argv=None):
     deadline = started + profile["deadline"]
     fd_limit = raise_fd_limit()
     for key in ("soak_peers", "idle_peers"):
-        profile[key] = min(profile[key], max(0, fd_limit // 2 - 500))  # client and server share the limit
+        profile[key] = min(profile[key], max(0, fd_limit - 500))  # the server holds them all in one process
 
     work = tempfile.mkdtemp(prefix="peerjs-bench-")
     results = []
@@ -842,7 +848,7 @@ def main(argv=None):
         # The soak runs on the best single uvicorn worker once those are measured,
         # before the clusters; 2 daphne workers come last, if time allows.
         plan = [s for s in chosen if s.workers == 1] + ["soak"] + [s for s in chosen if s.workers > 1]
-        plan.sort(key=lambda s: s != "soak" and s.server == "daphne" and s.workers > 1)
+        plan.sort(key=lambda s: s != "soak" and s.name in OPTIONAL)
         for setup in plan:
             if setup == "soak":
                 if not profile["soak_peers"] or args.no_soak:
