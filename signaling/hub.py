@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 STOPPING = "stopping"  # register() outcome while the worker drains
 
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
+# How long a worker trusts what the registry said about where a peer is held,
+# so that a stream of frames to a peer on another worker costs one database
+# read, not one each. A peer that moved meanwhile costs its old worker a hop.
+ROUTE_TTL = 2.0  # seconds
 
 # Close codes. Standard ones where they fit (the reference closes with none);
 # the 4100 range is ours. See PeerConsumer.close_with for servers that
@@ -71,6 +75,7 @@ class Hub:
         self.layer = get_channel_layer()
         self.local = {}  # peer id -> registered connection on this worker
         self.connections = {}  # connection id -> every open socket on this worker
+        self.routes = {}  # peer id -> (worker holding it, loop time until which that is trusted)
         self.stats = collections.Counter()
         self._tasks = []
         self._started = None
@@ -188,12 +193,17 @@ class Hub:
 
     async def relay(self, src, action):
         """The hot path: hand a relayed frame to its destination."""
-        connection = self.local.get(action.dst)
+        dst = action.dst
+        connection = self.local.get(dst)
         if connection is not None:
             self.stats["relayed_local"] += 1
             await connection.deliver(action.frame, src, action.kind)
             return
-        await self.deliver_elsewhere(src, action.dst, action.kind, action.frame, 0)
+        route = self.routes.get(dst)
+        if route is not None and route[1] > self.loop.time():
+            await self._forward(route[0], src, dst, action.kind, action.frame, 0)
+            return
+        await self.deliver_elsewhere(src, dst, action.kind, action.frame, 0)
 
     async def deliver_elsewhere(self, src, dst, kind, frame, hops):
         """Deliver a frame for a peer this worker does not hold (or no longer holds)."""
@@ -216,11 +226,17 @@ class Hub:
         elif hops >= MAX_HOPS or self.layer is None:
             await self._queue(src, dst, kind, frame)
         else:
-            message = {"type": "peerjs.relay", "src": src, "dst": dst, "kind": kind, "frame": frame, "hops": hops + 1}
-            if await self._send_to_worker(where.worker, message):
-                self.stats["relayed_remote"] += 1
-            else:
-                await self.notify(dst, src, protocol.EXPIRE)
+            self.routes[dst] = (where.worker, self.loop.time() + ROUTE_TTL)
+            await self._forward(where.worker, src, dst, kind, frame, hops)
+
+    async def _forward(self, worker, src, dst, kind, frame, hops):
+        """Hand a frame to the worker that holds ``dst``; it delivers, queues or answers."""
+        message = {"type": "peerjs.relay", "src": src, "dst": dst, "kind": kind, "frame": frame, "hops": hops + 1}
+        if await self._send_to_worker(worker, message):
+            self.stats["relayed_remote"] += 1
+        else:
+            self.routes.pop(dst, None)
+            await self.notify(dst, src, protocol.EXPIRE)
 
     async def notify(self, about, to, kind):
         """Tell peer ``to`` that peer ``about`` is gone (LEAVE) or unreachable (EXPIRE)."""
@@ -402,8 +418,10 @@ class Hub:
             await self.notify(dst, src, protocol.EXPIRE)
 
     async def check_liveness(self):
-        """Close sockets that sent no frame at all within alive_timeout."""
-        cutoff = self.loop.time() - self.options.alive_timeout / 1000
+        """Close sockets that sent no frame at all within alive_timeout; forget stale routes."""
+        now = self.loop.time()
+        self.routes = {dst: route for dst, route in self.routes.items() if route[1] > now}
+        cutoff = now - self.options.alive_timeout / 1000
         for connection in list(self.connections.values()):
             if connection.last_frame < cutoff:
                 self.stats["timed_out"] += 1
