@@ -56,6 +56,12 @@ def _db(function):
     return database_sync_to_async(function)
 
 
+def _db_aside(function):
+    """Like _db, but on a thread of its own: the worker's beat must not queue
+    behind a storm of claims, or the cluster would take it for dead."""
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
 def inbox_name(worker):
     """The channel on which ``worker`` receives frames for its peers."""
     return f"peerjs.worker.{worker}"
@@ -394,7 +400,7 @@ class Hub:
 
     async def beat(self):
         """Tell the cluster this worker lives; reap workers that do not."""
-        if not await _db(registry.worker_beat)(self.name, socket.gethostname(), os.getpid(), self.started_at):
+        if not await _db_aside(registry.worker_beat)(self.name, socket.gethostname(), os.getpid(), self.started_at):
             # We were silent long enough to be presumed dead, so our rows are
             # gone and others may hand out our peers' ids: make them reconnect.
             logger.error("worker %s was reaped while alive; closing its sockets", self.name)

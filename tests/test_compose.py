@@ -325,7 +325,9 @@ def test_entrypoint_switches_to_uvicorn(stand_in_servers):
     assert "--proxy-headers" in words
     assert words[words.index("--host") + 1] == "127.0.0.1"
     assert words[words.index("--port") + 1] == "8001"
-    assert words[words.index("--ws") + 1] == "websockets"
+    assert words[words.index("--ws") + 1] == "websockets-sansio"
+    assert words[words.index("--ws-per-message-deflate") + 1] == "false"  # memory per idle peer
+    assert words[words.index("--lifespan") + 1] == "on"  # the hub starts with the worker
 
 
 def test_entrypoint_refuses_an_unknown_server(stand_in_servers):
