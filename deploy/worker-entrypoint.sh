@@ -25,7 +25,8 @@ case "${ASGI_SERVER:-daphne}" in
         ;;
     uvicorn)
         exec uvicorn "$app" --host "$host" --port "$port" \
-            --ws websockets-sansio --ws-per-message-deflate false --lifespan on --proxy-headers
+            --ws websockets-sansio --ws-per-message-deflate false --lifespan on --proxy-headers \
+            --no-access-log --log-level warning
         ;;
     *)
         echo "error: ASGI_SERVER=${ASGI_SERVER} is not a server this image runs; use daphne or uvicorn." >&2

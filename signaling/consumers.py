@@ -2,7 +2,6 @@
 import collections
 import logging
 import urllib.parse
-import uuid
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -37,7 +36,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         self.options = options()
         self.hub = hubs.get_hub()
-        self.connection_id = uuid.uuid4().hex
+        self.connection_id = self.hub.new_connection_id()
         self.peer_id = None
         self.buffer = []  # frames for this peer held back until it is open
         self.recent = collections.deque(maxlen=32)  # (time, src) of signaling frames sent

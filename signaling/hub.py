@@ -13,6 +13,7 @@ Connections are duck-typed (the consumer implements them): ``peer_id``,
 """
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import re
@@ -52,6 +53,14 @@ CLOSE_DISCONNECTED = 4102  # an operator disconnected the peer (admin action)
 CLOSE_WORKER_LOST = 4103  # this worker's registrations were reaped; reconnect
 
 
+def _claim_and_take_queue(request, worker, connection_id, address, limit):
+    """Claim an id and take what was queued for it, in one trip to the database thread."""
+    claim = registry.claim(request.peer_id, request.key, request.token, worker, connection_id, address, limit)
+    if claim.outcome in (registry.CLAIMED, registry.REPLACED):
+        return claim, registry.take_queued(request.peer_id)
+    return claim, []
+
+
 def _db(function):
     return database_sync_to_async(function)
 
@@ -82,6 +91,7 @@ class Hub:
         self.local = {}  # peer id -> registered connection on this worker
         self.connections = {}  # connection id -> every open socket on this worker
         self.routes = {}  # peer id -> (worker holding it, loop time until which that is trusted)
+        self._connection_ids = itertools.count()
         self.stats = collections.Counter()
         self._tasks = []
         self._started = None
@@ -142,28 +152,27 @@ class Hub:
 
     # Registration.
 
+    def new_connection_id(self):
+        """An id for a socket, unique across the cluster (the worker's random name is in it)."""
+        return f"{self.name[-6:]}{next(self._connection_ids)}"
+
     async def register(self, connection, request, address):
         """Claim ``request.peer_id`` for ``connection``; returns the registry outcome.
 
         On success the connection is routable at once, but buffers what it is
-        sent until :meth:`open` has delivered its queued messages, so that
-        nothing overtakes them.
+        sent (behind the messages that were queued for it) until :meth:`open`,
+        so that nothing overtakes them.
         """
         await self.ensure_started()
         if self.stopping:
             return STOPPING
         self.connections[connection.connection_id] = connection
-        claim = await _db(registry.claim)(
-            request.peer_id,
-            request.key,
-            request.token,
-            self.name,
-            connection.connection_id,
-            address,
-            self.options.concurrent_limit,
+        claim, queued = await _db(_claim_and_take_queue)(
+            request, self.name, connection.connection_id, address, self.options.concurrent_limit
         )
         if claim.outcome in (registry.TAKEN, registry.FULL):
             return claim.outcome
+        connection.buffer[:0] = queued  # older than anything sent to it from now on
         self.local[request.peer_id] = connection
         if claim.outcome == registry.REPLACED:
             await self._close_connection(
@@ -176,9 +185,7 @@ class Hub:
 
     async def open(self, connection):
         """Deliver what was queued for a newly registered peer, then go live."""
-        frames = await _db(registry.take_queued)(connection.peer_id)
-        frames.extend(connection.buffer)
-        connection.buffer = None
+        frames, connection.buffer = connection.buffer, None
         for frame, src, kind in frames:
             await connection.deliver(frame, src, kind)
 

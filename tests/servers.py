@@ -142,6 +142,8 @@ class Worker:
             command = [
                 sys.executable, "-m", "uvicorn", "p2psite.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on",
+                # as deploy/worker-entrypoint.sh runs it
+                "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--no-access-log", "--log-level", "warning",
             ]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
