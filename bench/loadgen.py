@@ -530,9 +530,10 @@ class Worker:
         elif op == "close_pairs":
             never = await g.never_delivered(command.get("wait", 0))
             dropped = sum(p.dropped for pair in g.pairs for p in pair)
+            codes = collections.Counter(str(p.close_code) for pair in g.pairs for p in pair if p.dropped)
             await g.close_peers([p for pair in g.pairs for p in pair])
             g.pairs, g.streams, g.ranges = [], [], {}
-            answer = {"dropped": dropped, "never_delivered": never}
+            answer = {"dropped": dropped, "never_delivered": never, "close_codes": dict(codes)}
         elif op == "stats":
             answer = {"unexpected": dict(g.unexpected), "extensions": dict(g.extensions)}
         else:
@@ -595,6 +596,7 @@ async def smoke(urls, pairs, messages, rate, prefix, compression="deflate"):
     result["unexpected"] = dict(g.unexpected)
     result["extensions"] = dict(g.extensions)
     result["dropped"] = sum(p.dropped for p in opened)
+    result["close_codes"] = dict(collections.Counter(str(p.close_code) for p in opened if p.dropped))
     return result
 
 

@@ -75,7 +75,7 @@ PROFILES = {
         "soak_peers": 10000,  # the best uvicorn worker, on a fresh server, holds these for soak_hold
         "soak_hold": 60,
         "soak_open_seconds": 45,
-        "deadline": 560,
+        "deadline": 550,
         "drain_seconds": 5,
         "settle_seconds": 20,
         "setups": None,
@@ -265,7 +265,7 @@ class Setup:
         ws, nodeflate = (self.ws[: -len("-nodeflate")], True) if self.ws.endswith("-nodeflate") else (self.ws, False)
         command = [
             python(), "-m", "uvicorn", "p2psite.asgi:application", "--host", HOST, "--port", str(port),
-            "--ws", ws, "--lifespan", "off", "--log-level", "warning", "--no-access-log",
+            "--ws", ws, "--lifespan", "auto", "--log-level", "warning", "--no-access-log",
         ]
         if nodeflate:
             command += ["--ws-per-message-deflate", "false"]
@@ -525,6 +525,7 @@ def bench_setup(setup, profile, clients_count, soak=False):
         answers = clients.all({"op": "close_pairs", "wait": p["drain_seconds"] * 2}, timeout=90)
         relay_cpu = meter.cpu_us() - relay_cpu0
         result["phases"]["relay_dropped"] = sum(a["dropped"] for a in answers)
+        result["phases"]["relay_close_codes"] = merge_counts(answers, "close_codes")
         delivered = 0
         for number, (name, _) in enumerate(phases, start=1):
             phase = result["phases"][name]
@@ -663,7 +664,10 @@ def notes_for(results):
         if opened.get("failures"):
             notes.append(f"{r['name']}: {opened['opened']} of {opened['requested']} opened; {opened['failures']}")
         if r["phases"].get("relay_dropped"):
-            notes.append(f"{r['name']}: {r['phases']['relay_dropped']} relay peers closed by the server")
+            notes.append(
+                f"{r['name']}: {r['phases']['relay_dropped']} relay peers closed by the server "
+                f"(close codes {r['phases'].get('relay_close_codes')})"
+            )
         if r.get("unexpected_frames"):
             notes.append(f"{r['name']}: frames other than the relayed ones came back: {r['unexpected_frames']}")
         if r.get("extensions") and set(r["extensions"]) != {"none"}:
@@ -863,7 +867,7 @@ def main(argv=None):
                 needs = profile["soak_open_seconds"] + profile["soak_hold"] + 30
             else:
                 soak = False
-                needs = 5 if args.quick else 50
+                needs = 5 if args.quick else 75 if setup.name in OPTIONAL else 50
             if time.monotonic() > deadline - needs:
                 results.append({"name": setup.name, "error": "skipped: the run's time budget is spent"})
                 print(f"bench: {setup.name} skipped: the time budget is spent", flush=True)
