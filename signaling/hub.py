@@ -359,14 +359,15 @@ class Hub:
         """
         if self.layer is None:
             return
+        rerouted = 0
         while True:
             try:
                 message = await asyncio.wait_for(self.layer.receive(inbox_name(worker)), timeout=0.5)
             except asyncio.TimeoutError:
-                logger.info("worker %s adopted the inbox of dead worker %s", self.name, worker)
+                logger.warning("dead worker %s left %d frames in its inbox; re-routed", worker, rerouted)
                 return
             if message.get("type") == "peerjs.relay":
-                self.stats["adopted"] += 1
+                rerouted += 1
                 await self.deliver_elsewhere(
                     message["src"], message["dst"], message["kind"], message["frame"], message["hops"]
                 )

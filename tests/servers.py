@@ -1,6 +1,7 @@
 """Real server processes for the tests: daphne workers, redis-server, databases."""
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,17 +104,33 @@ class RedisServer:
         except OSError:
             return False
 
-    def blocked_readers(self):
-        """How many clients wait in a blocking pop (each worker's inbox has one)."""
+    def client_ports(self):
+        """The local ports of the clients connected to this redis-server."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(b"CLIENT LIST\r\n")
+            header = b""
+            while not header.endswith(b"\r\n"):
+                header += sock.recv(1)
+            size = int(header[1:-2]) + 2
             data = b""
-            while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data.count(b"cmd=bzpopmin")
+            while len(data) < size:
+                data += sock.recv(size - len(data))
+        return {int(port) for port in re.findall(rb" addr=[^ ]*:(\d+) ", data)}
+
+    def ports_of(self, pid):
+        """The local ports of process ``pid``'s connections to this redis-server."""
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        ports = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port, remote_port, inode = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16), fields[9]
+            if remote_port == self.port and inode in inodes:
+                ports.add(local_port)
+        return ports
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
