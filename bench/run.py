@@ -484,6 +484,7 @@ def bench_setup(setup, profile, clients_count, soak=False):
             ("full", {"mode": "full", "seconds": p["full_seconds"], "window": 16}),
         ]
         relay_cpu0 = meter.cpu_us()
+        notes_later = result["relay_notes"] = []
         for number, (name, spec) in enumerate(phases, start=1):
             commands = []
             for n in pairs:
@@ -501,6 +502,8 @@ def bench_setup(setup, profile, clients_count, soak=False):
             setup.check_alive()
             received = sum(a["received"] for a in answers)
             send_seconds = max(a["send_seconds"] for a in answers)
+            if all(a.get("no_pairs") for a in answers):
+                notes_later.append(f"{name}: no open pair left (the server had closed them)")
             share = client_load(answers, wall="wall_seconds")
             result["phases"][name] = {
                 "target_rate": spec.get("rate"),
@@ -509,7 +512,7 @@ def bench_setup(setup, profile, clients_count, soak=False):
                 "lost": sum(a["lost"] for a in answers),
                 "duplicated": sum(a["duplicated"] for a in answers),
                 "reordered": sum(a["reordered"] for a in answers),
-                "messages_per_second": received / wall if wall else None,
+                "messages_per_second": received / wall if wall and received else None,
                 "send_seconds": send_seconds,
                 "wall_seconds": wall,
                 "server_cpu_us": cpu,
@@ -668,6 +671,8 @@ def notes_for(results):
                 f"{r['name']}: {r['phases']['relay_dropped']} relay peers closed by the server "
                 f"(close codes {r['phases'].get('relay_close_codes')})"
             )
+        for text in r.get("relay_notes", ()):
+            notes.append(f"{r['name']} {text}")
         if r.get("unexpected_frames"):
             notes.append(f"{r['name']}: frames other than the relayed ones came back: {r['unexpected_frames']}")
         if r.get("extensions") and set(r["extensions"]) != {"none"}:
@@ -736,7 +741,8 @@ def summarize(paths):
             ]
             merged["figures"][key] = statistics.median(values) if values else None
         merged["runs"] = sum(1 for run in runs for r in run["results"] if r["name"] == name and "error" not in r)
-        medians.append(merged)
+        if merged["runs"]:
+            medians.append(merged)
     return medians
 
 
@@ -890,6 +896,16 @@ def main(argv=None):
     finally:
         info["seconds"] = time.monotonic() - started
         info["loadavg_at_end"] = os.getloadavg()
+        # Keep the servers' logs that say something went wrong (tracebacks, warnings).
+        kept = Path(args.out) / f"logs-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        for log in sorted(Path(work).glob("*.log")):
+            text = log.read_text(errors="replace")
+            if "Traceback" in text or "ERROR" in text or "WARNING" in text:
+                kept.mkdir(parents=True, exist_ok=True)
+                shutil.copy(log, kept / log.name)
+        if kept.exists():
+            info["server_logs"] = str(kept)
+            print(f"bench: server logs with errors or warnings kept in {kept}", flush=True)
         shutil.rmtree(work, ignore_errors=True)
     if not results:
         return 1
