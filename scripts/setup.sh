@@ -53,3 +53,5 @@ fi
 
 # Migrations need settings; the embedded defaults are development ones.
 DJANGO_DEBUG=${DJANGO_DEBUG:-1} "$VENV/bin/python" manage.py migrate --noinput -v0
+# Collected static files, for workers with DEBUG off (whitenoise serves them).
+DJANGO_DEBUG=${DJANGO_DEBUG:-1} "$VENV/bin/python" manage.py collectstatic --noinput -v0
