@@ -6,11 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ]; then
-  ./scripts/setup.sh
-fi
-# uvicorn's wsproto implementation is one of the contenders.
-.venv/bin/python -c "import wsproto" 2>/dev/null || .venv/bin/pip install -q "wsproto==1.3.2"
+./scripts/setup.sh
 command -v redis-server >/dev/null || { echo "bench: redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
 command -v node >/dev/null || { echo "bench: node is needed" >&2; exit 1; }
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Start one PeerServer worker, or run the command given instead.
 #
-#   ASGI_SERVER  daphne (default) or uvicorn: the one switch between the two
+#   ASGI_SERVER  uvicorn (default: the faster, see README "Performance") or
+#                daphne: the one switch between the two
 #                ASGI servers, used by the Docker image and scripts/cluster.sh.
 #   ASGI_HOST    address to bind (default 0.0.0.0)
 #   ASGI_PORT    port to bind (default 8000)
@@ -19,7 +20,7 @@ host=${ASGI_HOST:-0.0.0.0}
 port=${ASGI_PORT:-8000}
 app=p2psite.asgi:application
 
-case "${ASGI_SERVER:-daphne}" in
+case "${ASGI_SERVER:-uvicorn}" in
     daphne)
         exec daphne -b "$host" -p "$port" "$app"
         ;;

@@ -11,7 +11,7 @@
 #   PORT               where nginx listens (8080)
 #   WORKERS            number of workers (2)
 #   WORKER_PORT        first worker's port (8001); worker i gets WORKER_PORT+i-1
-#   ASGI_SERVER        daphne (default) or uvicorn, as in the Docker image
+#   ASGI_SERVER        uvicorn (default) or daphne, as in the Docker image
 #   DATABASE_URL       the shared database (a SQLite file ./cluster.sqlite3);
 #                      a postgres:// URL works the same way
 #   REDIS_PORT         port of the private redis-server (a free one)
@@ -75,7 +75,7 @@ EOF
 # --- arguments ----------------------------------------------------------------
 
 WORKERS=${WORKERS:-2}
-ASGI_SERVER=${ASGI_SERVER:-daphne}
+ASGI_SERVER=${ASGI_SERVER:-uvicorn}
 PORT=${PORT:-8080}
 WORKER_PORT=${WORKER_PORT:-8001}
 render_only=

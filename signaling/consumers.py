@@ -170,7 +170,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
 
     async def drop(self, code, reason):
         """Close this socket from the server side and forget its registration."""
-        await self.close_with(code, reason)
+        try:
+            await self.close_with(code, reason)
+        except Exception:
+            # Closed by the client meanwhile (uvicorn raises): the registration
+            # goes all the same, and whoever is closing sockets goes on.
+            logger.debug("socket %s was already closed", self.connection_id)
         await self.hub.unregister(self)
         self.peer_id = None
 

@@ -94,7 +94,7 @@ def command_line(pid):
 class ClusterCommand:
     """scripts/cluster.sh as a subprocess, its output collected line by line."""
 
-    def __init__(self, tmp_path, server="daphne"):
+    def __init__(self, tmp_path, server="uvicorn"):
         self.port = free_port()
         self.worker_ports = [free_port_pair()]
         self.worker_ports.append(self.worker_ports[0] + 1)
@@ -216,7 +216,7 @@ def test_script_runs_redis_two_workers_and_nginx(cluster):
     assert sum("redis-server" in c for c in commands) == 1
     assert sum("nginx: master" in c or c.startswith("/usr/sbin/nginx") for c in commands) == 1
     for port in cluster.worker_ports:
-        assert sum(f"daphne -b 127.0.0.1 -p {port} " in c for c in commands) == 1
+        assert sum("uvicorn p2psite.asgi:application" in c and f"--port {port} " in c for c in commands) == 1
 
 
 def test_info_answers_through_nginx(cluster):

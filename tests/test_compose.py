@@ -310,10 +310,17 @@ def run_entrypoint(env, *args):
     )
 
 
-def test_entrypoint_starts_daphne_by_default(stand_in_servers):
+def test_entrypoint_starts_uvicorn_by_default(stand_in_servers):
+    # The faster server in the benchmark (README, "Performance").
     env = {k: v for k, v in stand_in_servers.items() if not k.startswith("ASGI_")}
-    result = run_entrypoint(env)
-    assert result.stdout.split() == [
+    words = run_entrypoint(env).stdout.split()
+    assert words[:2] == ["uvicorn", "p2psite.asgi:application"]
+    assert words[words.index("--port") + 1] == "8000"
+
+
+def test_entrypoint_switches_to_daphne(stand_in_servers):
+    env = {**stand_in_servers, "ASGI_SERVER": "daphne"}
+    assert run_entrypoint(env).stdout.split() == [
         "daphne", "-b", "0.0.0.0", "-p", "8000", "p2psite.asgi:application",
     ]
 
