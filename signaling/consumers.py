@@ -94,8 +94,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             if self.allowance < 0:
                 self.last_frame = now
                 await self.send(text_data=protocol.error_frame("Too many messages: slow down"))
-                await self.close_with(hubs.CLOSE_POLICY)
-                await self.hub.unregister(self)
+                await self.drop(hubs.CLOSE_POLICY, "Flood")
                 return
         self.last_frame = now  # any frame is a sign of life
         if self.peer_id is None:
@@ -115,9 +114,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if action is protocol.HEARTBEAT_ACTION:
             return
         if action is protocol.UNREGISTER_ACTION:
-            await self.hub.unregister(self)
-            self.peer_id = None
-            await self.close(code=1000)
+            await self.drop(1000, "Left")
             return
         await self.hub.relay(self.peer_id, action)
 
@@ -126,9 +123,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.bad_frames += 1
         await self.send(text_data=protocol.error_frame(why))
         if self.bad_frames >= self.options.bad_frame_limit:
-            await self.close_with(close_code)
-            await self.hub.unregister(self)
-            self.peer_id = None
+            await self.drop(close_code, "Too many bad frames")
 
     async def close_with(self, code, reason=None):
         """Close with ``code``; where the server reserves it, with 4000 + its last digits.
@@ -169,15 +164,18 @@ class PeerConsumer(AsyncWebsocketConsumer):
             self.recent.append((self.hub.loop.time(), src))
 
     async def drop(self, code, reason):
-        """Close this socket from the server side and forget its registration."""
+        """Forget this socket's registration, then close it from the server side.
+
+        In that order, so that a client reconnecting on the close finds its id free.
+        """
+        await self.hub.unregister(self)
+        self.peer_id = None
         try:
             await self.close_with(code, reason)
         except Exception:
-            # Closed by the client meanwhile (uvicorn raises): the registration
-            # goes all the same, and whoever is closing sockets goes on.
+            # Closed by the client meanwhile (uvicorn raises): whoever is
+            # closing sockets goes on with the next.
             logger.debug("socket %s was already closed", self.connection_id)
-        await self.hub.unregister(self)
-        self.peer_id = None
 
 
 def _header(scope, name):
