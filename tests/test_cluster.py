@@ -147,7 +147,7 @@ async def test_sigkill_rows_are_reaped_and_ids_come_back_with_their_tokens(redis
         assert reaped_after < 6.0 + 2 * 0.5 + 2  # timeout + two beats + slack
         # ...and the message for the vanished peer ends as an EXPIRE to its sender.
         assert await sender.recv(timeout=10) == {"type": "EXPIRE", "src": vanished.peer_id, "dst": sender.peer_id}
-        assert any(f"left 1 frames in its inbox" in w.read_log() for w in (w1, w3))  # it went the long way
+        assert any("left 1 frames in its inbox" in w.read_log() for w in (w1, w3))  # it went the long way
         await connect(w1, peer_id=vanished.peer_id, token="stranger")  # the id is free now
         await roundtrip(bystander, sender)  # the other workers carried on throughout
     finally:

@@ -1,6 +1,5 @@
 """Checks and answers when a socket connects (PROTOCOL.md, "The socket")."""
 import asyncio
-import uuid
 
 import pytest
 
@@ -37,7 +36,7 @@ async def test_id_held_with_another_token_is_taken(server):
 
 async def test_concurrent_limit_refuses_the_peer_over_it(make_server):
     worker = make_server({"PEERJS_CONCURRENT_LIMIT": "2"}, private=True)
-    a, b = await connect(worker), await connect(worker)
+    a, _b = await connect(worker), await connect(worker)
     c = await connect(worker, expect_open=False)
     code, frames = await c.closed()
     assert frames == [{"type": "ERROR", "payload": {"msg": "Server has reached its concurrent user limit"}}]
