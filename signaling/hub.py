@@ -148,7 +148,10 @@ class Hub:
         for connection in list(self.connections.values()):
             await connection.drop(CLOSE_GOING_AWAY, "Server shutting down")
         await _db(registry.worker_gone)(self.name)
-        logger.info("worker %s stopped: %d sockets closed, registrations removed", self.name, self.stats["drained"])
+        logger.info(
+            "worker %s stopped: %d sockets closed, registrations removed; counts %s",
+            self.name, self.stats["drained"], dict(self.stats),
+        )
 
     # Registration.
 
