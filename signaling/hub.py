@@ -459,6 +459,13 @@ def request_disconnect(peer):
 _hub = None
 
 
+def current_hub():
+    """This worker's hub if it has started on the running loop, else None (for health checks)."""
+    if _hub is not None and _hub.loop is asyncio.get_running_loop():
+        return _hub
+    return None
+
+
 def get_hub():
     """This worker's hub (one per event loop; tests run several loops)."""
     global _hub
