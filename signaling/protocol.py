@@ -4,6 +4,7 @@ Plain functions with no I/O, so that tests (and the benchmark) call them
 without a server. The consumer is a thin adapter around them.
 """
 import dataclasses
+import json
 
 import orjson
 
@@ -27,6 +28,9 @@ MSG_INVALID_KEY = "Invalid key provided"
 MSG_ID_TAKEN = "ID is taken"
 MSG_LIMIT = "Server has reached its concurrent user limit"
 
+# Tokens are stored hashed, so any length fits; this only bounds the work.
+TOKEN_MAX_LENGTH = 2048
+
 
 class ProtocolError(Exception):
     """A frame the server cannot act on; ``str(error)`` is what the client is told."""
@@ -49,21 +53,33 @@ OPEN_FRAME = dumps({"type": "OPEN"})
 ID_TAKEN_FRAME = dumps({"type": "ID-TAKEN", "payload": {"msg": MSG_ID_TAKEN}})
 
 
-def notice_frame(kind, src, dst):
-    """An EXPIRE or LEAVE the server sends ``dst`` on behalf of peer ``src``."""
-    return dumps({"type": kind, "src": src, "dst": dst})
+def expire_frame(src, dst):
+    """The EXPIRE the server sends ``dst`` about peer ``src``: what ``dst`` sent it will not arrive.
+
+    The server's only notice of its own. It never sends LEAVE for a peer:
+    the PeerJS client closes every connection with a peer it hears LEAVE
+    about, so only a peer's own LEAVE is relayed.
+    """
+    return expire_frame_about(dumps(src), dst)
 
 
 def check_id(peer_id, max_length):
-    """Why ``peer_id`` is not acceptable, or None. The rule is the PeerJS client's own."""
+    """Why ``peer_id`` is not acceptable, or None. The rule is the PeerJS client's own.
+
+    The whole string must match: ``$`` alone would let a final newline through.
+    """
     if len(peer_id) > max_length:
         return f"Invalid id: longer than {max_length} characters"
-    if not ID_RULE.match(peer_id):
+    if not ID_RULE.fullmatch(peer_id):
         return (
             "Invalid id: use letters and digits, optionally separated by single "
             "spaces, dashes or underscores"
         )
     return None
+
+
+def is_valid_id(value, max_length):
+    return isinstance(value, str) and check_id(value, max_length) is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,9 +105,28 @@ def check_connect(query, options):
     problem = check_id(peer_id, options.id_max_length)
     if problem:
         raise ProtocolError(problem)
-    if len(token) > options.id_max_length:
-        raise ProtocolError(f"Invalid token: longer than {options.id_max_length} characters")
+    if len(token) > TOKEN_MAX_LENGTH:
+        raise ProtocolError(f"Invalid token: longer than {TOKEN_MAX_LENGTH} characters")
     return ConnectRequest(peer_id, token, key)
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_leniently(text):
+    """Parse JSON that orjson refuses but a browser's ``JSON.stringify`` writes.
+
+    ``JSON.stringify`` escapes a lone surrogate (``"\\ud83d"``), which orjson
+    rejects; Python's own parser takes it. Nesting deeper than Python's
+    recursion limit stays an error.
+    """
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except RecursionError:
+        raise ProtocolError("Invalid message: nested too deeply") from None
+    except ValueError:
+        raise ProtocolError("Invalid message: not JSON") from None
 
 
 def parse_frame(text, max_bytes):
@@ -106,7 +141,7 @@ def parse_frame(text, max_bytes):
     try:
         message = orjson.loads(text)
     except orjson.JSONDecodeError:
-        raise ProtocolError("Invalid message: not JSON") from None
+        message = _loads_leniently(text)
     if not isinstance(message, dict):
         raise ProtocolError("Invalid message: not a JSON object")
     kind = message.get("type")
@@ -122,9 +157,27 @@ def parse_frame(text, max_bytes):
 
 @dataclasses.dataclass(frozen=True)
 class Relay:
+    """Hand ``frame`` to the peer ``dst``."""
+
     kind: str
     dst: str
     frame: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NoSuchPeer:
+    """A frame for a ``dst`` no peer can ever hold (a number, an invalid id).
+
+    The reference queues it like any other and answers EXPIRE when it
+    expires, and the PeerJS client counts on that (``peer-unavailable``, the
+    Peer stays connected): ``expire`` is that EXPIRE, or None for a LEAVE or
+    EXPIRE, which mean nothing to an unknown peer. ``about`` names the
+    destination, so that a sender hears of it once.
+    """
+
+    kind: str
+    about: str
+    expire: object
 
 
 class Heartbeat:
@@ -138,27 +191,61 @@ class Unregister:
 HEARTBEAT_ACTION = Heartbeat()
 UNREGISTER_ACTION = Unregister()
 
+# Top-level fields a relayed frame keeps; the PeerJS client sends just these.
+RELAYED_FIELDS = frozenset({"type", "dst", "payload"})
+# How much of an impossible dst an EXPIRE echoes back (the client only shows it).
+MAX_ABOUT = 512
+_JSON_SPACE = " \t\n\r"
 
-def interpret(message, src, id_max_length):
+
+def relay_prefix(src):
+    """The start of every frame relayed from ``src`` (ids need no JSON escaping)."""
+    return '{"src":"' + src + '",'
+
+
+def interpret(message, text, src, id_max_length):
     """Decide what a parsed message from peer ``src`` does.
 
-    The relayed frame is built here, with ``src`` set by the server so that a
-    client can never speak for another peer, and other top-level fields
-    dropped; ``payload`` passes through untouched.
+    The relayed frame carries ``src`` set by the server, so that a client can
+    never speak for another peer, and drops other top-level fields. It is
+    the client's own text with ``src`` put in front: the payload (SDP,
+    candidates, whatever metadata an application chose) passes through byte
+    for byte, never re-serialised, which is both the cheapest relay and the
+    only one faithful to what the browser wrote.
     """
     kind = message["type"]
     if kind == HEARTBEAT:
         return HEARTBEAT_ACTION
     dst = message.get("dst")
-    if dst is None or dst == "":
-        if kind == LEAVE:
-            return UNREGISTER_ACTION
-        raise ProtocolError(f"Invalid message: {kind} needs a dst")
-    if not isinstance(dst, str):
-        raise ProtocolError("Invalid message: dst must be a string")
-    if len(dst) > id_max_length:
-        raise ProtocolError(f"Invalid message: dst longer than {id_max_length} characters")
-    frame = {"type": kind, "src": src, "dst": dst}
-    if "payload" in message:
-        frame["payload"] = message["payload"]
-    return Relay(kind, dst, dumps(frame))
+    if kind == LEAVE and (dst is None or dst == ""):
+        return UNREGISTER_ACTION
+    if not is_valid_id(dst, id_max_length):
+        about = _json(dst[:MAX_ABOUT] if isinstance(dst, str) else dst)
+        if len(about) > 2 * MAX_ABOUT:
+            about = "null"  # a huge object for a dst: not worth echoing
+        expire = expire_frame_about(about, src) if kind in QUEUED else None
+        return NoSuchPeer(kind, about, expire)
+    if message.keys() <= RELAYED_FIELDS:
+        frame = relay_prefix(src) + text.lstrip(_JSON_SPACE)[1:]
+    else:
+        relayed = {"type": kind, "src": src, "dst": dst}
+        if "payload" in message:
+            relayed["payload"] = message["payload"]
+        frame = _json(relayed)
+    return Relay(kind, dst, frame)
+
+
+def _json(value):
+    """JSON text of a value parsed from a client frame, lone surrogates and all."""
+    try:
+        return dumps(value)
+    except TypeError:  # orjson: a lone surrogate, or nesting orjson will not write
+        try:
+            return json.dumps(value, separators=(",", ":"))
+        except RecursionError:
+            raise ProtocolError("Invalid message: nested too deeply") from None
+
+
+def expire_frame_about(about, dst):
+    """An EXPIRE for ``dst`` about a destination given as JSON text (any value a client sent)."""
+    return '{"type":"EXPIRE","src":' + about + ',"dst":"' + dst + '"}'

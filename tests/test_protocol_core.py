@@ -7,8 +7,8 @@ from signaling import protocol
 from signaling.conf import options
 
 
-def parse(text):
-    return protocol.parse_frame(text, 1024)
+def parse(text, max_bytes=1024):
+    return protocol.parse_frame(text, max_bytes)
 
 
 @pytest.mark.parametrize(
@@ -36,30 +36,69 @@ def test_oversize_frame_counts_utf8_bytes():
         parse(text)
 
 
+def interpret(text, src="alice", id_max_length=64):
+    return protocol.interpret(parse(text, 65536), text, src, id_max_length)
+
+
 def test_relay_sets_src_and_drops_extra_fields():
-    message = parse('{"type":"OFFER","dst":"bob","src":"mallory","extra":1,"payload":{"sdp":"v=0"}}')
-    action = protocol.interpret(message, "alice", 64)
+    action = interpret('{"type":"OFFER","dst":"bob","src":"mallory","extra":1,"payload":{"sdp":"v=0"}}')
     assert isinstance(action, protocol.Relay)
     assert action.dst == "bob" and action.kind == "OFFER"
     assert json.loads(action.frame) == {"type": "OFFER", "src": "alice", "dst": "bob", "payload": {"sdp": "v=0"}}
 
 
+def test_what_the_peerjs_client_sends_is_relayed_as_written_with_src_in_front():
+    # JSON.stringify's own spacing, key order and escapes (a lone surrogate, as
+    # it writes one) survive: the payload is never re-serialised.
+    text = '{"type":"OFFER","payload":{"sdp":"v=0\\r\\n","metadata":"\\ud83dx", "n": 1.50},"dst":"bob"}'
+    action = interpret(text)
+    assert action.frame == '{"src":"alice",' + text[1:]
+    assert json.loads(action.frame)["payload"]["metadata"] == "\ud83dx"
+
+
+def test_a_payload_nested_deeper_than_any_serialiser_goes_is_still_relayed():
+    payload = "[" * 900 + "]" * 900
+    action = interpret('{"type":"CANDIDATE","dst":"bob","payload":' + payload + "}")
+    assert action.frame.endswith(payload + "}")
+
+
+def test_nesting_beyond_what_can_be_parsed_is_named():
+    with pytest.raises(protocol.ProtocolError, match="nested too deeply"):
+        parse('{"type":"CANDIDATE","dst":"b","payload":' + "[" * 5000 + "]" * 5000 + "}", 65536)
+
+
+@pytest.mark.parametrize("text", ["NaN", '{"type":"OFFER","dst":"b","payload":Infinity}', '{"type":"OFFER","dst":"b\\ud800"'])
+def test_what_no_browser_writes_is_not_json(text):
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):
+        parse(text)
+
+
 def test_heartbeat_and_leave_without_dst():
-    assert protocol.interpret({"type": "HEARTBEAT"}, "a", 64) is protocol.HEARTBEAT_ACTION
-    assert protocol.interpret({"type": "LEAVE"}, "a", 64) is protocol.UNREGISTER_ACTION
+    assert interpret('{"type": "HEARTBEAT"}') is protocol.HEARTBEAT_ACTION
+    assert interpret('{"type": "LEAVE"}') is protocol.UNREGISTER_ACTION
 
 
-@pytest.mark.parametrize("message", [{"type": "OFFER"}, {"type": "CANDIDATE", "dst": ""}])
-def test_relayed_types_other_than_leave_need_dst(message):
-    with pytest.raises(protocol.ProtocolError, match="needs a dst"):
-        protocol.interpret(message, "a", 64)
+@pytest.mark.parametrize(
+    "text, about",
+    [
+        ('{"type":"OFFER","dst":12345}', "12345"),
+        ('{"type":"OFFER"}', "null"),
+        ('{"type":"CANDIDATE","dst":""}', '""'),
+        ('{"type":"ANSWER","dst":"no good!"}', '"no good!"'),
+        ('{"type":"OFFER","dst":"' + "x" * 65 + '"}', '"' + "x" * 65 + '"'),
+    ],
+)
+def test_a_dst_no_peer_can_hold_is_an_unknown_peer_that_expires(text, about):
+    """The PeerJS client sends these (peer.connect(12345)); the reference answers EXPIRE, not ERROR."""
+    action = interpret(text)
+    assert isinstance(action, protocol.NoSuchPeer) and action.about == about
+    assert json.loads(action.expire) == {"type": "EXPIRE", "src": json.loads(about), "dst": "alice"}
 
 
-def test_dst_must_be_a_plausible_id():
-    with pytest.raises(protocol.ProtocolError, match="dst must be a string"):
-        protocol.interpret({"type": "OFFER", "dst": 7}, "a", 64)
-    with pytest.raises(protocol.ProtocolError, match="longer than 64"):
-        protocol.interpret({"type": "OFFER", "dst": "x" * 65}, "a", 64)
+@pytest.mark.parametrize("kind", ["LEAVE", "EXPIRE"])
+def test_notices_about_an_unknown_peer_mean_nothing(kind):
+    action = interpret('{"type":"%s","dst":7}' % kind)
+    assert isinstance(action, protocol.NoSuchPeer) and action.expire is None
 
 
 @pytest.mark.parametrize("peer_id", ["abc", "a-b_c d", "A1", "0123456789abcdef-0000-1111-2222-333333333333"[:36]])
@@ -67,7 +106,7 @@ def test_ids_the_client_accepts(peer_id):
     assert protocol.check_id(peer_id, 64) is None
 
 
-@pytest.mark.parametrize("peer_id", ["-abc", "abc-", "a--b", "a b!", "a/b", "é", "a\u00a0b", "x" * 65])
+@pytest.mark.parametrize("peer_id", ["-abc", "abc-", "a--b", "a b!", "a/b", "é", "a\u00a0b", "x" * 65, "abc\n", "\nabc"])
 def test_ids_the_client_rejects(peer_id):
     assert protocol.check_id(peer_id, 64)
 
