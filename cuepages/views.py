@@ -16,7 +16,8 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_safe
 
 from cuepages.csp import content_security_policy
-from signaling.conf import ID_RULE, options
+from signaling.conf import options
+from signaling.protocol import check_id
 
 
 def client_config():
@@ -63,7 +64,7 @@ def share_qr(request):
     """An SVG QR code of the sender link for ``?id=``, drawn on the server (segno)."""
     peerjs = options()
     receiver_id = request.GET.get("id", "")
-    if not receiver_id or len(receiver_id) > peerjs.id_max_length or not ID_RULE.match(receiver_id):
+    if not receiver_id or check_id(receiver_id, peerjs.id_max_length):
         return HttpResponseBadRequest("id must be a valid peer id\n", content_type="text/plain")
     qr = segno.make(share_url(request, receiver_id), error="m")
     svg = io.BytesIO()

@@ -28,7 +28,9 @@ SCHEMA = {
     # A queued message nobody claims in this time is dropped, its sender told EXPIRE.
     "EXPIRE_TIMEOUT": ("PEERJS_EXPIRE_TIMEOUT", 5000, _positive),
     # A socket that sends no frame at all in this time is closed and unregistered.
-    "ALIVE_TIMEOUT": ("PEERJS_ALIVE_TIMEOUT", 60000, _positive),
+    # peer@1.0.2's value: Chrome throttles the timers (and so the heartbeats)
+    # of background tabs, and a shorter timeout closes their peers.
+    "ALIVE_TIMEOUT": ("PEERJS_ALIVE_TIMEOUT", 90000, _positive),
     # How often queued messages are checked for expiry.
     "CLEANUP_OUT_MSGS": ("PEERJS_CLEANUP_OUT_MSGS", 1000, _positive),
     # Connected peers allowed at once, across the whole cluster.
@@ -41,30 +43,39 @@ SCHEMA = {
     "CORS_ORIGINS": ("PEERJS_CORS_ORIGINS", ["*"], env.string_list),
     # Largest frame accepted from a client, in bytes of UTF-8.
     "MAX_FRAME_BYTES": ("PEERJS_MAX_FRAME_BYTES", 256 * 1024, _positive),
-    # Longest peer id accepted.
-    "ID_MAX_LENGTH": ("PEERJS_ID_MAX_LENGTH", 64, _positive),
+    # Longest peer id accepted: what the registry holds (the client has no limit).
+    "ID_MAX_LENGTH": ("PEERJS_ID_MAX_LENGTH", 255, _positive),
     # Dotted path of a callable returning a fresh id string.
     "GENERATE_CLIENT_ID": (
         "PEERJS_GENERATE_CLIENT_ID",
         "signaling.ids.uuid4_id",
         env.string,
     ),
-    # Messages and bytes queued for one offline peer; more are refused with EXPIRE.
-    "QUEUE_MAX_MESSAGES": ("PEERJS_QUEUE_MAX_MESSAGES", 100, _positive),
-    "QUEUE_MAX_BYTES": ("PEERJS_QUEUE_MAX_BYTES", 1024 * 1024, _positive),
+    # Messages and bytes queued for one offline peer; more are refused with
+    # EXPIRE. A connection attempt queues about ten frames, and a receiver
+    # that reloads may meet a dozen senders at once.
+    "QUEUE_MAX_MESSAGES": ("PEERJS_QUEUE_MAX_MESSAGES", 1000, _positive),
+    "QUEUE_MAX_BYTES": ("PEERJS_QUEUE_MAX_BYTES", 4 * 1024 * 1024, _positive),
     # Bad frames (garbage, unknown types, oversize) a socket may send before it
     # is closed. Each one is answered with an ERROR frame.
     "BAD_FRAME_LIMIT": ("PEERJS_BAD_FRAME_LIMIT", 10, _positive),
-    # Frames per second one socket may send (sustained; bursts up to the same
-    # number). Past it the socket is closed with 1008. 0 turns the limit off.
+    # Frames per second one socket may send, sustained; 0 turns the limit off.
+    # Bursts up to FLOOD_BURST frames pass at once (a page opening a hundred
+    # connections sends about a thousand). Past that the socket is read no
+    # faster than the limit (TCP slows the client down); a socket held at the
+    # limit for FLOOD_CUTOFF milliseconds is closed with 1008.
     "FLOOD_LIMIT": ("PEERJS_FLOOD_LIMIT", 500, _non_negative),
+    "FLOOD_BURST": ("PEERJS_FLOOD_BURST", 2000, _positive),
+    "FLOOD_CUTOFF": ("PEERJS_FLOOD_CUTOFF", 10000, _positive),
     # How often a worker tells the database it is alive, and after how long a
     # silent worker's peers are reaped.
     "WORKER_BEAT": ("PEERJS_WORKER_BEAT", 2000, _positive),
     "WORKER_TIMEOUT": ("PEERJS_WORKER_TIMEOUT", 10000, _positive),
 }
 
-ID_RULE = re.compile(r"^[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*$")
+# The PeerJS client's rule for ids; match it against the whole string (fullmatch).
+ID_RULE = re.compile(r"[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*")
+ID_COLUMN_LENGTH = 255  # Peer.peer_id's max_length
 
 
 def from_environ(environ=None):
@@ -93,6 +104,8 @@ class Options:
     queue_max_bytes: int
     bad_frame_limit: int
     flood_limit: int
+    flood_burst: int
+    flood_cutoff: int
     worker_beat: int
     worker_timeout: int
 
@@ -123,6 +136,8 @@ def _validated(raw):
     path = values["PATH"]
     if not path.startswith("/"):
         fail("PATH", f"must start with '/', got {path!r}.")
+    if values["ID_MAX_LENGTH"] > ID_COLUMN_LENGTH:
+        fail("ID_MAX_LENGTH", f"must be at most {ID_COLUMN_LENGTH}, what the registry holds.")
     if values["WORKER_TIMEOUT"] <= values["WORKER_BEAT"]:
         fail("WORKER_TIMEOUT", "must be longer than PEERJS_WORKER_BEAT.")
     try:

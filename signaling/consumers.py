@@ -1,5 +1,5 @@
 """The signaling socket: turns WebSocket events into protocol and hub calls."""
-import collections
+import asyncio
 import logging
 import urllib.parse
 
@@ -13,10 +13,6 @@ from signaling.conf import options
 from signaling.http import client_address
 
 logger = logging.getLogger(__name__)
-
-# Frames delivered this shortly before the server hears of the socket's close
-# may have been dropped unread: their senders are told LEAVE (seconds).
-CLOSE_RACE_WINDOW = 0.5
 
 
 class PeerConsumer(AsyncWebsocketConsumer):
@@ -51,10 +47,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.connection_id = self.hub.new_connection_id()
         self.peer_id = None
         self.buffer = []  # frames for this peer held back until it is open
-        self.recent = collections.deque(maxlen=32)  # (time, src) of signaling frames sent
         self.bad_frames = 0
         self.last_frame = self.hub.loop.time()
-        self.allowance = float(self.options.flood_limit)
+        self.allowance = float(self.options.flood_burst)
+        self.throttled_since = None
 
         if not self.options.origin_allowed(_header(self.scope, b"origin")):
             await self.close()  # before accept: the client gets HTTP 403
@@ -88,14 +84,8 @@ class PeerConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None):
         now = self.hub.loop.time()
-        if self.options.flood_limit:
-            limit = self.options.flood_limit
-            self.allowance = min(limit, self.allowance + (now - self.last_frame) * limit) - 1
-            if self.allowance < 0:
-                self.last_frame = now
-                await self.send(text_data=protocol.error_frame("Too many messages: slow down"))
-                await self.drop(hubs.CLOSE_POLICY, "Flood")
-                return
+        if self.options.flood_limit and not await self.throttle(now):
+            return
         self.last_frame = now  # any frame is a sign of life
         if self.peer_id is None:
             return  # refused or closing: nothing to act for
@@ -104,7 +94,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         try:
             message = protocol.parse_frame(text_data, self.options.max_frame_bytes)
-            action = protocol.interpret(message, self.peer_id, self.options.id_max_length)
+            action = protocol.interpret(message, text_data, self.peer_id, self.options.id_max_length)
         except protocol.FrameTooBig as exc:
             await self.bad_frame(str(exc), hubs.CLOSE_TOO_BIG)
             return
@@ -116,7 +106,36 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if action is protocol.UNREGISTER_ACTION:
             await self.drop(1000, "Left")
             return
+        if isinstance(action, protocol.NoSuchPeer):
+            await self.hub.no_such_peer(self.peer_id, action)
+            return
         await self.hub.relay(self.peer_id, action)
+
+    async def throttle(self, now):
+        """Hold a socket to ``flood_limit`` frames per second; False once it is closed for flooding.
+
+        A token bucket: bursts up to ``flood_burst`` pass untouched (a page
+        opening a hundred connections at once). Past it the socket is not
+        read for a moment, so TCP slows the client down; only a client that
+        keeps the bucket below half full for ``flood_cutoff`` after it first
+        ran dry is cut off.
+        """
+        o = self.options
+        self.allowance = min(o.flood_burst, self.allowance + (now - self.last_frame) * o.flood_limit) - 1
+        if self.allowance >= 0:
+            if self.allowance >= o.flood_burst / 2:
+                self.throttled_since = None  # it let the bucket fill up again: not sustained
+            return True
+        if self.throttled_since is None:
+            self.throttled_since = now
+        elif now - self.throttled_since > o.flood_cutoff / 1000:
+            self.hub.stats["flooded"] += 1
+            await self.send(text_data=protocol.error_frame("Too many messages: slow down"))
+            await self.drop(hubs.CLOSE_POLICY, "Flood")
+            return False
+        self.hub.stats["throttled"] += 1
+        await asyncio.sleep(-self.allowance / o.flood_limit)
+        return True
 
     async def bad_frame(self, why, close_code=hubs.CLOSE_POLICY):
         """Answer a frame the server cannot use; close a socket that keeps sending them."""
@@ -139,14 +158,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.close(code=4000 + code % 1000, reason=reason)
 
     async def disconnect(self, code):
-        peer_id = self.peer_id
+        # Nobody is told: the peers' WebRTC connections live on without the
+        # server (PeerJS closes them on LEAVE, so a LEAVE here would end them).
         await self.hub.unregister(self)
-        if peer_id is not None:
-            # The server learns of a close a moment after it happens, and a
-            # frame written in that moment is dropped by the ASGI server
-            # without a word. Its sender must not wait for an answer forever.
-            cutoff = self.hub.loop.time() - CLOSE_RACE_WINDOW
-            await self.hub.lost(peer_id, {src for at, src in self.recent if at >= cutoff and src != peer_id})
 
     # The hub's side of a connection.
 
@@ -154,14 +168,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if self.buffer is not None:
             self.buffer.append((frame, src, kind))
             return
+        peer_id = self.peer_id
         try:
             await self.send(text_data=frame)
         except Exception:
-            # Some ASGI servers (uvicorn) raise once they know the socket closed.
-            await self.hub.lost(self.peer_id, {src} if kind in protocol.QUEUED else set())
-            return
-        if kind in protocol.QUEUED:
-            self.recent.append((self.hub.loop.time(), src))
+            # The socket closed under us (uvicorn raises once it knows): the
+            # frame is handled as for a peer that has just gone.
+            await self.hub.undeliverable(self, peer_id, frame, src, kind)
 
     async def drop(self, code, reason):
         """Forget this socket's registration, then close it from the server side.
@@ -169,7 +182,6 @@ class PeerConsumer(AsyncWebsocketConsumer):
         In that order, so that a client reconnecting on the close finds its id free.
         """
         await self.hub.unregister(self)
-        self.peer_id = None
         try:
             await self.close_with(code, reason)
         except Exception:

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 STOPPING = "stopping"  # register() outcome while the worker drains
 
+MAX_UNKNOWN = 10_000  # frames for impossible ids awaiting their EXPIRE; past it, EXPIRE at once
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
 # How long a worker trusts what the registry said about where a peer is held,
 # so that a stream of frames to a peer on another worker costs one database
@@ -91,6 +92,7 @@ class Hub:
         self.local = {}  # peer id -> registered connection on this worker
         self.connections = {}  # connection id -> every open socket on this worker
         self.routes = {}  # peer id -> (worker holding it, loop time until which that is trusted)
+        self.unknown = {}  # (sender, impossible dst) -> (loop time of its EXPIRE, the EXPIRE frame)
         self._connection_ids = itertools.count()
         self.stats = collections.Counter()
         self._tasks = []
@@ -195,7 +197,7 @@ class Hub:
     async def unregister(self, connection):
         """Forget a socket; remove its registration only if it is still its own."""
         self.connections.pop(connection.connection_id, None)
-        peer_id = connection.peer_id
+        peer_id, connection.peer_id = connection.peer_id, None
         if peer_id is None:
             return
         if self.stopping:
@@ -236,9 +238,9 @@ class Hub:
                 # Registered a moment ago: its registration is still settling.
                 await connection.deliver(frame, src, kind)
             else:
-                await self._gone(src, dst, kind, where)
+                await self._gone(src, dst, kind, frame, where)
         elif not where.worker_alive:
-            await self._gone(src, dst, kind, where)
+            await self._gone(src, dst, kind, frame, where)
         elif hops >= MAX_HOPS or self.layer is None:
             await self._queue(src, dst, kind, frame)
         else:
@@ -252,27 +254,43 @@ class Hub:
             self.stats["relayed_remote"] += 1
         else:
             self.routes.pop(dst, None)
-            await self.notify(dst, src, protocol.EXPIRE)
+            await self.tell_expire(dst, src)
 
-    async def notify(self, about, to, kind):
-        """Tell peer ``to`` that peer ``about`` is gone (LEAVE) or unreachable (EXPIRE)."""
-        await self.deliver_elsewhere(about, to, kind, protocol.notice_frame(kind, about, to), 0)
+    async def tell_expire(self, about, to):
+        """Tell peer ``to`` that what it sent peer ``about`` will not arrive (PeerJS: peer-unavailable)."""
+        await self.deliver_elsewhere(about, to, protocol.EXPIRE, protocol.expire_frame(about, to), 0)
 
-    async def lost(self, dst, senders):
-        """Frames to ``dst`` may not have reached it before its socket closed: tell their senders LEAVE."""
-        for src in senders:
-            self.stats["lost_on_close"] += 1
-            await self.notify(dst, src, protocol.LEAVE)
+    async def _gone(self, src, dst, kind, frame, where):
+        """``dst`` is registered to a socket that no longer exists: free the id, keep the frame.
 
-    async def _gone(self, src, dst, kind, where):
-        """``dst`` is registered to a socket that no longer exists: drop it, tell the sender.
-
-        A notice (LEAVE, EXPIRE) for a dead peer is dropped without a notice back.
+        Its worker died or the socket closed a moment ago; the peer's WebRTC
+        connections may well be alive, and PeerJS reconnects with the same id.
+        So the frame waits in the queue like any frame for an offline peer.
         """
         self.stats["dead_destination"] += 1
         await _db(registry.release)(dst, where.connection)
-        if kind in protocol.QUEUED:
-            await self.notify(dst, src, protocol.LEAVE)
+        await self._queue(src, dst, kind, frame)
+
+    async def undeliverable(self, connection, dst, frame, src, kind):
+        """A write of a frame for ``dst`` to ``connection`` failed: it has closed.
+
+        Forget the socket and queue the frame, as for a peer that has just gone.
+        """
+        self.stats["write_failed"] += 1
+        await self.unregister(connection)
+        await self._queue(src, dst, kind, frame)
+
+    async def no_such_peer(self, src, action):
+        """A frame for an id no peer can hold: EXPIRE after expire_timeout, once per sender and id."""
+        if action.expire is None:
+            return  # LEAVE or EXPIRE about nobody
+        key = (src, action.about)
+        if key in self.unknown:
+            return
+        if len(self.unknown) >= MAX_UNKNOWN:
+            await self.deliver_elsewhere(action.about, src, protocol.EXPIRE, action.expire, 0)
+            return
+        self.unknown[key] = (self.loop.time() + self.options.expire_timeout / 1000, action.expire)
 
     async def _queue(self, src, dst, kind, frame):
         if kind not in protocol.QUEUED:
@@ -284,7 +302,7 @@ class Hub:
         if not queued:
             self.stats["queue_full"] += 1
             logger.warning("queue for %r is full; refused a %s from %r", dst, kind, src)
-            await self.notify(dst, src, protocol.EXPIRE)
+            await self.tell_expire(dst, src)
             return
         self.stats["queued"] += 1
         # The destination may have connected (and drained its queue) while
@@ -430,9 +448,15 @@ class Hub:
 
     async def expire(self):
         """Drop queued messages past their time; tell each sender once."""
+        now = self.loop.time()
+        for key in [key for key, (at, _frame) in self.unknown.items() if at <= now]:
+            src, about = key
+            _at, frame = self.unknown.pop(key)
+            self.stats["expired"] += 1
+            await self.deliver_elsewhere(about, src, protocol.EXPIRE, frame, 0)
         for src, dst in await _db(registry.take_expired)():
             self.stats["expired"] += 1
-            await self.notify(dst, src, protocol.EXPIRE)
+            await self.tell_expire(dst, src)
 
     async def check_liveness(self):
         """Close sockets that sent no frame at all within alive_timeout; forget stale routes."""

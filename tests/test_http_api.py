@@ -40,10 +40,22 @@ async def test_id_is_usable_on_the_socket(server):
     await client.close()
 
 
-@pytest.mark.parametrize("what", ["id", "peers"])
-def test_wrong_key_is_401(server, what):
-    status, _, body = get(server, f"{BASE}/nokey/{what}")
+def test_wrong_key_for_peers_is_401(server):
+    status, _, body = get(server, f"{BASE}/nokey/peers")
     assert status == 401 and body == "Invalid key provided"
+
+
+async def test_an_id_for_a_wrong_key_is_refused_on_the_socket_with_the_references_message(server):
+    """/id answers for any key, as the reference does: the key is checked on the socket.
+
+    A 401 from /id reaches a PeerJS app as an error with an empty message;
+    this way it hears "Invalid key provided" (tests/browser shows it).
+    """
+    status, _, peer_id = get(server, f"{BASE}/nokey/id")
+    assert status == 200 and UUID4.match(peer_id)
+    client = await connect(server, peer_id=peer_id, key="nokey", expect_open=False)
+    code, frames = await client.closed()
+    assert frames == [{"type": "ERROR", "payload": {"msg": "Invalid key provided"}}]
 
 
 def test_peers_is_401_unless_discovery_is_allowed(server):

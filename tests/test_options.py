@@ -13,7 +13,7 @@ from tests.servers import ROOT
 def test_defaults_are_the_references():
     o = conf._validated(conf.from_environ({}))
     assert (o.key, o.path, o.expire_timeout, o.alive_timeout, o.cleanup_out_msgs) == (
-        "peerjs", "/peerjs/myapp", 5000, 60000, 1000,
+        "peerjs", "/peerjs/myapp", 5000, 90000, 1000,
     )
     assert (o.concurrent_limit, o.allow_discovery, o.proxied, o.cors_origins) == (5000, False, False, ("*",))
     assert o.generate_client_id.__name__ == "uuid4_id"

@@ -107,8 +107,10 @@ async def test_stale_close_never_unregisters_the_newer_owner(server):
     [
         ("bad%20id%21", "Invalid id: use letters and digits"),
         ("-dash", "Invalid id: use letters and digits"),
-        ("x" * 65, "Invalid id: longer than 64 characters"),
+        ("x" * 256, "Invalid id: longer than 255 characters"),
         ("%ff%fe", "Invalid id: use letters and digits"),
+        # The rule holds for the whole string: a final newline is not "victim1".
+        ("victim1%0A", "Invalid id: use letters and digits"),
     ],
 )
 async def test_invalid_ids_are_refused_with_the_reason(server, peer_id, why):
@@ -116,6 +118,14 @@ async def test_invalid_ids_are_refused_with_the_reason(server, peer_id, why):
     code, frames = await client.closed()
     assert len(frames) == 1 and frames[0]["type"] == "ERROR" and frames[0]["payload"]["msg"].startswith(why)
     assert code == POLICY
+
+
+async def test_ids_up_to_255_characters_open_and_are_reachable(server):
+    """Apps use long ids (the reference has no limit); the registry holds 255."""
+    long_id = "x" * 207 + uid() + "-" + "y" * 34
+    assert len(long_id) == 255
+    peer = await connect(server, peer_id=long_id)
+    await roundtrip(await connect(server), peer)
 
 
 async def test_junk_in_the_query_string_is_ignored(server):
