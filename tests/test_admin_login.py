@@ -90,3 +90,11 @@ def test_the_limit_and_cool_off_come_from_the_environment(make_server):
             capture_output=True, text=True,
         )
         assert check.returncode != 0 and name in check.stderr
+
+
+def test_a_wsgi_request_is_counted_by_its_connection_address_too(rf):
+    """p2psite.wsgi serves the admin too: there a request has META, no ASGI scope."""
+    from signaling.admin import login_client_address
+
+    request = rf.post("/admin/login/", REMOTE_ADDR="192.0.2.7", HTTP_X_FORWARDED_FOR="198.51.100.1")
+    assert login_client_address(request) == "192.0.2.7"  # PEERJS_PROXIED is off in the tests
