@@ -4,6 +4,11 @@ The pages get everything they need to reach the PeerServer from here (path,
 key, ICE servers) rather than hard-coding it: host and port are the page's
 own, so the same pages work on a laptop, on a theatre LAN and behind the
 cluster's load balancer.
+
+The share link is CUEPAGES_PUBLIC_URL's when set, else the request's host as
+Django validated it against ALLOWED_HOSTS. A host-derived answer is only
+ever the asking client's: it is marked private and varies by Host, so no
+shared cache hands a forged Host's QR code to anyone else.
 """
 import io
 
@@ -12,6 +17,7 @@ from django.conf import settings
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import urlencode
 from django.views.decorators.http import require_safe
 
@@ -31,10 +37,15 @@ def client_config():
     }
 
 
+def public_url():
+    return getattr(settings, "CUEPAGES_PUBLIC_URL", "")
+
+
 def share_url(request, receiver_id):
     """The sender link for a receiver, absolute, as a phone scanning the QR code needs it."""
     relative = f"{reverse('send')}?{urlencode({'id': receiver_id})}"
-    base = getattr(settings, "CUEPAGES_PUBLIC_URL", "")
+    base = public_url()
+    # build_absolute_uri goes through request.get_host(): an ALLOWED_HOSTS check.
     return f"{base}{relative}" if base else request.build_absolute_uri(relative)
 
 
@@ -47,7 +58,7 @@ def page(template):
             # Where the receiver's share link and its QR code point.
             "sendUrl": reverse("send"),
             "qrUrl": reverse("share-qr"),
-            "publicUrl": getattr(settings, "CUEPAGES_PUBLIC_URL", ""),
+            "publicUrl": public_url(),
         }
         return render(request, template, {"client_config": config})
 
@@ -62,14 +73,19 @@ send = page("cuepages/send.html")
 @require_safe
 def share_qr(request):
     """An SVG QR code of the sender link for ``?id=``, drawn on the server (segno)."""
-    peerjs = options()
     receiver_id = request.GET.get("id", "")
-    if not receiver_id or check_id(receiver_id, peerjs.id_max_length):
+    if not receiver_id or check_id(receiver_id, options().id_max_length):
         return HttpResponseBadRequest("id must be a valid peer id\n", content_type="text/plain")
-    qr = segno.make(share_url(request, receiver_id), error="m")
+    link = share_url(request, receiver_id)
+    qr = segno.make(link, error="m")
     svg = io.BytesIO()
-    qr.save(svg, kind="svg", scale=8, border=2, xmldecl=False, title="Sender link", dark="#000", light="#fff")
+    # The title names the link, for whoever opens the image on its own.
+    qr.save(svg, kind="svg", scale=8, border=2, xmldecl=False, title=f"Sender link: {link}", dark="#000", light="#fff")
     response = HttpResponse(svg.getvalue(), content_type="image/svg+xml")
-    response["Cache-Control"] = "public, max-age=3600"
+    if public_url():
+        response["Cache-Control"] = "public, max-age=3600"
+    else:
+        patch_cache_control(response, private=True, max_age=3600)
+        patch_vary_headers(response, ["Host"])
     response["X-Content-Type-Options"] = "nosniff"
     return response

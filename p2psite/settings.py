@@ -5,6 +5,7 @@ with the in-memory channel layer, which is what ``make run`` serves. The
 cluster sets DATABASE_URL (PostgreSQL) and REDIS_URL; see README.md for every
 variable.
 """
+import datetime
 from pathlib import Path
 
 import dj_database_url
@@ -41,6 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "channels",
     "signaling",
     "cuepages",
@@ -55,7 +57,31 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# AxesStandaloneBackend first: it refuses a locked-out client before the
+# password is even checked, then ModelBackend checks it.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Admin login throttling (django-axes). After DJANGO_LOGIN_FAILURE_LIMIT wrong
+# passwords for one username from one client address, that username is refused
+# from that address (HTTP 429), even with the right password, for
+# DJANGO_LOGIN_COOLOFF_MINUTES; a successful login clears its count. The
+# address is the one the signaling server sees (signaling.http, so it follows
+# PEERJS_PROXIED): behind our proxy a forged X-Forwarded-For entry does not
+# give a client fresh tries. Operators lift a lockout early with
+# `manage.py axes_reset_username NAME` (or `axes_reset`), or by deleting the
+# access attempt in the admin.
+AXES_FAILURE_LIMIT = env.integer("DJANGO_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env.integer("DJANGO_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "signaling.admin.login_client_address"
 
 ROOT_URLCONF = "p2psite.urls"
 WSGI_APPLICATION = "p2psite.wsgi.application"

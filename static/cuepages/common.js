@@ -58,16 +58,40 @@ window.Cue = (() => {
     element.dataset.state = state;
   }
 
+  /* What both pages show while their signaling link is down or halted. */
+  function signalingDown(refusal, delay) {
+    const retry = "reconnecting in " + Math.ceil(delay / 1000) + " s";
+    if (refusal) {
+      status("Refused by the signaling server: " + refusal, "down");
+      banner("signaling", "The signaling server refused this page (" + refusal + "): " + retry);
+    } else {
+      status("Signaling server unreachable: reconnecting…", "down");
+      banner("signaling", "Connection to the signaling server is down: " + retry);
+    }
+  }
+
+  function signalingHalted(why) {
+    status(why, "down");
+    banner("signaling", why + ": this page stays off the signaling server until you press Reconnect");
+  }
+
   function backoff(attempt) {
     const base = Math.min(10000, 500 * 2 ** attempt);
     return Math.round(base * (0.8 + Math.random() * 0.4));
   }
 
+  /* Close code of a socket an operator closed (the admin's "Disconnect the
+   * selected peers"): coming straight back would undo the operator's act. */
+  const CLOSE_BY_OPERATOR = 4102;
+
   /* The Peer and its link to the signaling server. After a drop it calls
    * peer.reconnect() (same id, same token) with growing pauses; if the Peer
-   * was destroyed (no id was ever granted), it makes a new one.
-   * hooks: wantedId() -> id or null, token, onOpen(id), onDown(why, delayMs),
-   *        onError(err), onConnection(conn), onPeer(peer). */
+   * was destroyed (no id was ever granted), it makes a new one. After an
+   * operator's close it waits for the Reconnect button (#reconnect) instead.
+   * hooks: wantedId() -> id or null, token, onOpen(id), onDown(refusal, delayMs),
+   *        onHalt(why), onError(err), onConnection(conn), onPeer(peer).
+   * onDown's `refusal` is the text of the server's ERROR when it sent one
+   * (a full server, a refused client), else null. */
   function Signaling(cfg, hooks) {
     this.cfg = cfg;
     this.hooks = hooks;
@@ -77,7 +101,11 @@ window.Cue = (() => {
     this.timer = null;
     this.watchdog = null;
     this.stopped = false;
+    this.halted = false; // closed by an operator: no retry until asked
+    this.refusal = null; // the server's ERROR message, until a socket opens
     window.addEventListener("pagehide", () => this.stop());
+    const button = byId("reconnect");
+    if (button) button.addEventListener("click", () => this.resume());
   }
 
   Signaling.prototype.options = function () {
@@ -103,12 +131,19 @@ window.Cue = (() => {
       clearTimeout(this.watchdog);
       this.id = id;
       this.attempt = 0;
+      this.refusal = null;
+      this.watchClose(peer);
       this.hooks.onOpen(id);
     });
-    peer.on("disconnected", () => this.down(peer, "lost the signaling server"));
-    peer.on("close", () => this.down(peer, "signaling closed"));
+    peer.on("disconnected", () => this.down(peer));
+    peer.on("close", () => this.down(peer));
     peer.on("error", (err) => {
-      if (peer === this.peer && this.hooks.onError) this.hooks.onError(err);
+      if (peer !== this.peer) return;
+      // A server ERROR frame (a refusal) arrives as "server-error" with the
+      // server's text as the message, before PeerJS drops the socket. (A
+      // failed id request is a "server-error" too, with an empty message.)
+      if (err.type === "server-error" && err.message) this.refusal = err.message;
+      if (this.hooks.onError) this.hooks.onError(err);
     });
     peer.on("connection", (conn) => {
       if (peer === this.peer) this.hooks.onConnection(conn);
@@ -125,12 +160,52 @@ window.Cue = (() => {
     }, 10000);
   };
 
-  Signaling.prototype.down = function (peer, why) {
-    if (peer !== this.peer || this.stopped) return;
+  /* PeerJS 1.5.5 keeps the close code to itself: its socket wrapper
+   * (peer.socket) emits "disconnected" without the close event. So listen on
+   * the WebSocket it wraps, peer.socket._socket, made anew by each
+   * (re)connect: the one that delivered OPEN is the one to watch. Whichever
+   * of this listener and PeerJS's own onclose runs first, halt() wins: it
+   * cancels a retry that down() scheduled, and down() does nothing after it. */
+  Signaling.prototype.watchClose = function (peer) {
+    const socket = peer.socket && peer.socket._socket;
+    if (!socket) return;
+    socket.addEventListener("close", (event) => {
+      if (event.code === CLOSE_BY_OPERATOR && peer === this.peer) this.halt("Disconnected by an operator");
+    });
+  };
+
+  Signaling.prototype.halt = function (why) {
+    if (this.stopped) return;
+    this.halted = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
+    this.timer = null;
+    const button = byId("reconnect");
+    if (button) button.hidden = false;
+    this.hooks.onHalt(why);
+  };
+
+  /* The Reconnect button: same id, same token, as a retry would. */
+  Signaling.prototype.resume = function () {
+    if (!this.halted || this.stopped) return;
+    this.halted = false;
+    this.attempt = 0;
+    byId("reconnect").hidden = true;
+    const peer = this.peer;
+    if (peer && peer.disconnected && !peer.destroyed) {
+      this.arm();
+      peer.reconnect();
+    } else {
+      this.renew();
+    }
+  };
+
+  Signaling.prototype.down = function (peer) {
+    if (peer !== this.peer || this.stopped || this.halted) return;
     clearTimeout(this.watchdog);
     if (this.timer) return; // a retry is already scheduled
     const delay = backoff(this.attempt++);
-    this.hooks.onDown(why, delay);
+    this.hooks.onDown(this.refusal, delay);
     this.timer = setTimeout(() => {
       this.timer = null;
       if (this.stopped || peer !== this.peer) return;
@@ -166,5 +241,5 @@ window.Cue = (() => {
     },
   });
 
-  return { config, byId, isPeerId, randomToken, log, banner, status, backoff, Signaling };
+  return { config, byId, isPeerId, randomToken, log, banner, status, signalingDown, signalingHalted, backoff, Signaling };
 })();

@@ -186,9 +186,12 @@
       updateStatus();
       log("Ready as " + id, "ok");
     },
-    onDown(why, delay) {
-      Cue.status("Signaling server unreachable: reconnecting…", "down");
-      Cue.banner("signaling", "Connection to the signaling server is down: reconnecting in " + Math.ceil(delay / 1000) + " s");
+    onDown(refusal, delay) {
+      Cue.signalingDown(refusal, delay);
+    },
+    onHalt(why) {
+      Cue.signalingHalted(why);
+      log(why, "warn");
     },
     onError(err) {
       if (err.type === "unavailable-id") {
@@ -206,7 +209,7 @@
           setTimeout(() => signaling.renew(), 0);
         }
       } else if (err.type !== "network" && err.type !== "peer-unavailable") {
-        log("Signaling error: " + err.type, "warn");
+        log("Signaling error: " + err.type + (err.message ? " (" + err.message + ")" : ""), "warn");
       }
     },
     onConnection(conn) {

@@ -320,9 +320,12 @@
         if (!entry.conn && !entry.refused && (entry.state === "waiting" || entry.state === "down")) dial(entry);
       }
     },
-    onDown(why, delay) {
-      Cue.status("Signaling server unreachable: reconnecting…", "down");
-      Cue.banner("signaling", "Connection to the signaling server is down: reconnecting in " + Math.ceil(delay / 1000) + " s");
+    onDown(refusal, delay) {
+      Cue.signalingDown(refusal, delay);
+    },
+    onHalt(why) {
+      Cue.signalingHalted(why);
+      log(why, "warn");
     },
     onError(err) {
       if (err.type === "peer-unavailable") {
@@ -331,7 +334,7 @@
         const entry = receivers.get(id);
         if (entry && entry.conn) fail(entry, entry.conn, "no receiver with this ID is online");
       } else if (err.type !== "network") {
-        log("Signaling error: " + err.type, "warn");
+        log("Signaling error: " + err.type + (err.message ? " (" + err.message + ")" : ""), "warn");
       }
     },
     onConnection(conn) {
