@@ -89,8 +89,8 @@ def test_with_the_default_hosts_a_foreign_host_is_refused(server):
         ("abc%0Adef", 400),
         ("-abc", 400),
         ("abc%20", 400),
-        ("a" * 64, 200),
-        ("a" * 65, 400),  # longer than PEERJS_ID_MAX_LENGTH
+        ("a" * 255, 200),
+        ("a" * 256, 400),  # longer than PEERJS_ID_MAX_LENGTH
         ("", 400),
     ],
 )
