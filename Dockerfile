@@ -41,9 +41,10 @@ COPY . .
 # when that directory exists.
 COPY --from=vendor /vendor/ ./
 
-# Static files are part of the image. The key is a throwaway: collectstatic
-# needs settings, not secrets, and no database.
-RUN DJANGO_SECRET_KEY=collectstatic-only-not-a-secret DJANGO_DEBUG=0 \
+# Static files are part of the image. The key is a random throwaway:
+# collectstatic needs settings, not secrets, and no database (and the settings
+# refuse a fixed, published key).
+RUN DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DJANGO_DEBUG=0 \
     python manage.py collectstatic --noinput -v0
 
 # The code stays owned by root and read-only to the server.

@@ -18,14 +18,41 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env.boolean("DJANGO_DEBUG", False)
 
+# The key signs sessions and password-reset links: with debug off a worker
+# refuses to start with none, with a key published somewhere (this repository's
+# old defaults, Django's startproject keys) or with one short enough to guess.
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"
+PUBLIC_SECRET_KEYS = {
+    DEVELOPMENT_SECRET_KEY,
+    "change-me-this-default-is-public",  # docker-compose.yml's former default
+    "collectstatic-only-not-a-secret",  # the Dockerfile's former build-time key
+}
+MIN_SECRET_KEY_LENGTH = 32
+_MAKE_A_KEY = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+
 SECRET_KEY = env.string("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
+if not DEBUG:
+    if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off "
-            "(set DJANGO_DEBUG=1 for local development)."
+            f"(set DJANGO_DEBUG=1 for local development, or {_MAKE_A_KEY})."
         )
-    SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"
+    if (
+        SECRET_KEY in PUBLIC_SECRET_KEYS
+        or SECRET_KEY.startswith("django-insecure-")
+        or "change-me" in SECRET_KEY.lower()
+        or "changeme" in SECRET_KEY.lower()
+    ):
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY is a published placeholder, not a secret; {_MAKE_A_KEY}."
+        )
+    if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY is too weak ({len(SECRET_KEY)} characters, "
+            f"{len(set(SECRET_KEY))} distinct; at least {MIN_SECRET_KEY_LENGTH} and 5); {_MAKE_A_KEY}."
+        )
+elif not SECRET_KEY:
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
 
 # The seed opens http://0.0.0.0:8080/, so 0.0.0.0 is a host name browsers send.
 ALLOWED_HOSTS = env.string_list(
