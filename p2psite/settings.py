@@ -166,6 +166,34 @@ else:
 # The PeerServer; every option is documented in signaling/conf.py and README.md.
 PEERJS = peerjs_conf.from_environ()
 
+# DJANGO_HTTPS: the site is served over HTTPS, by nginx (PEERJS_PROXIED on) or
+# by the worker itself (ASGI_TLS_CERT/ASGI_TLS_KEY, deploy/worker-entrypoint.sh).
+# Plain HTTP is then redirected, browsers are told to stay on HTTPS (HSTS), and
+# session and CSRF cookies travel over HTTPS only. `manage.py check --deploy`
+# reports nothing with it on (and a real DJANGO_SECRET_KEY).
+HTTPS = env.boolean("DJANGO_HTTPS", False)
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # An hour by default: long enough to protect a session, short enough that
+    # a LAN setup can go back to plain HTTP. Raise it once HTTPS is there to stay.
+    SECURE_HSTS_SECONDS = env.integer("DJANGO_HSTS_SECONDS", 3600, minimum=0)
+    # Both commit every subdomain (preload: for good, through the browsers'
+    # built-in list) to HTTPS: the operator's call, off unless asked for. Off is
+    # a decision, so check --deploy is not to warn about it on every run.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.boolean("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env.boolean("DJANGO_HSTS_PRELOAD", False)
+    SILENCED_SYSTEM_CHECKS = [
+        *([] if SECURE_HSTS_INCLUDE_SUBDOMAINS else ["security.W005"]),
+        *([] if SECURE_HSTS_PRELOAD else ["security.W021"]),
+    ]
+    if PEERJS["PROXIED"]:
+        # nginx terminates TLS and says so in X-Forwarded-Proto, which it sets
+        # on every request (replacing any a client sent). Trusting it is safe
+        # only because the workers are reachable through nginx alone.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

@@ -54,3 +54,27 @@ def test_a_random_key_starts():
 def test_debug_mode_needs_no_real_key():
     assert manage("check", DJANGO_DEBUG="1").returncode == 0
     assert manage("check", DJANGO_DEBUG="1", DJANGO_SECRET_KEY="short").returncode == 0
+
+
+@pytest.mark.parametrize("proxied", ["1", "0"], ids=["behind-nginx", "worker-serves-tls"])
+def test_check_deploy_is_clean_with_https_on(proxied):
+    result = manage("check", "--deploy", "--fail-level", "WARNING",
+                    DJANGO_SECRET_KEY=A_GOOD_KEY, DJANGO_HTTPS="1", PEERJS_PROXIED=proxied)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "identified no issues" in result.stdout
+
+
+def test_check_deploy_names_what_plain_http_lacks():
+    # Proves the check above looks at something: without the switch, the
+    # HTTPS settings are what check --deploy misses.
+    result = manage("check", "--deploy", "--fail-level", "WARNING", DJANGO_SECRET_KEY=A_GOOD_KEY)
+    assert result.returncode != 0
+    for warning in ["security.W004", "security.W008", "security.W012", "security.W016"]:
+        assert warning in result.stderr
+
+
+def test_turning_hsts_off_is_reported():
+    # Only the subdomain and preload parts are silenced: HSTS itself is not.
+    result = manage("check", "--deploy", "--fail-level", "WARNING",
+                    DJANGO_SECRET_KEY=A_GOOD_KEY, DJANGO_HTTPS="1", DJANGO_HSTS_SECONDS="0")
+    assert result.returncode != 0 and "security.W004" in result.stderr
