@@ -52,5 +52,10 @@ RUN useradd --system --user-group --no-create-home --home-dir /app peerserver
 USER peerserver
 
 EXPOSE 8000
+# Healthy means ready: the database and Redis answer and the worker is not
+# draining (GET /readyz). The interval is short because Compose v1 knows no
+# start_interval: nginx waits for the first healthy check.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "/app/deploy/healthcheck.py"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/app/deploy/worker-entrypoint.sh"]

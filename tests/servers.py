@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,52 @@ class Database:
         if self.admin_url:
             self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Certificates:
+    """A throwaway certificate authority, and a server certificate it signed
+    for localhost and 127.0.0.1, made with the openssl command.
+
+    ``cert``/``key`` are what a server is given; clients trust ``ca`` (see
+    :meth:`client_context`), as a browser trusts a CA that mkcert installed.
+    """
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca, ca_key = self.dir / "ca.pem", self.dir / "ca-key.pem"
+        self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        self._openssl(
+            "req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca, "-days", "2",
+            "-subj", "/CN=PeerServer tests CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )
+        request = self.dir / "server.csr"
+        self._openssl("req", *ec, "-keyout", self.key, "-out", request, "-subj", "/CN=localhost")
+        extensions = self.dir / "server.ext"
+        extensions.write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+            "basicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+        )
+        self._openssl(
+            "x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", self.cert, "-days", "2", "-extfile", extensions,
+        )
+        # nginx's workers run as "nobody" but read certificates as root at
+        # start-up; the key stays private to root.
+        self.key.chmod(0o600)
+
+    def _openssl(self, *args):
+        result = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed:\n{result.stderr}")
+
+    def client_context(self):
+        """An SSL context that trusts this CA only (and checks host names)."""
+        return ssl.create_default_context(cafile=str(self.ca))
 
 
 class PrivatePostgres:

@@ -10,13 +10,15 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import TEST_ENV
-from tests.servers import Database, RedisServer, Worker, wait_until
+from tests.servers import ROOT, Database, RedisServer, Worker, free_port, wait_until
 
 pytestmark = pytest.mark.db
 
@@ -93,6 +95,30 @@ def test_probes_answer_whatever_host_the_orchestrator_sends(ready_worker):
     assert status == 200 and body["ready"] is True
 
 
+# --- the Docker health check (deploy/healthcheck.py) ---------------------------------
+
+
+def docker_healthcheck(port, **env):
+    """Run the image's health check as Docker does inside a worker's container."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ASGI_")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "healthcheck.py")],
+        env={**clean, "ASGI_PORT": str(port), **env}, capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_docker_healthcheck_passes_on_a_ready_worker(ready_worker):
+    result = docker_healthcheck(ready_worker.port)
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["ready"] is True
+
+
+def test_docker_healthcheck_fails_when_nothing_answers():
+    result = docker_healthcheck(free_port())
+    assert result.returncode == 1
+    assert "/readyz" in result.stdout
+
+
 # --- readyz during outages -----------------------------------------------------------
 
 
@@ -107,6 +133,9 @@ def test_readyz_names_redis_while_it_is_down_and_recovers(database):
         assert body["ready"] is False
         assert body["redis"].startswith("unreachable")
         assert body["database"] == "ok" and body["draining"] is False
+        # Docker marks such a worker unhealthy, and says why.
+        result = docker_healthcheck(worker.port)
+        assert result.returncode == 1 and '"redis": "unreachable' in result.stdout
 
         redis.start()  # same port
         status, body = wait_for_readiness(worker, lambda s, b: s == 200, "readyz to see Redis back")
