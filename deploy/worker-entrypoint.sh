@@ -6,6 +6,10 @@
 #                ASGI servers, used by the Docker image and scripts/cluster.sh.
 #   ASGI_HOST    address to bind (default 0.0.0.0)
 #   ASGI_PORT    port to bind (default 8000)
+#   ASGI_TLS_CERT, ASGI_TLS_KEY
+#                a certificate chain and its key (PEM files): the worker
+#                itself serves HTTPS and WSS (one worker without nginx; set
+#                DJANGO_HTTPS=1 too). Unset: plain HTTP, as behind nginx.
 #   PEERJS_PROXIED          on (1/true/yes/on) behind a reverse proxy: uvicorn
 #                           then takes the client address and scheme from
 #                           X-Forwarded-For/-Proto, but only from...
@@ -36,8 +40,26 @@ case "$(printf '%s' "${PEERJS_PROXIED:-0}" | tr '[:upper:]' '[:lower:]')" in
         set -- --no-proxy-headers ;;
 esac
 
+tls=
+if [ -n "${ASGI_TLS_CERT:-}${ASGI_TLS_KEY:-}" ]; then
+    if [ -z "${ASGI_TLS_CERT:-}" ] || [ -z "${ASGI_TLS_KEY:-}" ]; then
+        echo "error: set both ASGI_TLS_CERT and ASGI_TLS_KEY (PEM files), or neither." >&2
+        exit 64
+    fi
+    tls=1
+    set -- "$@" --ssl-certfile "$ASGI_TLS_CERT" --ssl-keyfile "$ASGI_TLS_KEY"
+fi
+
+# A value inside a Twisted endpoint string: ':', '=' and '\' are escaped.
+endpoint_escape() {
+    printf '%s' "$1" | sed 's/[\\:=]/\\&/g'
+}
+
 case "${ASGI_SERVER:-uvicorn}" in
     daphne)
+        if [ -n "$tls" ]; then
+            exec daphne -e "ssl:$port:interface=$(endpoint_escape "$host"):privateKey=$(endpoint_escape "$ASGI_TLS_KEY"):certKey=$(endpoint_escape "$ASGI_TLS_CERT")" "$app"
+        fi
         exec daphne -b "$host" -p "$port" "$app"
         ;;
     uvicorn)

@@ -492,6 +492,26 @@ def test_entrypoint_trusts_only_the_named_proxies(stand_in_servers, tmp_path):
     assert words[words.index("--forwarded-allow-ips") + 1] == "*"
 
 
+def test_entrypoint_serves_tls_itself_when_given_a_certificate(stand_in_servers):
+    # tests/test_tls_worker.py serves real HTTPS this way; here, the exact
+    # arguments, with paths a Twisted endpoint string must escape.
+    env = {**stand_in_servers, "ASGI_TLS_CERT": "/tls/a:b/cert.pem", "ASGI_TLS_KEY": "/tls/key=1.pem"}
+    words = run_entrypoint({**env, "ASGI_SERVER": "uvicorn"}).stdout.split()
+    assert words[words.index("--ssl-certfile") + 1] == "/tls/a:b/cert.pem"
+    assert words[words.index("--ssl-keyfile") + 1] == "/tls/key=1.pem"
+    words = run_entrypoint({**env, "ASGI_SERVER": "daphne"}).stdout.split()
+    assert words == [
+        "daphne", "-e", r"ssl:8000:interface=0.0.0.0:privateKey=/tls/key\=1.pem:certKey=/tls/a\:b/cert.pem",
+        "p2psite.asgi:application",
+    ]
+
+
+def test_entrypoint_refuses_half_a_tls_setup(stand_in_servers):
+    result = run_entrypoint({**stand_in_servers, "ASGI_TLS_CERT": "/tls/cert.pem"})
+    assert result.returncode != 0 and result.stdout == ""
+    assert "ASGI_TLS_KEY" in result.stderr
+
+
 def test_entrypoint_refuses_an_unknown_server(stand_in_servers):
     result = run_entrypoint({**stand_in_servers, "ASGI_SERVER": "gunicorn"})
     assert result.returncode != 0
