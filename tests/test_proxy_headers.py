@@ -17,7 +17,8 @@ FORGED = "203.0.113.66"
 
 
 def address_of(database, peer_id):
-    return database.query("SELECT address FROM signaling_peer WHERE peer_id = ?", (peer_id,))[0][0]
+    # Text on SQLite; PostgreSQL's inet column comes back as an ipaddress object.
+    return str(database.query("SELECT address FROM signaling_peer WHERE peer_id = ?", (peer_id,))[0][0])
 
 
 @pytest.fixture(scope="module")
