@@ -41,9 +41,10 @@ COPY . .
 # when that directory exists.
 COPY --from=vendor /vendor/ ./
 
-# Static files are part of the image. The key is a throwaway: collectstatic
-# needs settings, not secrets, and no database.
-RUN DJANGO_SECRET_KEY=collectstatic-only-not-a-secret DJANGO_DEBUG=0 \
+# Static files are part of the image. The key is a random throwaway:
+# collectstatic needs settings, not secrets, and no database (and the settings
+# refuse a fixed, published key).
+RUN DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DJANGO_DEBUG=0 \
     python manage.py collectstatic --noinput -v0
 
 # The code stays owned by root and read-only to the server.
@@ -51,5 +52,10 @@ RUN useradd --system --user-group --no-create-home --home-dir /app peerserver
 USER peerserver
 
 EXPOSE 8000
+# Healthy means ready: the database and Redis answer and the worker is not
+# draining (GET /readyz). The interval is short because Compose v1 knows no
+# start_interval: nginx waits for the first healthy check.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "/app/deploy/healthcheck.py"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/app/deploy/worker-entrypoint.sh"]

@@ -298,7 +298,7 @@ DEFAULT_WS = ["websockets-sansio-nodeflate", "websockets-sansio", "wsproto", "we
 OPTIONAL = {"uvicorn-websockets", "2xdaphne+redis"}
 
 OUR_ENV = {
-    "DJANGO_SECRET_KEY": "bench",
+    "DJANGO_SECRET_KEY": "bench-only-secret-key-8c1f4e7a2d9b6053f1e8a7c4d2b9e6f0",
     "DJANGO_DEBUG": "0",
     "PEERJS_FLOOD_LIMIT": "0",
     "PEERJS_CONCURRENT_LIMIT": "100000",

@@ -6,6 +6,16 @@
 #                ASGI servers, used by the Docker image and scripts/cluster.sh.
 #   ASGI_HOST    address to bind (default 0.0.0.0)
 #   ASGI_PORT    port to bind (default 8000)
+#   ASGI_TLS_CERT, ASGI_TLS_KEY
+#                a certificate chain and its key (PEM files): the worker
+#                itself serves HTTPS and WSS (one worker without nginx; set
+#                DJANGO_HTTPS=1 too). Unset: plain HTTP, as behind nginx.
+#   PEERJS_PROXIED          on (1/true/yes/on) behind a reverse proxy: uvicorn
+#                           then takes the client address and scheme from
+#                           X-Forwarded-For/-Proto, but only from...
+#   PEERJS_TRUSTED_PROXIES  ...these addresses or networks (comma-separated;
+#                           default 127.0.0.1, the proxy of make cluster).
+#                           Off: the headers are ignored, whoever sends them.
 #
 # With arguments (docker compose's "migrate" service, "docker run IMAGE sh")
 # the arguments are run instead, so one image serves every role.
@@ -20,13 +30,41 @@ host=${ASGI_HOST:-0.0.0.0}
 port=${ASGI_PORT:-8000}
 app=p2psite.asgi:application
 
+# uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: a
+# worker that is not behind our proxy must not believe anyone's header.
+# The options go in "$@" (free now), so that a "*" stays a word, not a glob.
+case "$(printf '%s' "${PEERJS_PROXIED:-0}" | tr '[:upper:]' '[:lower:]')" in
+    1|true|yes|on)
+        set -- --proxy-headers --forwarded-allow-ips "${PEERJS_TRUSTED_PROXIES:-127.0.0.1}" ;;
+    *)
+        set -- --no-proxy-headers ;;
+esac
+
+tls=
+if [ -n "${ASGI_TLS_CERT:-}${ASGI_TLS_KEY:-}" ]; then
+    if [ -z "${ASGI_TLS_CERT:-}" ] || [ -z "${ASGI_TLS_KEY:-}" ]; then
+        echo "error: set both ASGI_TLS_CERT and ASGI_TLS_KEY (PEM files), or neither." >&2
+        exit 64
+    fi
+    tls=1
+    set -- "$@" --ssl-certfile "$ASGI_TLS_CERT" --ssl-keyfile "$ASGI_TLS_KEY"
+fi
+
+# A value inside a Twisted endpoint string: ':', '=' and '\' are escaped.
+endpoint_escape() {
+    printf '%s' "$1" | sed 's/[\\:=]/\\&/g'
+}
+
 case "${ASGI_SERVER:-uvicorn}" in
     daphne)
+        if [ -n "$tls" ]; then
+            exec daphne -e "ssl:$port:interface=$(endpoint_escape "$host"):privateKey=$(endpoint_escape "$ASGI_TLS_KEY"):certKey=$(endpoint_escape "$ASGI_TLS_CERT")" "$app"
+        fi
         exec daphne -b "$host" -p "$port" "$app"
         ;;
     uvicorn)
         exec uvicorn "$app" --host "$host" --port "$port" \
-            --ws websockets-sansio --ws-per-message-deflate false --lifespan on --proxy-headers \
+            --ws websockets-sansio --ws-per-message-deflate false --lifespan on "$@" \
             --no-access-log --log-level warning
         ;;
     *)

@@ -9,6 +9,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from signaling.health import refuse_sockets_while_draining  # noqa: E402
 from signaling.hub import get_hub  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
@@ -33,7 +34,9 @@ async def lifespan(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": URLRouter(websocket_urlpatterns),
+        # A draining worker refuses new sockets with 503, which nginx retries
+        # on another worker (signaling/health.py).
+        "websocket": refuse_sockets_while_draining(URLRouter(websocket_urlpatterns)),
         "lifespan": lifespan,
     }
 )

@@ -19,14 +19,41 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env.boolean("DJANGO_DEBUG", False)
 
+# The key signs sessions and password-reset links: with debug off a worker
+# refuses to start with none, with a key published somewhere (this repository's
+# old defaults, Django's startproject keys) or with one short enough to guess.
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"
+PUBLIC_SECRET_KEYS = {
+    DEVELOPMENT_SECRET_KEY,
+    "change-me-this-default-is-public",  # docker-compose.yml's former default
+    "collectstatic-only-not-a-secret",  # the Dockerfile's former build-time key
+}
+MIN_SECRET_KEY_LENGTH = 32
+_MAKE_A_KEY = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+
 SECRET_KEY = env.string("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
+if not DEBUG:
+    if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off "
-            "(set DJANGO_DEBUG=1 for local development)."
+            f"(set DJANGO_DEBUG=1 for local development, or {_MAKE_A_KEY})."
         )
-    SECRET_KEY = "insecure-development-key-only-used-with-DJANGO_DEBUG"
+    if (
+        SECRET_KEY in PUBLIC_SECRET_KEYS
+        or SECRET_KEY.startswith("django-insecure-")
+        or "change-me" in SECRET_KEY.lower()
+        or "changeme" in SECRET_KEY.lower()
+    ):
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY is a published placeholder, not a secret; {_MAKE_A_KEY}."
+        )
+    if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured(
+            f"DJANGO_SECRET_KEY is too weak ({len(SECRET_KEY)} characters, "
+            f"{len(set(SECRET_KEY))} distinct; at least {MIN_SECRET_KEY_LENGTH} and 5); {_MAKE_A_KEY}."
+        )
+elif not SECRET_KEY:
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
 
 # The seed opens http://0.0.0.0:8080/, so 0.0.0.0 is a host name browsers send.
 ALLOWED_HOSTS = env.string_list(
@@ -49,6 +76,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: health probes are answered before host validation and the HTTPS
+    # redirect (see signaling/health.py).
+    "signaling.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -161,6 +191,34 @@ else:
 
 # The PeerServer; every option is documented in signaling/conf.py and README.md.
 PEERJS = peerjs_conf.from_environ()
+
+# DJANGO_HTTPS: the site is served over HTTPS, by nginx (PEERJS_PROXIED on) or
+# by the worker itself (ASGI_TLS_CERT/ASGI_TLS_KEY, deploy/worker-entrypoint.sh).
+# Plain HTTP is then redirected, browsers are told to stay on HTTPS (HSTS), and
+# session and CSRF cookies travel over HTTPS only. `manage.py check --deploy`
+# reports nothing with it on (and a real DJANGO_SECRET_KEY).
+HTTPS = env.boolean("DJANGO_HTTPS", False)
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # An hour by default: long enough to protect a session, short enough that
+    # a LAN setup can go back to plain HTTP. Raise it once HTTPS is there to stay.
+    SECURE_HSTS_SECONDS = env.integer("DJANGO_HSTS_SECONDS", 3600, minimum=0)
+    # Both commit every subdomain (preload: for good, through the browsers'
+    # built-in list) to HTTPS: the operator's call, off unless asked for. Off is
+    # a decision, so check --deploy is not to warn about it on every run.
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.boolean("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env.boolean("DJANGO_HSTS_PRELOAD", False)
+    SILENCED_SYSTEM_CHECKS = [
+        *([] if SECURE_HSTS_INCLUDE_SUBDOMAINS else ["security.W005"]),
+        *([] if SECURE_HSTS_PRELOAD else ["security.W021"]),
+    ]
+    if PEERJS["PROXIED"]:
+        # nginx terminates TLS and says so in X-Forwarded-Proto, which it sets
+        # on every request (replacing any a client sent). Trusting it is safe
+        # only because the workers are reachable through nginx alone.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

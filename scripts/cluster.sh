@@ -8,7 +8,11 @@
 #   scripts/cluster.sh --render-nginx DIR    write DIR/nginx.conf and exit
 #
 # Environment, all optional:
-#   PORT               where nginx listens (8080)
+#   PORT               where nginx listens for plain HTTP (8080)
+#   TLS_CERT, TLS_KEY  a certificate chain and its key (PEM files): nginx then
+#                      serves HTTPS and WSS on TLS_PORT, plain HTTP on PORT
+#                      redirects there, and the workers run with DJANGO_HTTPS=1
+#   TLS_PORT           where nginx listens for HTTPS (8443)
 #   WORKERS            number of workers (2)
 #   WORKER_PORT        first worker's port (8001); worker i gets WORKER_PORT+i-1
 #   ASGI_SERVER        uvicorn (default) or daphne, as in the Docker image
@@ -20,29 +24,37 @@
 #   NGINX              the nginx binary (/usr/sbin/nginx)
 #   UPSTREAMS          --render-nginx only: the upstream directives
 #                      ("server 127.0.0.1:8001; server 127.0.0.1:8002;")
+#   ACCESS_LOG         --render-nginx only: the access log (DIR/logs/access.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TEMPLATE=$ROOT/deploy/nginx/peerserver.conf.template
+TLS_ENVSH=$ROOT/deploy/nginx/tls.envsh
 
 say() { printf '== %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # --- nginx configuration ------------------------------------------------------
 
-# render_nginx DIR PORT UPSTREAMS: a self-contained nginx prefix in DIR whose
-# nginx.conf includes the template rendered with PORT and UPSTREAMS. Only the
-# template's two PEERSERVER_ variables are replaced, as the official nginx
-# image does with NGINX_ENVSUBST_FILTER=^PEERSERVER_ in docker-compose.yml.
+# render_nginx DIR PORT UPSTREAMS [ACCESS_LOG]: a self-contained nginx prefix in
+# DIR whose nginx.conf includes the template rendered with PORT, UPSTREAMS,
+# ACCESS_LOG and the TLS directives deploy/nginx/tls.envsh makes from
+# PEERSERVER_HTTPS (and _TLS_PORT, _TLS_CERT, _TLS_KEY). Only the template's
+# PEERSERVER_ variables are replaced, as the official nginx image does with
+# NGINX_ENVSUBST_FILTER=^PEERSERVER_ in docker-compose.yml.
 render_nginx() {
-  local dir=$1 port=$2 upstreams=$3 conf
+  local dir=$1 port=$2 upstreams=$3 access_log=${4:-$1/logs/access.log} conf
   [ -r "$TEMPLATE" ] || die "missing $TEMPLATE"
   mkdir -p "$dir/tmp" "$dir/logs"
   # nginx's workers drop root to "nobody"; they must reach their temp dirs.
   chmod 0755 "$dir" "$dir/tmp"
+  # shellcheck source=../deploy/nginx/tls.envsh
+  . "$TLS_ENVSH"
   conf=$(<"$TEMPLATE")
   conf=${conf//'${PEERSERVER_PORT}'/"$port"}
   conf=${conf//'${PEERSERVER_UPSTREAMS}'/"$upstreams"}
+  conf=${conf//'${PEERSERVER_ACCESS_LOG}'/"$access_log"}
+  conf=${conf//'${PEERSERVER_TLS}'/"$PEERSERVER_TLS"}
   case $conf in
     *'${PEERSERVER_'*) die "$TEMPLATE has a variable this script does not fill in" ;;
   esac
@@ -60,7 +72,9 @@ events {
 }
 
 http {
-    access_log $dir/logs/access.log;
+    # The template's server logs with its own format (no query strings, so no
+    # tokens); nothing else is served.
+    access_log off;
     client_body_temp_path $dir/tmp/client_body;
     proxy_temp_path $dir/tmp/proxy;
     fastcgi_temp_path $dir/tmp/fastcgi;
@@ -77,6 +91,7 @@ EOF
 WORKERS=${WORKERS:-2}
 ASGI_SERVER=${ASGI_SERVER:-uvicorn}
 PORT=${PORT:-8080}
+TLS_PORT=${TLS_PORT:-8443}
 WORKER_PORT=${WORKER_PORT:-8001}
 render_only=
 while [ $# -gt 0 ]; do
@@ -93,21 +108,38 @@ done
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "WORKERS=$WORKERS is not a positive number"
 [[ $PORT =~ ^[0-9]+$ ]] || die "PORT=$PORT is not a port number"
 [[ $WORKER_PORT =~ ^[0-9]+$ ]] || die "WORKER_PORT=$WORKER_PORT is not a port number"
+[[ $TLS_PORT =~ ^[0-9]+$ ]] || die "TLS_PORT=$TLS_PORT is not a port number"
+https=
+if [ -n "${TLS_CERT:-}${TLS_KEY:-}" ]; then
+  [ -n "${TLS_CERT:-}" ] && [ -n "${TLS_KEY:-}" ] || die "give both TLS_CERT and TLS_KEY (PEM files), or neither"
+  for f in "$TLS_CERT" "$TLS_KEY"; do
+    [ -r "$f" ] || die "cannot read $f"
+  done
+  https=1
+  # nginx reads them after this script has changed directory.
+  TLS_CERT=$(realpath "$TLS_CERT")
+  TLS_KEY=$(realpath "$TLS_KEY")
+fi
+export PEERSERVER_HTTPS=${https:-0} PEERSERVER_TLS_PORT=$TLS_PORT
+export PEERSERVER_TLS_CERT=${TLS_CERT:-} PEERSERVER_TLS_KEY=${TLS_KEY:-}
 case $ASGI_SERVER in
   daphne|uvicorn) ;;
   *) die "ASGI_SERVER=$ASGI_SERVER: use daphne or uvicorn" ;;
 esac
 
+# A worker that fails a request (refused, timed out, 502/503) gets no traffic
+# for fail_timeout; see the template's proxy_next_upstream.
 worker_ports=()
 upstreams=
 for ((i = 0; i < WORKERS; i++)); do
   worker_ports+=($((WORKER_PORT + i)))
-  upstreams+="server 127.0.0.1:$((WORKER_PORT + i)); "
+  upstreams+="server 127.0.0.1:$((WORKER_PORT + i)) max_fails=1 fail_timeout=5s; "
 done
 upstreams=${UPSTREAMS:-${upstreams% }}
 
 if [ -n "$render_only" ]; then
-  render_nginx "$(cd "$(dirname "$render_only")" && pwd)/$(basename "$render_only")" "$PORT" "$upstreams"
+  render_only=$(cd "$(dirname "$render_only")" && pwd)/$(basename "$render_only")
+  render_nginx "$render_only" "$PORT" "$upstreams" "${ACCESS_LOG:-}"
   exit 0
 fi
 
@@ -147,8 +179,10 @@ EOF
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-for p in "$PORT" "${worker_ports[@]}"; do
-  port_free "$p" || die "port $p is in use (set PORT or WORKER_PORT to free ones)"
+nginx_ports=("$PORT")
+[ -z "$https" ] || nginx_ports+=("$TLS_PORT")
+for p in "${nginx_ports[@]}" "${worker_ports[@]}"; do
+  port_free "$p" || die "port $p is in use (set PORT, TLS_PORT or WORKER_PORT to free ones)"
 done
 
 # --- the shared environment of every worker --------------------------------------
@@ -156,7 +190,10 @@ done
 export DATABASE_URL=${DATABASE_URL:-sqlite:///$ROOT/cluster.sqlite3}
 export DJANGO_SECRET_KEY=${DJANGO_SECRET_KEY:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(50))')}
 export DJANGO_DEBUG=0
+export DJANGO_HTTPS=${https:-0}
+# Behind nginx on this machine: trust its X-Forwarded-For, and only its.
 export PEERJS_PROXIED=1
+export PEERJS_TRUSTED_PROXIES=127.0.0.1
 export ASGI_SERVER
 export PATH=$VENV/bin:$PATH
 start_redis=
@@ -242,13 +279,6 @@ for ((i = 0; i < WORKERS; i++)); do
   worker_pids+=($!)
 done
 
-render_nginx "$RUN_DIR/nginx" "$PORT" "$upstreams"
-"$NGINX" -t -q -e stderr -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx/nginx.conf" \
-  || die "nginx rejects $RUN_DIR/nginx/nginx.conf"
-setsid "$NGINX" -e stderr -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx/nginx.conf" -g 'daemon off;' \
-  > "$RUN_DIR/nginx.log" 2>&1 &
-nginx_pid=$!
-
 # --- wait until it answers ----------------------------------------------------------
 
 names=()
@@ -260,44 +290,72 @@ dead_process() {
   for ((i = 0; i < WORKERS; i++)); do
     alive "${worker_pids[i]}" || { echo "${names[i]}"; return; }
   done
-  alive "$nginx_pid" || { echo nginx; return; }
+  [ -z "$nginx_pid" ] || alive "$nginx_pid" || { echo nginx; return; }
   [ -z "$redis_pid" ] || alive "$redis_pid" || echo redis
 }
 
+# answers URL: whether URL answers 200; prints what it answered otherwise.
+# Over HTTPS the certificate is not checked: this is our own nginx on this
+# machine, asked whether it serves, and the certificate names the public host.
 answers() {
   "$PY" - "$1" <<'EOF'
-import sys, urllib.request
+import ssl, sys, urllib.error, urllib.request
 try:
-    urllib.request.urlopen(sys.argv[1], timeout=2).close()
-except Exception:
+    urllib.request.urlopen(sys.argv[1], timeout=3, context=ssl._create_unverified_context()).close()
+except urllib.error.HTTPError as error:
+    print(error.code, error.read().decode(errors="replace").strip())
+    sys.exit(1)
+except Exception as error:
+    print(error)
     sys.exit(1)
 EOF
 }
 
-urls=()
-for p in "${worker_ports[@]}"; do urls+=("http://127.0.0.1:$p/peerjs/myapp/"); done
-urls+=("http://localhost:$PORT/peerjs/myapp/")
 deadline=$((SECONDS + ${START_TIMEOUT:-90}))
-for url in "${urls[@]}"; do
-  until answers "$url"; do
+wait_for() {
+  local url=$1 last
+  until last=$(answers "$url"); do
     gone=$(dead_process)
     if [ -n "$gone" ]; then
       echo "error: $gone exited during start-up; its log:" >&2
       tail -n 30 "$RUN_DIR/$gone.log" >&2 || true
       exit 1
     fi
-    [ $SECONDS -lt $deadline ] || die "no answer from $url within ${START_TIMEOUT:-90}s (logs in $RUN_DIR)"
+    [ $SECONDS -lt $deadline ] \
+      || die "no answer from $url within ${START_TIMEOUT:-90}s: $last (logs in $RUN_DIR)"
     sleep 0.2
   done
-done
+}
+
+# nginx starts only once every worker is ready (database, Redis, not
+# draining): started earlier, its first requests would fail on workers still
+# starting, and it would then answer 502 for their fail_timeout.
+for p in "${worker_ports[@]}"; do wait_for "http://127.0.0.1:$p/readyz"; done
+
+render_nginx "$RUN_DIR/nginx" "$PORT" "$upstreams"
+"$NGINX" -t -q -e stderr -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx/nginx.conf" \
+  || die "nginx rejects $RUN_DIR/nginx/nginx.conf"
+setsid "$NGINX" -e stderr -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx/nginx.conf" -g 'daemon off;' \
+  > "$RUN_DIR/nginx.log" 2>&1 &
+nginx_pid=$!
+
+# "Up" when nginx itself serves the pages, where a browser goes.
+if [ -n "$https" ]; then
+  site=https://localhost:$TLS_PORT/
+  listening=":$TLS_PORT (HTTPS; :$PORT redirects there)"
+else
+  site=http://localhost:$PORT/
+  listening=":$PORT"
+fi
+wait_for "$site"
 
 cat <<EOF
 
-cluster is up: http://localhost:$PORT/  (PeerJS base /peerjs/myapp, key peerjs)
-  nginx      :$PORT -> ${WORKERS} ${ASGI_SERVER} workers on 127.0.0.1:${worker_ports[0]}..${worker_ports[WORKERS - 1]}
+cluster is up: $site  (PeerJS base /peerjs/myapp, key peerjs)
+  nginx      $listening -> ${WORKERS} ${ASGI_SERVER} workers on 127.0.0.1:${worker_ports[0]}..${worker_ports[WORKERS - 1]}
   redis      $REDIS_URL$([ -n "$start_redis" ] || echo ' (external)')
   database   $DATABASE_URL
-  logs       $RUN_DIR/{worker1..worker$WORKERS,nginx,redis}.log
+  logs       $RUN_DIR/{worker1..worker$WORKERS,nginx,redis}.log, nginx/logs/access.log
   stop       Ctrl-C, or: kill $$
 EOF
 

@@ -3,7 +3,9 @@
 # the virtualenv with the pinned requirements, the npm packages (the PeerJS
 # client the pages serve), and the database schema.
 #   scripts/setup.sh          server only
-#   scripts/setup.sh --test   also what the tests need (redis-server, chromium)
+#   scripts/setup.sh --test   also what the tests need (redis-server, chromium,
+#                             nginx, PostgreSQL's server binaries for outage
+#                             tests, Compose v1 to validate docker-compose.yml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,19 +13,31 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 need_apt=()
+# Installed without their recommends: docker-compose would bring a Docker
+# engine, and the tests only ask it to read the compose file.
+need_apt_bare=()
 if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null || need_apt+=(redis-server)
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
   command -v nginx >/dev/null || need_apt+=(nginx-light)
+  command -v openssl >/dev/null || need_apt+=(openssl)
+  # initdb and pg_ctl, for a private server the outage tests may stop.
+  compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need_apt+=(postgresql)
+  command -v docker-compose >/dev/null || need_apt_bare+=(docker-compose)
 fi
 command -v npm >/dev/null || need_apt+=(npm)
-if [ ${#need_apt[@]} -gt 0 ]; then
+if [ $((${#need_apt[@]} + ${#need_apt_bare[@]})) -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "== installing ${need_apt[*]} (apt-get)"
+    echo "== installing ${need_apt[*]} ${need_apt_bare[*]} (apt-get)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    if [ ${#need_apt[@]} -gt 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    fi
+    if [ ${#need_apt_bare[@]} -gt 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt_bare[@]}" >/dev/null
+    fi
   else
-    echo "error: this machine lacks ${need_apt[*]}; install them (Debian: apt-get install ${need_apt[*]}) and run again." >&2
+    echo "error: this machine lacks ${need_apt[*]} ${need_apt_bare[*]}; install them (Debian: apt-get install ${need_apt[*]} ${need_apt_bare[*]}) and run again." >&2
     exit 1
   fi
 fi

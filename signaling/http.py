@@ -14,10 +14,13 @@ def client_address(scope, proxied):
 
     Behind a proxy (``proxied``) the last X-Forwarded-For entry is the one our
     own proxy added; earlier entries come from the client and can be forged.
+    A client may also send header lines of its own, and a proxy that appends
+    a line instead of extending one puts its entry in the last line: so the
+    last line's last entry counts.
     """
     if proxied:
-        for key, value in scope.get("headers", ()):
-            if key == b"x-forwarded-for":
-                return _valid_ip(value.decode("latin-1").split(",")[-1])
+        forwarded = [value for key, value in scope.get("headers", ()) if key == b"x-forwarded-for"]
+        if forwarded:
+            return _valid_ip(forwarded[-1].decode("latin-1").split(",")[-1])
     client = scope.get("client")
     return _valid_ip(client[0]) if client else None

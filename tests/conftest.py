@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.servers import Database, RedisServer, Worker
+from tests.servers import Database, PrivatePostgres, RedisServer, Worker
 
 # Timers short enough for tests, still in the reference's proportions.
 TEST_ENV = {
@@ -63,3 +63,11 @@ def redis_server():
     redis = RedisServer()
     yield redis
     redis.stop()
+
+
+@pytest.fixture(scope="session")
+def private_postgres():
+    """A PostgreSQL server the tests may stop and start (never the machine's own)."""
+    pg = PrivatePostgres()
+    yield pg
+    pg.destroy()

@@ -5,7 +5,9 @@ pytest-django configures Django before any conftest.py is imported.
 """
 import os
 
-os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-secret")
+from tests.servers import TEST_SECRET_KEY
+
+os.environ.setdefault("DJANGO_SECRET_KEY", TEST_SECRET_KEY)
 os.environ.setdefault("DJANGO_DEBUG", "0")
 # PEERJS_TEST_DATABASE_URL points the whole suite at another database
 # (scripts/test.sh uses it for the PostgreSQL pass).

@@ -1,10 +1,12 @@
 """Real server processes for the tests: daphne workers, redis-server, databases."""
 import contextlib
+import glob
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -16,12 +18,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "/peerjs/myapp"
+# Long and random-looking enough for the settings' check (see p2psite/settings.py).
+TEST_SECRET_KEY = "tests-only-secret-key-5f0d8e2b9c4a7163e8d2f0b1a9c6e4d7"
 
 
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the redirect itself is the answer a test looks at
+
+
+def http_get(url, headers=None, context=None, timeout=10):
+    """(status, headers, body text) of a GET; redirects and error statuses are returned, not followed or raised."""
+    opener = urllib.request.build_opener(_NoRedirects, urllib.request.HTTPSHandler(context=context))
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, error.read().decode()
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
@@ -45,7 +66,7 @@ class Database:
             self._psql(f'CREATE DATABASE "{self.name}"')
         else:
             self.url = f"sqlite:///{self.tmp}/peers.sqlite3"
-        env = {**os.environ, "DATABASE_URL": self.url, "DJANGO_SECRET_KEY": "t"}
+        env = {**os.environ, "DATABASE_URL": self.url, "DJANGO_SECRET_KEY": TEST_SECRET_KEY}
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
             cwd=ROOT,
@@ -78,6 +99,105 @@ class Database:
         if self.admin_url:
             self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Certificates:
+    """A throwaway certificate authority, and a server certificate it signed
+    for localhost and 127.0.0.1, made with the openssl command.
+
+    ``cert``/``key`` are what a server is given; clients trust ``ca`` (see
+    :meth:`client_context`), as a browser trusts a CA that mkcert installed.
+    """
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca, ca_key = self.dir / "ca.pem", self.dir / "ca-key.pem"
+        self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        self._openssl(
+            "req", "-x509", *ec, "-keyout", ca_key, "-out", self.ca, "-days", "2",
+            "-subj", "/CN=PeerServer tests CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )
+        request = self.dir / "server.csr"
+        self._openssl("req", *ec, "-keyout", self.key, "-out", request, "-subj", "/CN=localhost")
+        extensions = self.dir / "server.ext"
+        extensions.write_text(
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+            "basicConstraints=CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+        )
+        self._openssl(
+            "x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", self.cert, "-days", "2", "-extfile", extensions,
+        )
+        # nginx's workers run as "nobody" but read certificates as root at
+        # start-up; the key stays private to root.
+        self.key.chmod(0o600)
+
+    def _openssl(self, *args):
+        result = subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed:\n{result.stderr}")
+
+    def client_context(self):
+        """An SSL context that trusts this CA only (and checks host names)."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the tests' own, on a free port; stop and start it to simulate outages.
+
+    The machine's shared server (127.0.0.1:5432) must never be stopped, so an
+    outage test needs its own. One per test session is enough (initdb takes
+    about a second): make databases on it with ``Database(pg.admin_url)``.
+    The server runs as the ``postgres`` user, as PostgreSQL requires when the
+    tests run as root.
+    """
+
+    def __init__(self):
+        initdbs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
+        if not initdbs:
+            raise RuntimeError("PostgreSQL's server binaries are missing: run ./scripts/setup.sh --test")
+        self.bin = Path(initdbs[-1]).parent
+        self.port = free_port()
+        self.admin_url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        self.dir = tempfile.mkdtemp(prefix="peerjs-pg-")
+        shutil.chown(self.dir, "postgres")
+        self._as_postgres("initdb", "-D", f"{self.dir}/data", "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    def _as_postgres(self, program, *args):
+        result = subprocess.run(
+            [str(self.bin / program), *args],
+            user="postgres",
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{program} failed:\n{result.stdout}{result.stderr}")
+
+    def start(self):
+        # The socket directory is private too, so nothing clashes with the
+        # machine's server or with another test session.
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} -c fsync=off"
+        self._as_postgres("pg_ctl", "-D", f"{self.dir}/data", "-o", options, "-l", f"{self.dir}/log", "-w", "start")
+
+    def stop(self):
+        self._as_postgres("pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "-w", "stop")
+
+    def destroy(self):
+        with contextlib.suppress(RuntimeError):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _version_key(path):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
 
 
 class RedisServer:
@@ -139,21 +259,39 @@ class RedisServer:
 
 
 class Worker:
-    """One server process (daphne by default) serving p2psite.asgi:application."""
+    """One server process (daphne by default) serving p2psite.asgi:application.
 
-    def __init__(self, database, env=None, server="daphne", name="worker"):
+    ``entrypoint=True`` starts it as production does, through
+    deploy/worker-entrypoint.sh (ASGI_SERVER picks ``server``); ``tls`` is a
+    TestCertificates whose server certificate the worker then serves HTTPS
+    and WSS with.
+    """
+
+    def __init__(self, database, env=None, server="daphne", name="worker", entrypoint=False, tls=None):
         self.port = free_port()
         self.database = database
+        self.tls = tls
         self.log_path = Path(database.tmp) / f"{name}-{self.port}.log"
         self.env = {
             **os.environ,
-            "DJANGO_SECRET_KEY": "tests-only-secret",
+            "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
             "DJANGO_DEBUG": "0",
             "DATABASE_URL": database.url,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        if server == "daphne":
+        if entrypoint:
+            command = [str(ROOT / "deploy" / "worker-entrypoint.sh")]
+            self.env.update(
+                ASGI_SERVER=server,
+                ASGI_HOST="127.0.0.1",
+                ASGI_PORT=str(self.port),
+                # The servers of this virtualenv, as the image has them on PATH.
+                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            )
+            if tls:
+                self.env.update(ASGI_TLS_CERT=str(tls.cert), ASGI_TLS_KEY=str(tls.key))
+        elif server == "daphne":
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "p2psite.asgi:application"]
         else:
             command = [
@@ -171,21 +309,29 @@ class Worker:
             raise RuntimeError(f"server did not start:\n{self.read_log()}") from None
 
     @property
+    def ssl_context(self):
+        return self.tls.client_context() if self.tls else None
+
+    @property
     def http(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws(self):
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     def _answers(self):
         if self.proc.poll() is not None:
             raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.read_log()}")
         try:
-            with urllib.request.urlopen(f"{self.http}{BASE}/", timeout=1) as response:
+            with urllib.request.urlopen(f"{self.http}{BASE}/", timeout=1, context=self.ssl_context) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def get(self, path, headers=None):
+        """(status, headers, body text) of a GET to this worker; error statuses are returned too."""
+        return http_get(f"{self.http}{path}", headers, context=self.ssl_context)
 
     def read_log(self):
         if not self.log.closed:

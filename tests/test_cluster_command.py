@@ -1,23 +1,31 @@
 """`make cluster` (scripts/cluster.sh): the compose topology from real processes.
 
 The script is started as a user would, on free ports with a private SQLite
-file, and used only through nginx and the workers' ports: HTTP and signaling
-sockets through nginx, a relay between peers on the two workers, and a
-SIGTERM that must leave no process behind.
+file (or a database on a private PostgreSQL server), and used only through
+nginx and the workers' ports: HTTP and signaling sockets through nginx, a
+relay between peers on the two workers, HTTPS and WSS with a certificate the
+test makes, what nginx logs, start-up that waits for ready workers, a drain
+that nginx steers around, and a SIGTERM that must leave no process behind.
 """
 import asyncio
+import contextlib
+import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 import websockets
+
+from tests.servers import Certificates, Database, http_get, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "cluster.sh"
@@ -92,24 +100,36 @@ def command_line(pid):
 
 
 class ClusterCommand:
-    """scripts/cluster.sh as a subprocess, its output collected line by line."""
+    """scripts/cluster.sh as a subprocess, its output collected line by line.
 
-    def __init__(self, tmp_path, server="uvicorn"):
+    ``tls``: a Certificates whose server certificate nginx is given
+    (TLS_CERT/TLS_KEY); ``env``: more of the script's environment.
+    """
+
+    def __init__(self, tmp_path, server="uvicorn", tls=None, env=None):
+        self.tmp_path = tmp_path
+        self.tls = tls
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.worker_ports = [free_port_pair()]
         self.worker_ports.append(self.worker_ports[0] + 1)
         env = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith(("DJANGO_", "PEERJS_", "ASGI_"))
-            and name not in {"DATABASE_URL", "REDIS_URL", "REDIS_PORT", "WORKERS"}
+            **{
+                name: value
+                for name, value in os.environ.items()
+                if not name.startswith(("DJANGO_", "PEERJS_", "ASGI_", "TLS_"))
+                and name not in {"DATABASE_URL", "REDIS_URL", "REDIS_PORT", "WORKERS"}
+            },
+            "DATABASE_URL": f"sqlite:///{tmp_path}/cluster.sqlite3",
+            **(env or {}),
         }
         env.update(
             PORT=str(self.port),
             WORKER_PORT=str(self.worker_ports[0]),
-            DATABASE_URL=f"sqlite:///{tmp_path}/cluster.sqlite3",
             TMPDIR=str(tmp_path),
         )
+        if tls:
+            env.update(TLS_CERT=str(tls.cert), TLS_KEY=str(tls.key), TLS_PORT=str(self.tls_port))
         self.lines = []
         self.ready = threading.Event()
         self.ended = threading.Event()
@@ -169,11 +189,33 @@ class ClusterCommand:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             return response.status, response.read().decode()
 
+    def https(self, path, headers=None):
+        """(status, headers, body) through nginx's HTTPS port, trusting the test's CA only."""
+        return http_get(f"https://localhost:{self.tls_port}{path}", headers, context=self.tls.client_context())
+
     def socket_url(self, peer_id, token, port=None):
         return (
             f"ws://127.0.0.1:{port or self.port}{BASE}/peerjs"
             f"?key=peerjs&id={peer_id}&token={token}&version=1.5.5"
         )
+
+    def secure_socket_url(self, peer_id, token):
+        return f"wss://localhost:{self.tls_port}{BASE}/peerjs?key=peerjs&id={peer_id}&token={token}&version=1.5.5"
+
+    @property
+    def run_dir(self):
+        """The script's own directory of logs and nginx files (under TMPDIR)."""
+        (found,) = glob.glob(f"{self.tmp_path}/peerserver-cluster.*")
+        return Path(found)
+
+    def nginx_log(self, name):
+        return (self.run_dir / "nginx" / "logs" / name).read_text()
+
+    def worker_pid(self, port):
+        """The pid of the worker process serving ``port``."""
+        (pid,) = [pid for pid, _ in descendants(self.proc.pid)
+                  if re.search(rf"--port {port}\b", command_line(pid))]
+        return pid
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +323,160 @@ async def test_peers_on_different_workers_exchange_an_offer(cluster):
     finally:
         await a.close()
         await b.close()
+
+
+def test_up_means_nginx_serves_the_pages(cluster):
+    # nginx started only once both workers were ready, and the script said
+    # "up" only after nginx itself served the page: nginx never saw a worker
+    # fail, and the first thing it served was the page, with 200.
+    first = cluster.nginx_log("access.log").splitlines()[0]
+    assert '"GET / HTTP/1.1" 200 ' in first
+    assert "upstream" not in cluster.nginx_log("error.log")
+    # The workers were asked for readiness first.
+    for port in cluster.worker_ports:
+        status, body = cluster.http("/readyz", port=port)
+        assert status == 200 and json.loads(body)["ready"] is True
+
+
+async def test_tokens_stay_out_of_nginx_access_log(cluster):
+    token = f"secret{os.urandom(8).hex()}"
+    peer_id = unique("logged")
+    ws = await open_peer(cluster.socket_url(peer_id, token))
+    await ws.close()
+    # nginx writes a WebSocket's line when the connection ends.
+    wait_until(lambda: f"{BASE}/peerjs HTTP/1.1\" 101 " in cluster.nginx_log("access.log"), TIMEOUT,
+               "the socket's line in nginx's access log")
+    log = cluster.nginx_log("access.log")
+    assert token not in log
+    assert peer_id not in log  # the whole query string stays out
+    assert f'"GET {BASE}/peerjs HTTP/1.1" 101 ' in log
+
+
+def test_start_waits_for_ready_workers_and_says_why_not(tmp_path):
+    # A Redis that does not answer: the workers start, but are not ready, so
+    # nginx is never started and the script says which check fails.
+    command = ClusterCommand(tmp_path, env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "START_TIMEOUT": "6"})
+    try:
+        assert command.proc.wait(START_TIMEOUT) == 1
+        assert command.ended.wait(TIMEOUT)
+        assert READY not in command.output
+        assert "/readyz" in command.output and '"redis": "unreachable' in command.output
+        assert not (command.run_dir / "nginx").exists()  # never rendered, never started
+    finally:
+        command.kill_leftovers()
+
+
+# --- HTTPS -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls-cluster")
+    command = ClusterCommand(root, tls=Certificates(root / "certificates"))
+    try:
+        command.wait_ready()
+        yield command
+    finally:
+        command.kill_leftovers()
+
+
+def test_tls_script_says_https(tls_cluster):
+    assert f"cluster is up: https://localhost:{tls_cluster.tls_port}/" in tls_cluster.output
+    assert f":{tls_cluster.port} redirects there" in tls_cluster.output
+
+
+def test_pages_are_served_over_https_with_hsts(tls_cluster):
+    status, headers, body = tls_cluster.https("/")
+    assert status == 200 and "<html" in body.lower()
+    assert headers["Strict-Transport-Security"] == "max-age=3600"
+    status, _, body = tls_cluster.https(f"{BASE}/peerjs/id?ts=1&version=1.5.5")
+    assert status == 200 and body.strip()
+
+
+def test_plain_http_redirects_to_https(tls_cluster):
+    status, headers, _ = http_get(f"http://localhost:{tls_cluster.port}/send?id=abc&command=Go")
+    assert status == 301
+    assert headers["Location"] == f"https://localhost:{tls_cluster.tls_port}/send?id=abc&command=Go"
+
+
+def test_admin_login_works_behind_tls(tls_cluster):
+    # Django must see the request as HTTPS (X-Forwarded-Proto from nginx) for
+    # its cookies to be Secure and its CSRF origin check to pass.
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=tls_cluster.tls.client_context()),
+        urllib.request.HTTPCookieProcessor(),
+    )
+    url = f"https://localhost:{tls_cluster.tls_port}/admin/login/"
+    with opener.open(url, timeout=TIMEOUT) as response:
+        page = response.read().decode()
+        cookies = response.headers.get_all("Set-Cookie")
+    assert any(c.startswith("csrftoken=") and "Secure" in c for c in cookies)
+    csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": csrf, "username": "nobody", "password": "wrong"})
+    request = urllib.request.Request(url, data=form.encode(), headers={"Origin": f"https://localhost:{tls_cluster.tls_port}", "Referer": url})
+    with opener.open(request, timeout=TIMEOUT) as response:
+        # The form again, with the credentials refused: not a 403 CSRF failure.
+        assert response.status == 200
+        assert "correct username and password" in response.read().decode()
+
+
+async def test_signaling_crosses_workers_over_wss(tls_cluster):
+    context = tls_cluster.tls.client_context()
+    alice, bob = unique("alice"), unique("bob")
+    a = await asyncio.wait_for(websockets.connect(tls_cluster.secure_socket_url(alice, "ta"), ssl=context), TIMEOUT)
+    b = await asyncio.wait_for(websockets.connect(tls_cluster.secure_socket_url(bob, "tb"), ssl=context), TIMEOUT)
+    try:
+        assert await recv(a) == {"type": "OPEN"} and await recv(b) == {"type": "OPEN"}
+        await a.send(json.dumps({"type": "OFFER", "dst": bob, "payload": {"sdp": "o"}}))
+        assert await recv(b) == {"type": "OFFER", "src": alice, "dst": bob, "payload": {"sdp": "o"}}
+    finally:
+        await a.close()
+        await b.close()
+
+
+# --- a worker draining behind nginx ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def worker_row_locked(database, worker_pid):
+    """Hold the lock a draining worker needs to delete its registry row, so its drain lasts."""
+    import psycopg
+
+    with psycopg.connect(database.url) as conn:
+        (name,) = conn.execute("SELECT name FROM signaling_worker WHERE pid = %s", [worker_pid]).fetchone()
+        conn.execute("SELECT 1 FROM signaling_worker WHERE name = %s FOR UPDATE", [name])
+        yield name
+        conn.rollback()
+
+
+async def test_nginx_sends_new_sockets_past_a_draining_worker(tmp_path, private_postgres):
+    # PostgreSQL, so that holding up one worker's drain (a row lock) leaves
+    # the other worker's claims alone, as SQLite's one write lock would not.
+    database = Database(private_postgres.admin_url)
+    command = ClusterCommand(tmp_path, env={"DATABASE_URL": database.url})
+    try:
+        await asyncio.to_thread(command.wait_ready)
+        draining_port, staying_port = command.worker_ports
+        pid = command.worker_pid(draining_port)
+        with worker_row_locked(database, pid):
+            os.kill(pid, signal.SIGTERM)
+            await asyncio.to_thread(
+                wait_until, lambda: json.loads(http_get(f"http://127.0.0.1:{draining_port}/readyz")[2])["draining"],
+                TIMEOUT, "the worker to drain")
+            # least_conn favours the worker with the fewest sockets: the
+            # draining one, which has closed all of its. Each socket must
+            # still open, on the worker that stays.
+            peers = [await open_peer(command.socket_url(unique("late"), "t")) for _ in range(4)]
+            rows = database.query("SELECT worker FROM signaling_peer")
+            assert len(rows) == 4
+            assert {worker for (worker,) in rows} == {
+                name for (name,) in database.query("SELECT name FROM signaling_worker WHERE pid <> ?", (pid,))
+            }
+            for ws in peers:
+                await ws.close()
+    finally:
+        command.kill_leftovers()
+        database.drop()
 
 
 # --- stopping ----------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """The docker-compose cluster, checked without a Docker engine.
 
-No Docker daemon runs on these machines, so the compose file is checked for
-what `docker compose up --build` relies on, the nginx template is rendered
-the two ways it is used (the official image's envsubst step and
-scripts/cluster.sh) and handed to the real nginx for `nginx -t`, and the
-worker entrypoint's server switch is run against stand-in servers.
+No Docker daemon runs on these machines, so Compose v1 (Debian's
+docker-compose 1.29) validates the file with `docker-compose config`, the
+file is checked for what `docker compose up --build` relies on, the nginx
+template is rendered the two ways it is used (the official image's envsh and
+envsubst steps, and scripts/cluster.sh) and handed to the real nginx for
+`nginx -t`, and the worker entrypoint's switches are run against stand-in
+servers.
 """
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +22,10 @@ COMPOSE = ROOT / "docker-compose.yml"
 TEMPLATE = ROOT / "deploy" / "nginx" / "peerserver.conf.template"
 ENTRYPOINT = ROOT / "deploy" / "worker-entrypoint.sh"
 CLUSTER = ROOT / "scripts" / "cluster.sh"
+TLS_ENVSH = ROOT / "deploy" / "nginx" / "tls.envsh"
 NGINX = "/usr/sbin/nginx"
+# What an operator sets (docker-compose.yml has no default for the key).
+OPERATOR_ENV = {"DJANGO_SECRET_KEY": "operator-chosen-secret-key-3b8e1f0c7a6d4e2b9f5c"}
 
 SERVICES = {"redis", "postgres", "migrate", "worker1", "worker2", "nginx"}
 WORKERS = ["worker1", "worker2"]
@@ -36,24 +42,29 @@ def services(compose):
     return compose["services"]
 
 
-def interpolate(value):
-    """A compose value as compose sees it with no variables set: ${X:-d} is d."""
+def interpolate(value, env=OPERATOR_ENV):
+    """A compose value as compose sees it with ``env`` set: ${X:-d} is d unless X is set;
+    ${X:?why} is X, which must be set."""
     if not isinstance(value, str):
         return value
 
-    def default(match):
-        if match.group(2) is None:
-            raise AssertionError(f"{match.group(0)} has no default in docker-compose.yml")
-        return match.group(2)
+    def substitute(match):
+        name, kind, word = match.group(1), match.group(2), match.group(3)
+        if kind == ":-":
+            return env.get(name) or word
+        if kind == ":?":
+            assert env.get(name), f"docker-compose.yml requires {name}: {word}"
+            return env[name]
+        raise AssertionError(f"{match.group(0)} has neither a default nor an error message in docker-compose.yml")
 
-    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", default, value)
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", substitute, value)
 
 
-def environment(service):
+def environment(service, operator_env=OPERATOR_ENV):
     env = service.get("environment", {})
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {name: interpolate(str(value)) for name, value in env.items()}
+    return {name: interpolate(str(value), operator_env) for name, value in env.items()}
 
 
 def depends_on(service):
@@ -74,6 +85,32 @@ def health_test(service):
 
 
 # --- the compose file -----------------------------------------------------------
+
+
+def docker_compose_config(env):
+    compose_v1 = shutil.which("docker-compose")
+    assert compose_v1, "docker-compose (Compose v1) is missing: ./scripts/setup.sh --test installs it"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "POSTGRES_", "ASGI_"))}
+    return subprocess.run(
+        [compose_v1, "-f", str(COMPOSE), "config"],
+        cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_compose_v1_accepts_the_file():
+    # `docker-compose up --build` (Debian's Compose 1.29) validates the file
+    # first; it rejected healthcheck keys only Compose v2 knows.
+    result = docker_compose_config(OPERATOR_ENV)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert SERVICES <= set(rendered["services"])
+    assert rendered["services"]["worker1"]["environment"]["DJANGO_SECRET_KEY"] == OPERATOR_ENV["DJANGO_SECRET_KEY"]
+
+
+def test_compose_refuses_to_start_without_a_secret_key():
+    result = docker_compose_config({})
+    assert result.returncode != 0
+    assert "set DJANGO_SECRET_KEY" in result.stderr
 
 
 def test_compose_file_parses_and_names_every_service(services):
@@ -101,10 +138,12 @@ def test_healthchecks_ask_the_right_questions(services):
     assert "redis-cli ping" in health_test(services["redis"])
     assert "pg_isready" in health_test(services["postgres"])
     for name in WORKERS:
-        test = health_test(services[name])
-        # python:3.11-slim has no curl: the check is Python's urllib.
-        assert "python" in test and "urllib" in test
-        assert "http://localhost:8000/peerjs/myapp/" in test
+        # Healthy means ready (/readyz), asked by the script the image carries
+        # (tests/test_health.py runs it against real workers).
+        assert health_test(services[name]) == "CMD python /app/deploy/healthcheck.py"
+        assert (ROOT / "deploy" / "healthcheck.py").is_file()
+    # The one-shot migrate job runs no server to ask.
+    assert services["migrate"]["healthcheck"] == {"disable": True}
 
 
 def test_postgres_keeps_its_data_in_a_named_volume(compose, services):
@@ -136,10 +175,17 @@ def test_workers_share_redis_postgres_and_run_proxied(services, name):
     assert "@postgres:5432/" in env["DATABASE_URL"]
     assert env["PEERJS_PROXIED"] == "1"
     assert env["DJANGO_DEBUG"] == "0"
-    assert "change-me" in env["DJANGO_SECRET_KEY"]
+    # The key is the operator's: the file has none to fall back on.
+    raw = services[name]["environment"]["DJANGO_SECRET_KEY"]
+    assert raw.startswith("${DJANGO_SECRET_KEY:?")
+    assert env["DJANGO_SECRET_KEY"] == OPERATOR_ENV["DJANGO_SECRET_KEY"]
     hosts = env["DJANGO_ALLOWED_HOSTS"].split(",")
     assert {"localhost", "127.0.0.1", "0.0.0.0", "[::1]", "nginx"} <= set(hosts)
+    assert not any("*" in host for host in hosts)  # never every host by default
     assert env["ASGI_SERVER"] in {"daphne", "uvicorn"}
+    assert env["PEERJS_TRUSTED_PROXIES"] == "*"  # only nginx reaches the workers (see the file)
+    assert env["DJANGO_HTTPS"] == "0"
+    assert environment(services[name], {**OPERATOR_ENV, "DJANGO_HTTPS": "1"})["DJANGO_HTTPS"] == "1"
 
 
 def test_the_database_password_is_the_same_on_both_sides(services):
@@ -151,6 +197,7 @@ def test_the_database_password_is_the_same_on_both_sides(services):
 def test_nginx_publishes_8080_and_waits_for_healthy_workers(services):
     nginx = services["nginx"]
     assert "8080:8080" in [str(p) for p in nginx["ports"]]
+    assert "8443:8443" in [str(p) for p in nginx["ports"]]
     deps = depends_on(nginx)
     for name in WORKERS:
         assert deps.get(name) == HEALTH
@@ -165,10 +212,20 @@ def test_nginx_renders_the_shared_template_for_every_worker(services):
     templates = {t: s for t, s in mounts.items() if t.startswith("/etc/nginx/templates/")}
     assert list(templates.values()) == [TEMPLATE]
     assert all(t.endswith(".template") for t in templates)
+    # The image sources /docker-entrypoint.d/*.envsh before rendering, in
+    # name order: ours must sort before 20-envsubst-on-templates.sh.
+    envsh = {t: s for t, s in mounts.items() if t.startswith("/docker-entrypoint.d/")}
+    assert list(envsh.values()) == [TLS_ENVSH]
+    assert all(t.endswith(".envsh") and Path(t).name < "20-envsubst-on-templates.sh" for t in envsh)
+    assert os.access(TLS_ENVSH, os.X_OK)  # the image skips envsh files without the exec bit
+    assert mounts["/etc/nginx/tls"] == ROOT / "deploy" / "tls"
     env = environment(nginx)
     assert env["PEERSERVER_PORT"] == "8080"
+    assert env["PEERSERVER_TLS_PORT"] == "8443"
+    assert env["PEERSERVER_HTTPS"] == "0"
+    assert environment(nginx, {**OPERATOR_ENV, "DJANGO_HTTPS": "1"})["PEERSERVER_HTTPS"] == "1"  # one switch for both
     for name in WORKERS:
-        assert f"server {name}:8000;" in env["PEERSERVER_UPSTREAMS"]
+        assert re.search(rf"server {name}:8000 max_fails=\d+ fail_timeout=\w+;", env["PEERSERVER_UPSTREAMS"])
 
 
 # --- the nginx template -----------------------------------------------------------
@@ -199,19 +256,53 @@ def test_template_upgrades_websockets_and_forwards_the_client():
     assert ("proxy_read_timeout", "1h") in found
 
 
+TEMPLATE_VARIABLES = {"PEERSERVER_PORT", "PEERSERVER_UPSTREAMS", "PEERSERVER_ACCESS_LOG", "PEERSERVER_TLS"}
+
+
 def test_template_leaves_nginx_variables_to_nginx():
     # envsubst only ever sees the PEERSERVER_ names: an nginx $variable
     # written as ${name} or named like an environment variable would be
     # clobbered by the official image's rendering.
     text = TEMPLATE.read_text()
-    assert set(re.findall(r"\$\{(\w+)\}", text)) == {"PEERSERVER_PORT", "PEERSERVER_UPSTREAMS"}
-    nginx_vars = set(re.findall(r"\$([A-Za-z_]\w*)", text)) - {"PEERSERVER_PORT", "PEERSERVER_UPSTREAMS"}
+    assert set(re.findall(r"\$\{(\w+)\}", text)) == TEMPLATE_VARIABLES
+    nginx_vars = set(re.findall(r"\$([A-Za-z_]\w*)", text)) - TEMPLATE_VARIABLES
     assert nginx_vars and all(v == v.lower() for v in nginx_vars)
 
 
+def test_template_logs_paths_never_query_strings():
+    # The socket's query string holds the peer's token.
+    found = directives(TEMPLATE.read_text())
+    formats = [args for name, args in found if name == "log_format"]
+    assert len(formats) == 1 and formats[0].startswith("peerserver ")
+    assert "$uri" in formats[0]
+    for leaky in ["$request ", "$request\"", "$request_uri", "$args", "$query_string", "$arg_"]:
+        assert leaky not in formats[0]
+    # The one access log uses it (the directives() split cannot keep ${...}).
+    assert re.findall(r"^\s*access_log\s+(.*);", TEMPLATE.read_text(), re.M) == ["${PEERSERVER_ACCESS_LOG} peerserver"]
+
+
+def test_template_skips_workers_that_fail_fast():
+    found = directives(TEMPLATE.read_text())
+    assert ("proxy_next_upstream", "error timeout http_502 http_503") in found
+    assert ("proxy_connect_timeout", "2s") in found
+
+
+def tls_directives(env):
+    """PEERSERVER_TLS as deploy/nginx/tls.envsh makes it from ``env`` (sourced by sh, as both users do)."""
+    result = subprocess.run(
+        ["sh", "-c", '. "$0" && printf %s "$PEERSERVER_TLS"', str(TLS_ENVSH)],
+        env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30,
+    )
+    return result
+
+
 def render_like_the_official_image(template, env):
-    """What nginx:1.27's 20-envsubst-on-templates.sh makes of ``template``:
+    """What nginx:1.27's entrypoint makes of ``template``: the *.envsh files
+    sourced first (ours sets PEERSERVER_TLS), then 20-envsubst-on-templates.sh's
     envsubst limited to the defined variables matching NGINX_ENVSUBST_FILTER."""
+    tls = tls_directives(env)
+    assert tls.returncode == 0, tls.stderr
+    env = {**env, "PEERSERVER_TLS": tls.stdout}
     pattern = re.compile(env.get("NGINX_ENVSUBST_FILTER", ""))
     defined = {name: value for name, value in env.items() if pattern.search(name)}
 
@@ -222,36 +313,67 @@ def render_like_the_official_image(template, env):
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", substitute, template)
 
 
-def render_like_cluster_sh(tmp_path, port, upstreams):
+def render_like_cluster_sh(tmp_path, port, upstreams, **env):
     prefix = tmp_path / "nginx"
     subprocess.run(
         [str(CLUSTER), "--render-nginx", str(prefix)],
-        env={**os.environ, "PORT": str(port), "UPSTREAMS": upstreams},
+        env={**os.environ, "PORT": str(port), "UPSTREAMS": upstreams, **env},
         check=True,
         timeout=30,
     )
     return prefix
 
 
-def test_compose_and_cluster_sh_render_the_template_alike(services, tmp_path):
-    env = environment(services["nginx"])
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    from tests.servers import Certificates
+
+    return Certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+def test_compose_and_cluster_sh_render_the_template_alike(services, tmp_path, certificates, https):
+    env = environment(services["nginx"], {**OPERATOR_ENV, "DJANGO_HTTPS": "1" if https else "0"})
     # The filter is what keeps the rest of the container's environment out.
     assert env["NGINX_ENVSUBST_FILTER"] == "^PEERSERVER_"
-    noisy_env = {**env, "HOSTNAME": "abc", "host": "clobbered", "scheme": "clobbered"}
+    # In the container the files are at tls.envsh's default paths; here they
+    # are where the test made them.
+    tls_files = {"PEERSERVER_TLS_CERT": str(certificates.cert), "PEERSERVER_TLS_KEY": str(certificates.key)}
+    noisy_env = {**env, **tls_files, "HOSTNAME": "abc", "host": "clobbered", "scheme": "clobbered"}
     in_compose = render_like_the_official_image(TEMPLATE.read_text(), noisy_env)
-    prefix = render_like_cluster_sh(tmp_path, env["PEERSERVER_PORT"], env["PEERSERVER_UPSTREAMS"])
+    prefix = render_like_cluster_sh(
+        tmp_path, env["PEERSERVER_PORT"], env["PEERSERVER_UPSTREAMS"],
+        ACCESS_LOG=env["PEERSERVER_ACCESS_LOG"],
+        **({"TLS_CERT": str(certificates.cert), "TLS_KEY": str(certificates.key), "TLS_PORT": env["PEERSERVER_TLS_PORT"]}
+           if https else {}),
+    )
     assert (prefix / "peerserver.conf").read_text().strip() == in_compose.strip()
     assert "clobbered" not in in_compose
+    assert ("listen 8443 ssl;" in in_compose) == https
+    assert ("return 301 https://$host:8443$request_uri;" in in_compose) == https
 
 
-def test_rendered_config_passes_nginx_t(tmp_path):
+def test_tls_envsh_names_a_missing_certificate(tmp_path):
+    result = tls_directives({"PEERSERVER_HTTPS": "1", "PEERSERVER_TLS_CERT": str(tmp_path / "nope.pem"),
+                             "PEERSERVER_TLS_KEY": str(tmp_path / "nope-key.pem")})
+    assert result.returncode != 0
+    assert "nope.pem" in result.stderr
+    # And compose's default place is the mounted deploy/tls/.
+    result = tls_directives({"PEERSERVER_HTTPS": "on"})
+    assert result.returncode != 0 and "/etc/nginx/tls/cert.pem" in result.stderr
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+def test_rendered_config_passes_nginx_t(tmp_path, certificates, https):
     assert Path(NGINX).is_file(), "nginx is missing: apt-get install nginx-light"
+    tls = {"TLS_CERT": str(certificates.cert), "TLS_KEY": str(certificates.key)} if https else {}
     prefix = render_like_cluster_sh(
-        tmp_path, 8080, "server 127.0.0.1:8001; server 127.0.0.1:8002;"
+        tmp_path, 8080, "server 127.0.0.1:8001; server 127.0.0.1:8002;", **tls
     )
     conf = (prefix / "peerserver.conf").read_text()
     assert "server 127.0.0.1:8001; server 127.0.0.1:8002;" in conf
     assert "listen 8080;" in conf
+    assert f"access_log {prefix}/logs/access.log peerserver;" in conf
     result = subprocess.run(
         [NGINX, "-t", "-e", "stderr", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
         capture_output=True,
@@ -288,9 +410,17 @@ def test_dockerfile_builds_a_non_root_worker_image():
     assert "npm ci" in "\n".join(lines)
 
 
+def test_dockerfile_health_check_asks_for_readiness():
+    lines = dockerfile_instructions()
+    checks = [line for line in lines if line.upper().startswith("HEALTHCHECK ")]
+    assert len(checks) == 1
+    assert 'CMD ["python", "/app/deploy/healthcheck.py"]' in checks[0]
+
+
 def test_dockerignore_keeps_local_state_out_of_the_image():
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in [".git", ".venv/", "node_modules/", "staticfiles/"]:
+    # deploy/tls/ holds private keys: mounted into nginx, never in an image.
+    for entry in [".git", ".venv/", "node_modules/", "staticfiles/", "deploy/tls/"]:
         assert entry in ignored
 
 
@@ -329,12 +459,57 @@ def test_entrypoint_switches_to_uvicorn(stand_in_servers):
     env = {**stand_in_servers, "ASGI_SERVER": "uvicorn", "ASGI_HOST": "127.0.0.1", "ASGI_PORT": "8001"}
     words = run_entrypoint(env).stdout.split()
     assert words[:2] == ["uvicorn", "p2psite.asgi:application"]
-    assert "--proxy-headers" in words
     assert words[words.index("--host") + 1] == "127.0.0.1"
     assert words[words.index("--port") + 1] == "8001"
     assert words[words.index("--ws") + 1] == "websockets-sansio"
     assert words[words.index("--ws-per-message-deflate") + 1] == "false"  # memory per idle peer
     assert words[words.index("--lifespan") + 1] == "on"  # the hub starts with the worker
+
+
+def test_entrypoint_ignores_forwarded_headers_unless_proxied(stand_in_servers):
+    # uvicorn's default would trust X-Forwarded-For from 127.0.0.1.
+    for proxied in [None, "0", "off"]:
+        env = {k: v for k, v in stand_in_servers.items() if k != "PEERJS_PROXIED"}
+        if proxied is not None:
+            env["PEERJS_PROXIED"] = proxied
+        words = run_entrypoint(env).stdout.split()
+        assert "--no-proxy-headers" in words and "--proxy-headers" not in words
+        assert "--forwarded-allow-ips" not in words
+
+
+def test_entrypoint_trusts_only_the_named_proxies(stand_in_servers, tmp_path):
+    env = {k: v for k, v in stand_in_servers.items() if k != "PEERJS_TRUSTED_PROXIES"}
+    words = run_entrypoint({**env, "PEERJS_PROXIED": "1"}).stdout.split()
+    assert "--proxy-headers" in words
+    assert words[words.index("--forwarded-allow-ips") + 1] == "127.0.0.1"  # make cluster's nginx
+    # "*" reaches uvicorn as "*", not as the names of the files around it.
+    (tmp_path / "some-file").touch()
+    result = subprocess.run(
+        [str(ENTRYPOINT)], env={**env, "PEERJS_PROXIED": "true", "PEERJS_TRUSTED_PROXIES": "*"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+    words = result.stdout.split()
+    assert words[words.index("--forwarded-allow-ips") + 1] == "*"
+
+
+def test_entrypoint_serves_tls_itself_when_given_a_certificate(stand_in_servers):
+    # tests/test_tls_worker.py serves real HTTPS this way; here, the exact
+    # arguments, with paths a Twisted endpoint string must escape.
+    env = {**stand_in_servers, "ASGI_TLS_CERT": "/tls/a:b/cert.pem", "ASGI_TLS_KEY": "/tls/key=1.pem"}
+    words = run_entrypoint({**env, "ASGI_SERVER": "uvicorn"}).stdout.split()
+    assert words[words.index("--ssl-certfile") + 1] == "/tls/a:b/cert.pem"
+    assert words[words.index("--ssl-keyfile") + 1] == "/tls/key=1.pem"
+    words = run_entrypoint({**env, "ASGI_SERVER": "daphne"}).stdout.split()
+    assert words == [
+        "daphne", "-e", r"ssl:8000:interface=0.0.0.0:privateKey=/tls/key\=1.pem:certKey=/tls/a\:b/cert.pem",
+        "p2psite.asgi:application",
+    ]
+
+
+def test_entrypoint_refuses_half_a_tls_setup(stand_in_servers):
+    result = run_entrypoint({**stand_in_servers, "ASGI_TLS_CERT": "/tls/cert.pem"})
+    assert result.returncode != 0 and result.stdout == ""
+    assert "ASGI_TLS_KEY" in result.stderr
 
 
 def test_entrypoint_refuses_an_unknown_server(stand_in_servers):

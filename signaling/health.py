@@ -1,0 +1,169 @@
+"""Health endpoints for load balancers, orchestrators and ``make cluster``.
+
+``GET /healthz`` says the process answers (liveness): it checks nothing else,
+because restarting a worker never fixes its database or Redis.
+
+``GET /readyz`` says whether this worker should get traffic now: the database
+answers ``SELECT 1``, Redis answers ``PING`` (only when REDIS_URL is set) and
+the worker is not draining after SIGTERM. It answers 200 or 503 with a JSON
+object naming every part, so a failing probe says what is wrong.
+
+Every check is bounded by CHECK_TIMEOUT, so a dead or black-holed database
+never hangs the probe. The probes run in :class:`ProbeMiddleware`, first in
+MIDDLEWARE, so that an orchestrator's Host header (a container name, a pod IP)
+and its plain-HTTP request are answered instead of being refused by
+ALLOWED_HOSTS or redirected to HTTPS.
+"""
+import asyncio
+import logging
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connections
+from django.http import JsonResponse
+from django.utils.decorators import async_only_middleware
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_safe
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from signaling.hub import current_hub
+
+logger = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 2.0  # seconds, per check; the checks run side by side
+
+# The database check runs on threads of its own: it must neither queue behind
+# the hub's database work (thread_sensitive=False) nor, when a connection
+# hangs, tie up the event loop's default executor that DNS lookups use. Two
+# threads: a hung check leaves one for the next probe.
+_db_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz-db")
+
+# One Redis client per event loop: a client's connections belong to the loop
+# that opened them (tests run several loops; a worker has one).
+_redis_clients = weakref.WeakKeyDictionary()
+
+
+def _select_one():
+    connection = connections["default"]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        # A fresh connection per probe: it proves the worker can connect now,
+        # and one broken by an outage is never reused.
+        connection.close()
+
+
+def _redis_client():
+    loop = asyncio.get_running_loop()
+    client = _redis_clients.get(loop)
+    if client is None:
+        client = redis.asyncio.Redis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=CHECK_TIMEOUT,
+            socket_connect_timeout=CHECK_TIMEOUT,
+            # One immediate retry: the first PING after Redis restarted meets
+            # the connection the restart closed; a second attempt reconnects.
+            retry=Retry(NoBackoff(), 1),
+        )
+        _redis_clients[loop] = client
+    return client
+
+
+async def _check(name, probe):
+    """'ok', or what went wrong, in words an operator can act on."""
+    try:
+        await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+    except TimeoutError:
+        why = f"unreachable: no answer within {CHECK_TIMEOUT:g} s"
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        why = f"unreachable: {type(exc).__name__}: {first_line}"[:300]
+    else:
+        return "ok"
+    logger.warning("readiness: %s %s", name, why)
+    return why
+
+
+def _database():
+    return sync_to_async(_select_one, thread_sensitive=False, executor=_db_threads)()
+
+
+def _redis():
+    return _redis_client().ping()
+
+
+@never_cache
+@require_safe
+async def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_safe
+async def readyz(request):
+    checks = {"database": _check("database", _database)}
+    if settings.REDIS_URL:
+        checks["redis"] = _check("redis", _redis)
+    results = dict(zip(checks, await asyncio.gather(*checks.values())))
+    if not settings.REDIS_URL:
+        results["redis"] = "not used (REDIS_URL is not set)"
+    hub = current_hub()
+    draining = hub is not None and hub.stopping
+    ready = not draining and all(results[name] == "ok" for name in checks)
+    body = {"ready": ready, **results, "draining": draining}
+    return JsonResponse(body, status=200 if ready else 503)
+
+
+PROBES = {"/healthz": healthz, "/readyz": readyz}
+
+
+def refuse_sockets_while_draining(app):
+    """Wrap the WebSocket app: while this worker drains, refuse handshakes with HTTP 503.
+
+    nginx retries a 503 on another worker (proxy_next_upstream http_503) and
+    leaves this one out for a while, so a new socket lands on a worker that
+    stays. Accepted and then closed (what the consumer does while draining)
+    the client would have to reconnect, and nginx's least_conn would likely
+    send it back here, to the worker with the fewest sockets. Servers without
+    the ASGI denial-response extension (daphne) get the consumer's close.
+    """
+
+    async def app_unless_draining(scope, receive, send):
+        hub = current_hub()
+        if hub is not None and hub.stopping and "websocket.http.response" in scope.get("extensions", {}):
+            await receive()  # websocket.connect
+            await send({
+                "type": "websocket.http.response.start",
+                "status": 503,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
+            })
+            await send({"type": "websocket.http.response.body", "body": b"This worker is shutting down.\n"})
+            return
+        await app(scope, receive, send)
+
+    return app_unless_draining
+
+
+@async_only_middleware
+def ProbeMiddleware(get_response):
+    """Answer the probes before host validation, the HTTPS redirect and sessions.
+
+    Put it first in MIDDLEWARE. Probes come from inside the deployment: a
+    Docker health check asks for http://localhost:8000/readyz, Kubernetes
+    sends the pod's IP as Host. Neither is a name the site serves, and with
+    DJANGO_HTTPS on neither speaks HTTPS to the worker.
+    """
+
+    async def middleware(request):
+        probe = PROBES.get(request.path_info)
+        if probe is not None:
+            return await probe(request)
+        return await get_response(request)
+
+    return middleware
