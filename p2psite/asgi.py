@@ -10,7 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from signaling.health import refuse_sockets_while_draining  # noqa: E402
-from signaling.hub import get_hub  # noqa: E402
+from signaling.services import running_hub  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -24,7 +24,7 @@ async def lifespan(scope, receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            await get_hub().ensure_started()
+            await running_hub()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})

@@ -159,30 +159,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # REDIS_URL unset: the in-memory channel layer (one worker).
-# REDIS_URL set: every worker shares signaling through Redis. Workers talk to
-# each other through one inbox channel each (never groups, whose sends drop
-# silently when full); a full inbox raises, and the sender hears EXPIRE.
+# REDIS_URL set: every worker shares signaling through Redis, on the batching
+# layer of signaling/layer.py: each worker has an inbox channel (sharded
+# pub/sub), what a worker sends another within one event-loop iteration goes
+# in one round trip, and whatever does not arrive is reported to its sender.
+# REDIS_CLUSTER=1: REDIS_URL names one node of a Redis Cluster; inboxes
+# spread over its shards.
 REDIS_URL = env.string("REDIS_URL", "")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "signaling.layer.RedisBatchLayer",
             "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        # redis-py's default 5 s read timeout equals the layer's
-                        # 5 s blocking read: a quiet worker's inbox read would
-                        # time out and fail. Block without a timeout instead.
-                        "socket_timeout": None,
-                        "socket_connect_timeout": 5,
-                        "health_check_interval": 30,
-                        "max_connections": env.integer("REDIS_MAX_CONNECTIONS", 1000, minimum=4),
-                    }
-                ],
-                # Messages waiting in one worker's inbox before sends to it fail.
+                "url": REDIS_URL,
+                "cluster": env.boolean("REDIS_CLUSTER", False),
+                # Messages to one worker in flight (sent, not yet acknowledged)
+                # before further sends to it are refused (and answered EXPIRE).
                 "capacity": env.integer("REDIS_INBOX_CAPACITY", 10000, minimum=100),
-                "expiry": 60,
+                # Seconds a worker waits for another to acknowledge what it sent;
+                # then the senders of what is unacknowledged hear EXPIRE.
+                "ack_timeout": env.integer("REDIS_ACK_TIMEOUT", 5000, minimum=100) / 1000,
+                "max_connections": env.integer("REDIS_MAX_CONNECTIONS", 1000, minimum=4),
             },
         }
     }

@@ -56,6 +56,20 @@ SCHEMA = {
     # that reloads may meet a dozen senders at once.
     "QUEUE_MAX_MESSAGES": ("PEERJS_QUEUE_MAX_MESSAGES", 1000, _positive),
     "QUEUE_MAX_BYTES": ("PEERJS_QUEUE_MAX_BYTES", 4 * 1024 * 1024, _positive),
+    # What one sender may have queued (for any peers) on one worker, and what
+    # the whole queue holds; past either, frames are refused with EXPIRE.
+    "QUEUE_SENDER_MAX_MESSAGES": ("PEERJS_QUEUE_SENDER_MAX_MESSAGES", 1000, _positive),
+    "QUEUE_SENDER_MAX_BYTES": ("PEERJS_QUEUE_SENDER_MAX_BYTES", 4 * 1024 * 1024, _positive),
+    "QUEUE_TOTAL_MAX_MESSAGES": ("PEERJS_QUEUE_TOTAL_MAX_MESSAGES", 100_000, _positive),
+    "QUEUE_TOTAL_MAX_BYTES": ("PEERJS_QUEUE_TOTAL_MAX_BYTES", 64 * 1024 * 1024, _positive),
+    # Frames a socket's client has not read yet that the worker holds for it,
+    # in bytes; a client that lets more pile up, or takes longer than
+    # WRITE_TIMEOUT to read one frame, is closed (4104) as too slow.
+    "OUTBOX_MAX_BYTES": ("PEERJS_OUTBOX_MAX_BYTES", 1024 * 1024, _positive),
+    "WRITE_TIMEOUT": ("PEERJS_WRITE_TIMEOUT", 10000, _positive),
+    # Sockets one client address may hold open on one worker (a school's or
+    # a theatre's NAT puts everyone behind one address); 0 turns it off.
+    "MAX_SOCKETS_PER_ADDRESS": ("PEERJS_MAX_SOCKETS_PER_ADDRESS", 1000, _non_negative),
     # Bad frames (garbage, unknown types, oversize) a socket may send before it
     # is closed. Each one is answered with an ERROR frame.
     "BAD_FRAME_LIMIT": ("PEERJS_BAD_FRAME_LIMIT", 10, _positive),
@@ -102,6 +116,13 @@ class Options:
     generate_client_id: object
     queue_max_messages: int
     queue_max_bytes: int
+    queue_sender_max_messages: int
+    queue_sender_max_bytes: int
+    queue_total_max_messages: int
+    queue_total_max_bytes: int
+    outbox_max_bytes: int
+    write_timeout: int
+    max_sockets_per_address: int
     bad_frame_limit: int
     flood_limit: int
     flood_burst: int

@@ -1,18 +1,25 @@
 """The signaling socket: turns WebSocket events into protocol and hub calls."""
 import asyncio
+import collections
 import logging
+import math
 import urllib.parse
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from signaling import codes, protocol, registry
 from signaling import hub as hubs
-from signaling import protocol, registry
 from signaling.conf import options
 from signaling.http import client_address
+from signaling.services import running_hub
 
 logger = logging.getLogger(__name__)
+
+MSG_TRY_AGAIN = "The server cannot register peers right now (its database is unavailable); try again in a moment"
+MSG_TOO_MANY_SOCKETS = "Too many connections from your address"
+CLOSE_WAIT = 5.0  # seconds a close may take before the socket is given up on
 
 
 class PeerConsumer(AsyncWebsocketConsumer):
@@ -25,11 +32,25 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        self.hub = None
+        self.peer_id = None
+        self.closing = False
+        self.writer = None
         try:
             while True:
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except Exception:
+            # Whatever went wrong, the socket's end still runs its cleanup.
+            logger.exception("socket %s failed", getattr(self, "connection_id", "?"))
+            if self.hub is not None:
+                self.hub.stats["internal_errors"] += 1
+        finally:
+            if self.hub is not None:
+                await self.hub.unregister(self)
+            if self.writer is not None:
+                self.writer.cancel()
 
     async def dispatch(self, message):
         # Channels makes a thread hop to close stale database connections
@@ -42,53 +63,79 @@ class PeerConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
+        self.hub = await running_hub()
         self.options = options()
-        self.hub = hubs.get_hub()
         self.connection_id = self.hub.new_connection_id()
-        self.peer_id = None
+        self.address = client_address(self.scope, self.options.proxied)
+        self.key = None
+        self.peer = None  # (key, id) once registered, kept after the socket closes
         self.buffer = []  # frames for this peer held back until it is open
+        self.outbox = collections.deque()  # (frame, src, kind) accepted for the client, not yet written
+        self.outbox_bytes = 0
+        self.wake = None  # the writer waits on it for frames
+        self.writing_since = None  # loop time the writer started on a frame it has not finished
         self.bad_frames = 0
         self.last_frame = self.hub.loop.time()
         self.allowance = float(self.options.flood_burst)
         self.throttled_since = None
+        stats = self.hub.stats
 
         if not self.options.origin_allowed(_header(self.scope, b"origin")):
+            stats["sockets_opened:refused"] += 1
             await self.close()  # before accept: the client gets HTTP 403
+            return
+        if not self.hub.attach(self):
+            stats["sockets_opened:refused"] += 1
+            await self.accept()
+            await self.refuse(protocol.error_frame(MSG_TOO_MANY_SOCKETS))
             return
         await self.accept()
         try:
             request = protocol.check_connect(_query(self.scope), self.options)
         except protocol.ProtocolError as exc:
+            stats["sockets_opened:error"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
             return
-        self.peer_id = request.peer_id
-        outcome = await self.hub.register(self, request, client_address(self.scope, self.options.proxied))
+        self.key, self.peer_id = request.key, request.peer_id
+        outcome = await self.hub.register(self, request)
         if outcome == hubs.STOPPING:
             # No ERROR frame: the client would give up. A plain close makes it
             # reconnect, through the load balancer, to a worker that stays.
             self.peer_id = None
-            await self.close_with(hubs.CLOSE_GOING_AWAY)
+            stats["sockets_opened:retry"] += 1
+            await self.close_with(codes.GOING_AWAY)
+        elif outcome == hubs.RETRY:
+            self.peer_id = None
+            stats["sockets_opened:retry"] += 1
+            await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
+            await self.close_with(codes.TRY_AGAIN)
         elif outcome == registry.TAKEN:
             self.peer_id = None
+            stats["sockets_opened:taken"] += 1
             await self.refuse(protocol.ID_TAKEN_FRAME)
         elif outcome == registry.FULL:
             self.peer_id = None
+            stats["sockets_opened:full"] += 1
             await self.refuse(protocol.error_frame(protocol.MSG_LIMIT))
         else:
+            self.peer = (self.key, self.peer_id)
+            stats["sockets_opened:open"] += 1
             await self.send(text_data=protocol.OPEN_FRAME)
-            await self.hub.open(self)
+            self.hub.open(self)
 
     async def refuse(self, frame):
         await self.send(text_data=frame)
-        await self.close_with(hubs.CLOSE_POLICY)
+        await self.close_with(codes.POLICY)
 
     async def receive(self, text_data=None, bytes_data=None):
+        if self.closing:
+            return  # frames after our close are the client's echo of the race
         now = self.hub.loop.time()
         if self.options.flood_limit and not await self.throttle(now):
             return
         self.last_frame = now  # any frame is a sign of life
         if self.peer_id is None:
-            return  # refused or closing: nothing to act for
+            return  # refused: nothing to act for
         if text_data is None:
             await self.bad_frame("Invalid message: binary frames are not supported")
             return
@@ -96,7 +143,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             message = protocol.parse_frame(text_data, self.options.max_frame_bytes)
             action = protocol.interpret(message, text_data, self.peer_id, self.options.id_max_length)
         except protocol.FrameTooBig as exc:
-            await self.bad_frame(str(exc), hubs.CLOSE_TOO_BIG)
+            await self.bad_frame(str(exc), codes.TOO_BIG)
             return
         except protocol.ProtocolError as exc:
             await self.bad_frame(str(exc))
@@ -104,12 +151,11 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if action is protocol.HEARTBEAT_ACTION:
             return
         if action is protocol.UNREGISTER_ACTION:
-            await self.drop(1000, "Left")
-            return
-        if isinstance(action, protocol.NoSuchPeer):
-            await self.hub.no_such_peer(self.peer_id, action)
-            return
-        await self.hub.relay(self.peer_id, action)
+            await self.drop(codes.NORMAL, "Left")
+        elif isinstance(action, protocol.NoSuchPeer):
+            self.hub.no_such_peer(self.key, self.peer_id, action)
+        else:
+            self.hub.relay(self.key, self.peer_id, action)
 
     async def throttle(self, now):
         """Hold a socket to ``flood_limit`` frames per second; False once it is closed for flooding.
@@ -129,17 +175,18 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if self.throttled_since is None:
             self.throttled_since = now
         elif now - self.throttled_since > o.flood_cutoff / 1000:
-            self.hub.stats["flooded"] += 1
+            self.hub.stats["floods"] += 1
             await self.send(text_data=protocol.error_frame("Too many messages: slow down"))
-            await self.drop(hubs.CLOSE_POLICY, "Flood")
+            await self.drop(codes.POLICY, "Flood")
             return False
         self.hub.stats["throttled"] += 1
         await asyncio.sleep(-self.allowance / o.flood_limit)
         return True
 
-    async def bad_frame(self, why, close_code=hubs.CLOSE_POLICY):
+    async def bad_frame(self, why, close_code=codes.POLICY):
         """Answer a frame the server cannot use; close a socket that keeps sending them."""
         self.bad_frames += 1
+        self.hub.stats["bad_frames"] += 1
         await self.send(text_data=protocol.error_frame(why))
         if self.bad_frames >= self.options.bad_frame_limit:
             await self.drop(close_code, "Too many bad frames")
@@ -148,8 +195,17 @@ class PeerConsumer(AsyncWebsocketConsumer):
         """Close with ``code``; where the server reserves it, with 4000 + its last digits.
 
         daphne (autobahn) lets applications send only 1000 and 3000-4999, so
-        1008 becomes 4008 there; uvicorn sends the standard code.
+        1008 becomes 4008 there; uvicorn sends the standard code. A client
+        that does not read may never take the close frame: give up after
+        CLOSE_WAIT (the ASGI server drops the connection when it can).
         """
+        self.closing = True
+        try:
+            await asyncio.wait_for(self._close(code, reason), CLOSE_WAIT)
+        except Exception:
+            logger.debug("socket %s did not take its close", self.connection_id)
+
+    async def _close(self, code, reason):
         try:
             await self.close(code=code, reason=reason)
         except Exception:
@@ -160,34 +216,81 @@ class PeerConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         # Nobody is told: the peers' WebRTC connections live on without the
         # server (PeerJS closes them on LEAVE, so a LEAVE here would end them).
+        self.closing = True
         await self.hub.unregister(self)
+        self._hand_back()
 
     # The hub's side of a connection.
 
-    async def deliver(self, frame, src, kind):
+    def deliver(self, frame, src, kind):
+        """Accept a frame for the client; the socket's writer sends it. Never waits."""
         if self.buffer is not None:
             self.buffer.append((frame, src, kind))
             return
-        peer_id = self.peer_id
-        try:
-            await self.send(text_data=frame)
-        except Exception:
-            # The socket closed under us (uvicorn raises once it knows): the
-            # frame is handled as for a peer that has just gone.
-            await self.hub.undeliverable(self, peer_id, frame, src, kind)
+        if self.closing:
+            self.hub.undeliverable(self, [(frame, src, kind)])
+            return
+        self.outbox.append((frame, src, kind))
+        self.outbox_bytes += len(frame)
+        if self.outbox_bytes > self.options.outbox_max_bytes:
+            self.hub.stats["slow_consumers"] += 1
+            self.hub.spawn(self.drop(codes.TOO_SLOW, "Too slow: the client does not read"))
+        elif self.wake is not None:
+            if not self.wake.done():
+                self.wake.set_result(None)
+        elif self.writer is None:
+            self.writer = self.hub.loop.create_task(self._write())
+
+    async def _write(self):
+        """Send what the hub accepted for the client, in order, one frame at a time.
+
+        The only code that awaits this client's socket: a client that does
+        not read holds up its own writer and nobody else.
+        """
+        loop = self.hub.loop
+        while True:
+            while self.outbox:
+                frame = self.outbox[0][0]
+                self.writing_since = loop.time()
+                try:
+                    await self.base_send({"type": "websocket.send", "text": frame})
+                except Exception:
+                    # The socket closed under us (uvicorn raises once it knows).
+                    self.writing_since = None
+                    self.closing = True
+                    self._hand_back()
+                    return
+                self.writing_since = None
+                self.outbox.popleft()
+                self.outbox_bytes -= len(frame)
+            self.wake = loop.create_future()
+            await self.wake
+            self.wake = None
+
+    def stalled_since(self):
+        """Loop time since which the writer has been stuck on one frame (inf if it is not)."""
+        return self.writing_since if self.writing_since is not None else math.inf
+
+    def _hand_back(self):
+        """Frames the client will never read go back to the hub, as for a peer that has just gone."""
+        if self.outbox and self.peer is not None:
+            frames = list(self.outbox)
+            self.outbox.clear()
+            self.outbox_bytes = 0
+            self.hub.undeliverable(self, frames)
 
     async def drop(self, code, reason):
         """Forget this socket's registration, then close it from the server side.
 
-        In that order, so that a client reconnecting on the close finds its id free.
+        In that order, so that a client reconnecting on the close finds its id
+        free. What it had not read yet goes back to the hub.
         """
+        self.closing = True
+        if self.writer is not None and self.writing_since is not None:
+            self.writer.cancel()  # stuck on a client that does not read
+        self._hand_back()
         await self.hub.unregister(self)
-        try:
-            await self.close_with(code, reason)
-        except Exception:
-            # Closed by the client meanwhile (uvicorn raises): whoever is
-            # closing sockets goes on with the next.
-            logger.debug("socket %s was already closed", self.connection_id)
+        await self.close_with(code, reason)
 
 
 def _header(scope, name):

@@ -24,23 +24,28 @@ class Worker(models.Model):
 
 
 class Peer(models.Model):
-    """One connected peer: a row per open, registered socket."""
+    """One connected peer: a row per open, registered socket.
 
-    peer_id = models.CharField("id", max_length=255, primary_key=True)
+    Ids are unique per key, as in the reference's realm: two apps (keys) may
+    each have a peer "stage".
+    """
+
     key = models.CharField(max_length=255)
+    peer_id = models.CharField("id", max_length=255)
     # SHA-256 of the client's token: enough to recognise a reconnecting
     # client, useless to anyone who reads the table.
     token_hash = models.CharField(max_length=64, editable=False)
     worker = models.CharField(max_length=100, db_index=True)
-    # Identifies the socket within its worker, so a stale socket can only
+    # Identifies the socket within the cluster, so a stale socket can only
     # ever remove its own registration.
-    connection = models.CharField(max_length=32)
-    address = models.GenericIPAddressField("client address", null=True, blank=True)
+    connection = models.CharField(max_length=32, db_index=True)
+    address = models.GenericIPAddressField("client address", null=True, blank=True, db_index=True)
     connected_at = models.DateTimeField(db_index=True)
     last_seen = models.DateTimeField()
 
     class Meta:
         ordering = ["-connected_at"]
+        constraints = [models.UniqueConstraint(fields=["key", "peer_id"], name="signaling_peer_unique_per_key")]
 
     def __str__(self):
         return self.peer_id
@@ -49,7 +54,8 @@ class Peer(models.Model):
 class QueuedMessage(models.Model):
     """A relayed frame waiting for its destination to connect."""
 
-    dst = models.CharField(max_length=255, db_index=True)
+    key = models.CharField(max_length=255)
+    dst = models.CharField(max_length=255)
     src = models.CharField(max_length=255)
     frame = models.TextField()
     size = models.PositiveIntegerField()
@@ -58,6 +64,10 @@ class QueuedMessage(models.Model):
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            models.Index(fields=["key", "dst"], name="signaling_queue_dst"),
+            models.Index(fields=["key", "src"], name="signaling_queue_src"),
+        ]
 
     def __str__(self):
         return f"{self.src} -> {self.dst}"

@@ -61,43 +61,48 @@ def _now():
 # statements are written out: the ORM spent more time building them than the
 # database spent running them.
 _CLAIM = """
-    INSERT INTO {table} ({peer_id}, {key}, {token_hash}, {worker}, {connection},
+    INSERT INTO {table} ({key}, {peer_id}, {token_hash}, {worker}, {connection},
                          {address}, {connected_at}, {last_seen})
     SELECT %s, %s, %s, %s, %s, %s, %s, %s
-    WHERE (SELECT COUNT(*) FROM {table}) < %s
-    ON CONFLICT ({peer_id}) DO NOTHING
+    WHERE (SELECT COUNT(*) FROM {table} WHERE {key} = %s) < %s
+    ON CONFLICT ({key}, {peer_id}) DO NOTHING
 """
-_HOLDER = "SELECT {token_hash}, {worker}, {connection} FROM {table} WHERE {peer_id} = %s"
+_HOLDER = "SELECT {token_hash}, {worker}, {connection} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
+_COUNT = "SELECT COUNT(*) FROM {table} WHERE {key} = %s"
 _TAKE_OVER = """
-    UPDATE {table} SET {key} = %s, {worker} = %s, {connection} = %s, {address} = %s,
+    UPDATE {table} SET {worker} = %s, {connection} = %s, {address} = %s,
                        {connected_at} = %s, {last_seen} = %s
-    WHERE {peer_id} = %s AND {connection} = %s
+    WHERE {key} = %s AND {peer_id} = %s AND {connection} = %s
 """
-_RELEASE = "DELETE FROM {table} WHERE {peer_id} = %s AND {connection} = %s"
+_RELEASE = "DELETE FROM {table} WHERE {key} = %s AND {peer_id} = %s AND {connection} = %s"
 
 
-def claim(peer_id, key, token, worker, connection_id, address, limit):
-    """Register ``peer_id`` for this socket, or say why not.
+def claim(key, peer_id, token, worker, connection_id, address, limit):
+    """Register ``peer_id`` of app ``key`` for this socket, or say why not.
 
-    The primary key decides races: of two sockets inserting the same id at
-    once, exactly one insert succeeds and the other sees the winner's row.
-    (Two new peers racing for the last place may both get in: the limit is
-    a guard against overload, not an exact count.)
+    The unique constraint on (key, id) decides races: of two sockets
+    inserting the same id at once, exactly one insert succeeds and the
+    other sees the winner's row. The concurrent limit is exact too: the
+    claims of one key take turns (SQLite's write lock, a PostgreSQL
+    advisory lock per key), so two new peers never both take the last place.
     """
     token_hash = hash_token(token)
-    for _attempt in range(5):
-        now = _now()
-        with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
+        for _attempt in range(5):
+            now = _now()
             cursor.execute(
                 _sql(Peer, _CLAIM),
-                [peer_id, key, token_hash, worker, connection_id, address, now, now, limit],
+                [key, peer_id, token_hash, worker, connection_id, address, now, now, key, limit],
             )
             if cursor.rowcount == 1:
                 return Claim(CLAIMED)
-            cursor.execute(_sql(Peer, _HOLDER), [peer_id])
+            cursor.execute(_sql(Peer, _HOLDER), [key, peer_id])
             row = cursor.fetchone()
             if row is None:
-                if Peer.objects.count() >= limit:
+                cursor.execute(_sql(Peer, _COUNT), [key])
+                if cursor.fetchone()[0] >= limit:
                     return Claim(FULL)
                 continue  # the holder left a moment ago: try again
             held_hash, held_worker, held_connection = row
@@ -107,23 +112,32 @@ def claim(peer_id, key, token, worker, connection_id, address, limit):
             # over, unless another socket changed the row since we read it.
             cursor.execute(
                 _sql(Peer, _TAKE_OVER),
-                [key, worker, connection_id, address, now, now, peer_id, held_connection],
+                [worker, connection_id, address, now, now, key, peer_id, held_connection],
             )
             if cursor.rowcount == 1:
                 return Claim(REPLACED, held_worker, held_connection)
     return Claim(TAKEN)
 
 
-def release(peer_id, connection_id):
+def release(key, peer_id, connection_id):
     """Remove the registration of this socket; a newer owner's row is never touched."""
     with connection.cursor() as cursor:
-        cursor.execute(_sql(Peer, _RELEASE), [peer_id, connection_id])
+        cursor.execute(_sql(Peer, _RELEASE), [key, peer_id, connection_id])
         return cursor.rowcount == 1
 
 
-def locate(peer_id, worker_timeout_ms):
-    """Where ``peer_id`` is connected, or None."""
-    row = Peer.objects.filter(pk=peer_id).values_list("worker", "connection").first()
+def release_connections(connection_ids):
+    """Remove the registrations of these sockets (releases that failed while the database was away)."""
+    connection_ids = list(connection_ids)
+    freed = 0
+    for start in range(0, len(connection_ids), 500):
+        freed += Peer.objects.filter(connection__in=connection_ids[start : start + 500]).delete()[0]
+    return freed
+
+
+def locate(key, peer_id, worker_timeout_ms):
+    """Where ``peer_id`` of ``key`` is connected, or None."""
+    row = Peer.objects.filter(key=key, peer_id=peer_id).values_list("worker", "connection").first()
     if row is None:
         return None
     cutoff = timezone.now() - datetime.timedelta(milliseconds=worker_timeout_ms)
@@ -131,80 +145,136 @@ def locate(peer_id, worker_timeout_ms):
     return Location(row[0], row[1], alive)
 
 
+def locations():
+    """Every registered peer as (key, id, worker): a worker's routing table at start-up."""
+    return list(Peer.objects.order_by().values_list("key", "peer_id", "worker"))
+
+
 def connected_ids(key):
     return list(Peer.objects.filter(key=key).order_by("peer_id").values_list("peer_id", flat=True))
 
 
-def is_connected(peer_id):
-    return Peer.objects.filter(pk=peer_id).exists()
+def is_connected(key, peer_id):
+    return Peer.objects.filter(key=key, peer_id=peer_id).exists()
 
 
-def touch(peer_ids, worker):
-    """Record that these peers of ``worker`` were heard from just now."""
+def touch(connection_ids):
+    """Record that the peers on these sockets were heard from just now."""
     now = timezone.now()
-    peer_ids = list(peer_ids)
-    for start in range(0, len(peer_ids), 500):
-        Peer.objects.filter(pk__in=peer_ids[start : start + 500], worker=worker).update(last_seen=now)
+    connection_ids = list(connection_ids)
+    for start in range(0, len(connection_ids), 500):
+        Peer.objects.filter(connection__in=connection_ids[start : start + 500]).update(last_seen=now)
 
 
 # The queue of messages for peers that are not connected.
 
 
-def enqueue(dst, src, frame, expire_timeout_ms, max_messages, max_bytes):
-    """Queue a frame for ``dst``; False when its queue is full (count or bytes)."""
-    size = len(frame.encode())
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the queue may hold: per destination, and in all."""
+
+    expire_ms: int
+    per_peer_messages: int
+    per_peer_bytes: int
+    total_messages: int
+    total_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    key: str
+    dst: str
+    src: str
+    frame: str
+
+
+def enqueue(entries, limits):
+    """Queue frames for offline peers in one transaction.
+
+    Returns the indexes of the entries refused (a destination's queue or the
+    whole queue full) and the (key, dst, worker) of destinations that are
+    registered after all: they connected while their frames were on their
+    way into the queue, so whoever holds them must drain it again.
+    """
     now = timezone.now()
+    expires = now + datetime.timedelta(milliseconds=limits.expire_ms)
+    refused, rows = [], []
     with transaction.atomic():
-        held = QueuedMessage.objects.filter(dst=dst).aggregate(count=Count("id"), size=Sum("size"))
-        if held["count"] + 1 > max_messages or (held["size"] or 0) + size > max_bytes:
-            return False
-        QueuedMessage.objects.create(
-            dst=dst,
-            src=src,
-            frame=frame,
-            size=size,
-            queued_at=now,
-            expires_at=now + datetime.timedelta(milliseconds=expire_timeout_ms),
-        )
-    return True
+        total = QueuedMessage.objects.aggregate(count=Count("id"), size=Sum("size"))
+        total_count, total_size = total["count"], total["size"] or 0
+        held = {}
+        for key in {e.key for e in entries}:
+            dsts = {e.dst for e in entries if e.key == key}
+            for dst, count, size in (
+                QueuedMessage.objects.filter(key=key, dst__in=dsts)
+                .values("dst")
+                .order_by()
+                .annotate(count=Count("id"), size=Sum("size"))
+                .values_list("dst", "count", "size")
+            ):
+                held[key, dst] = [count, size]
+        for index, entry in enumerate(entries):
+            size = len(entry.frame.encode())
+            count, used = held.setdefault((entry.key, entry.dst), [0, 0])
+            if (
+                count + 1 > limits.per_peer_messages
+                or used + size > limits.per_peer_bytes
+                or total_count + 1 > limits.total_messages
+                or total_size + size > limits.total_bytes
+            ):
+                refused.append(index)
+                continue
+            held[entry.key, entry.dst] = [count + 1, used + size]
+            total_count, total_size = total_count + 1, total_size + size
+            rows.append(
+                QueuedMessage(
+                    key=entry.key, dst=entry.dst, src=entry.src, frame=entry.frame,
+                    size=size, queued_at=now, expires_at=expires,
+                )
+            )
+        QueuedMessage.objects.bulk_create(rows)
+    registered = []
+    for key in {row.key for row in rows}:
+        dsts = {row.dst for row in rows if row.key == key}
+        registered += Peer.objects.filter(key=key, peer_id__in=dsts).values_list("key", "peer_id", "worker")
+    return refused, registered
 
 
 def _delete_returning(where, params, columns):
-    """DELETE the matching queued rows and return them.
+    """DELETE the matching queued rows and return ``columns`` of them.
 
     DELETE ... RETURNING (PostgreSQL, SQLite >= 3.35) hands each row to
     exactly one caller, so two workers sweeping at once never both deliver
-    or both expire the same message.
+    or both expire the same message. {table} and {column} names in ``where``
+    are quoted for the database.
     """
-    table = connection.ops.quote_name(QueuedMessage._meta.db_table)
-    sql = f"DELETE FROM {table} WHERE {where} RETURNING {', '.join(columns)}"
+    returning = ", ".join("{%s}" % column for column in columns)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_sql(QueuedMessage, f"DELETE FROM {{table}} WHERE {where} RETURNING {returning}"), params)
         return cursor.fetchall()
 
 
-def take_queued(dst):
-    """Remove and return the frames queued for ``dst``, oldest first.
+def take_queued(key, dst):
+    """Remove and return the frames queued for ``dst`` of ``key``, oldest first.
 
     Each as (frame, src, kind); only OFFER, ANSWER and CANDIDATE are queued,
     and they are alike for what the caller does with ``kind``.
     """
-    rows = _delete_returning("dst = %s", [dst], ["id", "frame", "src"])
+    rows = _delete_returning("{key} = %s AND {dst} = %s", [key, dst], ["id", "frame", "src"])
     return [(frame, src, protocol.OFFER) for _id, frame, src in sorted(rows)]
 
 
 def take_expired():
-    """Remove expired messages; return the distinct (src, dst) pairs they were between.
+    """Remove expired messages; return the distinct (key, src, dst) they were between.
 
     The rest of a pair's queue goes with its first expired message: the
     sender is told EXPIRE once, and its client gives up on that peer, so the
     later messages would only earn it a second EXPIRE a moment later.
     """
-    table = connection.ops.quote_name(QueuedMessage._meta.db_table)
     rows = _delete_returning(
-        f"(src, dst) IN (SELECT src, dst FROM {table} WHERE expires_at <= %s)",
-        [timezone.now()],
-        ["src", "dst"],
+        "({key}, {src}, {dst}) IN (SELECT {key}, {src}, {dst} FROM {table} WHERE {expires_at} <= %s)",
+        [_now()],
+        ["key", "src", "dst"],
     )
     return sorted(set(rows))
 
@@ -221,6 +291,12 @@ def worker_beat(name, host, pid, started_at):
     return False
 
 
+def live_workers(worker_timeout_ms):
+    """The names of the workers that beat within the timeout."""
+    cutoff = timezone.now() - datetime.timedelta(milliseconds=worker_timeout_ms)
+    return list(Worker.objects.filter(last_beat__gte=cutoff).values_list("name", flat=True))
+
+
 def reap(worker_timeout_ms):
     """Delete silent workers and every peer row not held by a live worker.
 
@@ -230,7 +306,7 @@ def reap(worker_timeout_ms):
     dead = []
     for name in Worker.objects.filter(last_beat__lt=cutoff).values_list("name", flat=True):
         # Of several workers reaping at once, the one whose delete succeeds
-        # owns the dead worker's leftovers (its inbox).
+        # reports it.
         if Worker.objects.filter(name=name, last_beat__lt=cutoff).delete()[0]:
             dead.append(name)
     freed, _ = Peer.objects.exclude(worker__in=Worker.objects.values("name")).delete()

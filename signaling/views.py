@@ -6,6 +6,7 @@ from django.views.decorators.http import require_http_methods
 
 from signaling import registry
 from signaling.conf import options
+from signaling.db import unavailable_is_503
 
 INFO = {
     "name": "PeerJS Server",
@@ -53,6 +54,7 @@ def info(request):
 
 @require_http_methods(["GET", "HEAD", "OPTIONS"])
 @cors
+@unavailable_is_503
 def new_id(request, key):
     """A fresh id, for any key, as the reference answers.
 
@@ -66,13 +68,14 @@ def new_id(request, key):
     # a pluggable generator may be less generous: check, and try again.
     for _attempt in range(10):
         candidate = o.generate_client_id()
-        if not registry.is_connected(candidate):
+        if not registry.is_connected(key, candidate):
             return _text(candidate)
     return _text("Could not find a free id; try again", status=503)
 
 
 @require_http_methods(["GET", "HEAD", "OPTIONS"])
 @cors
+@unavailable_is_503
 def peers(request, key):
     o = options()
     if key != o.key:

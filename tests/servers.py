@@ -80,6 +80,12 @@ class Database:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(sql)
 
+    def peer_row(self, peer_id, key="peerjs"):
+        """The registry row id of a connected peer (what the admin's actions select)."""
+        rows = self.query("SELECT id FROM signaling_peer WHERE key = ? AND peer_id = ?", (key, peer_id))
+        assert len(rows) == 1, f"{peer_id} is not registered"
+        return str(rows[0][0])
+
     def query(self, sql, params=()):
         """Rows of a query against this database, from the test process."""
         if self.admin_url:
@@ -203,15 +209,18 @@ def _version_key(path):
 class RedisServer:
     """A throwaway redis-server on a free port; stop and start it to simulate outages."""
 
-    def __init__(self):
+    def __init__(self, extra=()):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = list(extra)  # more redis-server options, e.g. output buffer limits
+        self.log_path = Path(tempfile.mkdtemp(prefix="peerjs-redis-")) / "redis.log"
         self.proc = None
         self.start()
 
     def start(self):
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--logfile", str(self.log_path), *self.extra],
             stdout=subprocess.DEVNULL,
         )
         wait_until(self._answers, 10, f"redis-server on {self.port}")

@@ -11,8 +11,8 @@ pytestmark = [pytest.mark.db, pytest.mark.django_db]
 @pytest.fixture
 def peers():
     registry.worker_beat("worker-a", "host-a", 10, timezone.now())
-    registry.claim("stage-left", "peerjs", "tok-secret-1", "worker-a", "c1", "192.0.2.1", 100)
-    registry.claim("stage-right", "peerjs", "tok-secret-2", "worker-a", "c2", "192.0.2.2", 100)
+    registry.claim("peerjs", "stage-left", "tok-secret-1", "worker-a", "c1", "192.0.2.1", 100)
+    registry.claim("peerjs", "stage-right", "tok-secret-2", "worker-a", "c2", "192.0.2.2", 100)
 
 
 def test_operator_sees_connected_peers_without_tokens(admin_client, peers):
@@ -20,8 +20,9 @@ def test_operator_sees_connected_peers_without_tokens(admin_client, peers):
     assert "stage-left" in page and "stage-right" in page and "192.0.2.1" in page and "worker-a" in page
     for peer in Peer.objects.all():
         assert peer.token_hash not in page
-    detail = admin_client.get("/admin/signaling/peer/stage-left/change/").content.decode()
-    assert "stage-left" in detail and Peer.objects.get(pk="stage-left").token_hash not in detail
+    left = Peer.objects.get(peer_id="stage-left")
+    detail = admin_client.get(f"/admin/signaling/peer/{left.pk}/change/").content.decode()
+    assert "stage-left" in detail and left.token_hash not in detail
     assert "tok-secret-1" not in detail
 
 
@@ -37,14 +38,15 @@ def test_peer_list_filters_by_worker(admin_client, peers):
 
 def test_the_registry_is_read_only_in_the_admin(admin_client, peers):
     assert admin_client.get("/admin/signaling/peer/add/").status_code == 403
-    response = admin_client.post("/admin/signaling/peer/stage-left/change/", {"worker": "forged"})
+    left = Peer.objects.get(peer_id="stage-left")
+    response = admin_client.post(f"/admin/signaling/peer/{left.pk}/change/", {"worker": "forged"})
     assert response.status_code == 403
-    assert Peer.objects.get(pk="stage-left").worker == "worker-a"
+    assert Peer.objects.get(peer_id="stage-left").worker == "worker-a"
 
 
 def test_workers_list_counts_their_peers(admin_client, peers):
     registry.worker_beat("worker-b", "host-b", 11, timezone.now())
-    registry.claim("booth", "peerjs", "t", "worker-b", "c3", None, 100)
+    registry.claim("peerjs", "booth", "t", "worker-b", "c3", None, 100)
     page = admin_client.get("/admin/signaling/worker/").content.decode()
     import re
 

@@ -12,8 +12,17 @@ from signaling.models import Peer, QueuedMessage, Worker
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True)]
 
 
-def claim(peer_id, token="t", worker="w1", connection_id="c1", limit=100):
-    return registry.claim(peer_id, "peerjs", token, worker, connection_id, "127.0.0.1", limit)
+def claim(peer_id, token="t", worker="w1", connection_id="c1", limit=100, key="peerjs"):
+    return registry.claim(key, peer_id, token, worker, connection_id, "127.0.0.1", limit)
+
+
+LIMITS = registry.Limits(expire_ms=5000, per_peer_messages=10, per_peer_bytes=10_000, total_messages=1000, total_bytes=100_000)
+
+
+def enqueue(dst, src, frame, limits=LIMITS, key="peerjs"):
+    """Queue one frame; True if it was taken."""
+    refused, _registered = registry.enqueue([registry.Entry(key, dst, src, frame)], limits)
+    return not refused
 
 
 def test_claim_taken_replaced_full():
@@ -27,15 +36,43 @@ def test_claim_taken_replaced_full():
 
 def test_token_is_stored_hashed():
     claim("a", token="secret-token")
-    assert "secret-token" not in Peer.objects.get(pk="a").token_hash
+    assert "secret-token" not in Peer.objects.get(peer_id="a").token_hash
+
+
+def test_ids_are_unique_per_key_and_so_is_the_limit():
+    assert claim("stage", key="theatre").outcome == registry.CLAIMED
+    assert claim("stage", key="school", token="other", connection_id="c2").outcome == registry.CLAIMED
+    assert claim("stage", key="school", token="third", connection_id="c3").outcome == registry.TAKEN
+    assert claim("more", key="theatre", connection_id="c4", limit=1).outcome == registry.FULL
+    assert claim("more", key="cinema", connection_id="c5", limit=1).outcome == registry.CLAIMED
+    assert registry.connected_ids("school") == ["stage"]
 
 
 def test_release_only_removes_its_own_registration():
     claim("a", connection_id="old")
     claim("a", connection_id="new")
-    assert registry.release("a", "old") is False
-    assert Peer.objects.filter(pk="a", connection="new").exists()
-    assert registry.release("a", "new") is True
+    assert registry.release("peerjs", "a", "old") is False
+    assert Peer.objects.filter(peer_id="a", connection="new").exists()
+    assert registry.release("peerjs", "a", "new") is True
+
+
+def test_concurrent_claims_for_the_last_place_have_one_winner():
+    claim("first", limit=2)
+    outcomes = []
+    barrier = threading.Barrier(6)
+
+    def racer(n):
+        barrier.wait()
+        outcomes.append(claim(f"new{n}", token=f"t{n}", connection_id=f"c{n}", limit=2).outcome)
+        connection.close()
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [registry.CLAIMED] + [registry.FULL] * 5
+    assert Peer.objects.count() == 2
 
 
 def test_concurrent_claims_of_one_id_have_one_winner():
@@ -55,26 +92,47 @@ def test_concurrent_claims_of_one_id_have_one_winner():
     assert sorted(outcomes) == [registry.CLAIMED] + [registry.TAKEN] * 3
 
 
-def test_queue_is_taken_once_oldest_first():
+def test_queue_is_taken_once_oldest_first_per_key():
     for n in range(3):
-        assert registry.enqueue("b", "a", f"frame{n}", 5000, 10, 10_000)
-    assert [frame for frame, _src, _kind in registry.take_queued("b")] == ["frame0", "frame1", "frame2"]
-    assert registry.take_queued("b") == []
+        assert enqueue("b", "a", f"frame{n}")
+    assert enqueue("b", "a", "other app's", key="other")
+    assert [frame for frame, _src, _kind in registry.take_queued("peerjs", "b")] == ["frame0", "frame1", "frame2"]
+    assert registry.take_queued("peerjs", "b") == []
+    assert [frame for frame, _src, _kind in registry.take_queued("other", "b")] == ["other app's"]
 
 
-def test_queue_caps_count_and_bytes():
-    assert registry.enqueue("b", "a", "x" * 60, 5000, 2, 100)
-    assert not registry.enqueue("b", "a", "y" * 60, 5000, 2, 100)  # bytes
-    assert registry.enqueue("b", "a", "z", 5000, 2, 100)
-    assert not registry.enqueue("b", "a", "w", 5000, 2, 100)  # count
+def test_queue_caps_count_and_bytes_per_destination():
+    limits = registry.Limits(5000, per_peer_messages=2, per_peer_bytes=100, total_messages=1000, total_bytes=100_000)
+    assert enqueue("b", "a", "x" * 60, limits)
+    assert not enqueue("b", "a", "y" * 60, limits)  # bytes
+    assert enqueue("b", "a", "z", limits)
+    assert not enqueue("b", "a", "w", limits)  # count
+    assert enqueue("c", "a", "w", limits)  # another destination has room
+
+
+def test_queue_caps_what_it_holds_in_all():
+    limits = registry.Limits(5000, per_peer_messages=100, per_peer_bytes=100_000, total_messages=3, total_bytes=100)
+    entries = [registry.Entry("peerjs", f"d{n}", "a", "f" * 10) for n in range(5)]
+    refused, _ = registry.enqueue(entries, limits)
+    assert refused == [3, 4]
+    refused, _ = registry.enqueue([registry.Entry("peerjs", "big", "a", "f" * 95)], limits)
+    assert refused == [0]
+
+
+def test_enqueue_names_destinations_that_are_registered_after_all():
+    claim("here", worker="w7")
+    _refused, registered = registry.enqueue(
+        [registry.Entry("peerjs", "here", "a", "1"), registry.Entry("peerjs", "away", "a", "2")], LIMITS
+    )
+    assert list(registered) == [("peerjs", "here", "w7")]
 
 
 def test_expiry_reports_each_pair_once_and_takes_its_whole_queue():
-    registry.enqueue("b", "a", "1", 5000, 10, 10_000)
-    registry.enqueue("b", "a", "2", 5000, 10, 10_000)
-    registry.enqueue("b", "c", "3", 60_000, 10, 10_000)
+    enqueue("b", "a", "1")
+    enqueue("b", "a", "2")
+    enqueue("b", "c", "3", registry.Limits(60_000, 10, 10_000, 1000, 100_000))
     QueuedMessage.objects.filter(frame="1").update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
-    assert registry.take_expired() == [("a", "b")]
+    assert registry.take_expired() == [("peerjs", "a", "b")]
     assert registry.take_expired() == []
     assert list(QueuedMessage.objects.values_list("frame", flat=True)) == ["3"]
 

@@ -32,7 +32,7 @@ def operator_disconnects(server, peer_id):
     admin = AdminSession(server)
     admin.login(create_superuser(server, PASSWORD), PASSWORD)
     assert admin.logged_in
-    answer = admin.post("/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [peer_id]})
+    answer = admin.post("/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [server.database.peer_row(peer_id)]})
     assert "Asked to disconnect 1 peer" in answer.body
 
 

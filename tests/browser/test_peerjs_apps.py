@@ -229,7 +229,7 @@ def test_an_operator_disconnect_leaves_the_peers_connections_alone(machines, top
     create_superuser(topology.a, "sm", "stage-manager-pw")
     operator = AdminSession(topology.a, "sm", "stage-manager-pw")
     signaling_in_flight(tx, tx_id, rx)
-    operator.post("/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [rx_id]})
+    operator.post("/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [topology.database.peer_row(rx_id)]})
     rx.wait_for_function("() => record.peers.rx.disconnected")
     assert_chatter_both_ways(tx, "out", rx, rx_key)
     # What was on its way to rx when it went is answered with EXPIRE.

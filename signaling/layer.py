@@ -1,0 +1,462 @@
+"""A Redis channel layer for the workers' inboxes: batched, acknowledged, never silent.
+
+Behind Channels' channel-layer interface (``send``, ``receive``,
+``new_channel``, ``flush``), configured in ``CHANNEL_LAYERS`` like any other
+layer, with two additions the hot path uses:
+
+``send_nowait(channel, message)``
+    joins the batch for ``channel`` and returns at once. Everything sent
+    to one channel within an event-loop iteration (and while the previous
+    round trip is on its way) travels in one ``SPUBLISH``; every channel's
+    batch of one flush goes in one pipeline, one round trip. Nothing waits
+    for it and no lock is held across it.
+``receive_many(channel)``
+    every message waiting for ``channel``, at least one.
+
+Why sharded pub/sub, and how nothing is lost silently: a pub/sub message
+costs Redis one ``SPUBLISH`` and no storage, and its reply counts the
+subscribers that took it (sharded pub/sub keeps a channel on its slot's
+shard, so the count is exact in a Redis Cluster too): 0 means nobody holds
+that inbox, and the sender hears of it at once. What a subscriber took and
+then lost (its process was SIGKILLed, Redis restarted, or Redis dropped a
+subscriber that read too slowly, with whatever it had buffered) is caught by
+acknowledgements: the receiving process acknowledges each batch once the
+application has asked for the next messages (so it has handled these), and
+a batch not acknowledged within ``ack_timeout`` is reported undelivered. A
+batch that arrives later than that is dropped unread, so a message is never
+both reported undelivered and delivered (as far as the two machines' clocks
+agree). Undelivered messages of ``send_nowait`` go to ``on_undelivered``;
+``send`` raises instead.
+
+Streams (``XADD``/``XREADGROUP``/``XACK``) were measured too: about twice
+the CPU per message of pub/sub when batched, and they keep messages only as
+long as Redis does, so a Redis restart needs the same acknowledgements
+anyway. README "Performance" has the figures.
+
+No groups: the workers address each other's inboxes directly.
+"""
+import asyncio
+import collections
+import itertools
+import logging
+import secrets
+import time
+import weakref
+from urllib.parse import urlsplit
+
+import msgpack
+import redis.asyncio
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+logger = logging.getLogger(__name__)
+
+
+class NotDelivered(Exception):
+    """``send`` could not hand the message to any subscriber of the channel."""
+
+
+class RedisBatchLayer(BaseChannelLayer):
+    extensions = []
+
+    def __init__(
+        self,
+        url="redis://localhost:6379/0",
+        cluster=False,
+        capacity=10000,
+        ack_timeout=5.0,
+        max_connections=1000,
+        expiry=60,
+        **kwargs,
+    ):
+        super().__init__(expiry=expiry, capacity=capacity, **kwargs)
+        self.url = url
+        self.cluster = cluster
+        self.ack_timeout = ack_timeout
+        self.max_connections = max_connections
+        # Called with (channel, messages, reason) for send_nowait messages
+        # that did not arrive; the application decides what their senders hear.
+        self.on_undelivered = None
+        # Called with (seconds, count) for each batch received: how long its
+        # messages spent between the two processes.
+        self.on_arrival = None
+        self.stats = collections.Counter()
+        self._links = weakref.WeakKeyDictionary()  # event loop -> _Link
+
+    # Channels' interface.
+
+    async def send(self, channel, message):
+        """Send ``message``; return once Redis handed it to a subscriber of ``channel``."""
+        self._check(channel, message)
+        link = await self._link()
+        future = link.loop.create_future()
+        link.put(channel, message, future)
+        await future
+
+    def send_nowait(self, channel, message):
+        """Send ``message`` with the next batch; raise ChannelFull if ``channel`` has too many in flight.
+
+        Needs this process to be receiving already (acknowledgements arrive
+        beside its first channel).
+        """
+        self._check(channel, message)
+        link = self._links.get(asyncio.get_running_loop())
+        if link is None or link.reply is None:
+            raise RuntimeError("send_nowait needs a receive() on this event loop first")
+        link.put(channel, message, None)
+
+    async def listen(self, channel):
+        """Subscribe to ``channel``; returns once what is sent to it reaches this process."""
+        link = await self._link()
+        await link.listen(channel)
+
+    async def receive(self, channel):
+        link = await self._link()
+        return await link.receive(channel, many=False)
+
+    async def receive_many(self, channel):
+        link = await self._link()
+        return await link.receive(channel, many=True)
+
+    async def new_channel(self, prefix="specific"):
+        return f"{prefix}.{secrets.token_hex(6)}"
+
+    async def flush(self):
+        link = self._links.pop(asyncio.get_running_loop(), None)
+        if link is not None:
+            await link.close()
+
+    close = flush
+
+    # Inside.
+
+    def _check(self, channel, message):
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "channel name not valid"
+
+    async def _link(self):
+        loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is None:
+            link = self._links[loop] = _Link(self, loop)
+        await link.ready()
+        return link
+
+    def client_for(self, host=None, port=None, blocking=False):
+        """A Redis client: of the configured URL, or of one cluster node.
+
+        A subscriber blocks on its read for as long as it is quiet, so it has
+        no read timeout (redis-py's would cut an idle worker off); a publisher
+        does, so a Redis that stops answering fails its round trip.
+        """
+        options = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": None if blocking else 10,
+            "health_check_interval": 30 if blocking else 0,
+            "max_connections": self.max_connections,
+            # A pooled connection that a Redis restart closed fails its next
+            # command: reconnect and send it again, promptly.
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        }
+        if host is None:
+            return redis.asyncio.Redis.from_url(self.url, **options)
+        parts = urlsplit(self.url)
+        return redis.asyncio.Redis(
+            host=host, port=port, username=parts.username, password=parts.password, **options
+        )
+
+
+class _Inbox:
+    """Messages received for one channel, waiting for the application."""
+
+    def __init__(self, loop):
+        self.items = collections.deque()  # (message, ack or None); ack on a batch's last message
+        self.waiter = None
+        self.subscribed = loop.create_future()
+        self.handed = []  # acks of batches handed out by the last receive
+
+
+class _Link:
+    """One event loop's connections, batches and acknowledgements."""
+
+    def __init__(self, layer, loop):
+        self.layer = layer
+        self.loop = loop
+        self.publisher = None
+        self.reply = None  # where acknowledgements for this process arrive
+        self.outgoing = {}  # (channel, tracked) -> [(message, future)]
+        self.acks_out = collections.defaultdict(list)  # reply channel -> batch ids
+        self.flushing = None
+        self.pending = {}  # batch id -> (channel, messages, timer)
+        self.in_flight = collections.Counter()  # channel -> messages not yet acknowledged
+        self.batch_ids = itertools.count()
+        self.inboxes = {}  # channel -> _Inbox
+        self.readers = {}  # (host, port) -> (task, channels)
+        self._ready = None
+
+    async def ready(self):
+        if self._ready is None:
+            self._ready = self.loop.create_task(self._connect())
+        await asyncio.shield(self._ready)
+
+    async def _connect(self):
+        if self.layer.cluster:
+            self.publisher = RedisCluster.from_url(
+                self.layer.url, socket_connect_timeout=5, socket_timeout=10,
+                max_connections=self.layer.max_connections,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            )
+            await self.publisher.initialize()
+        else:
+            self.publisher = self.layer.client_for()
+
+    # Sending.
+
+    def put(self, channel, message, future):
+        tracked = future is None
+        batch = self.outgoing.setdefault((channel, tracked), [])
+        if tracked and self.in_flight[channel] + len(batch) >= self.layer.capacity:
+            self.layer.stats["full"] += 1
+            raise ChannelFull(channel)
+        batch.append((message, future))
+        self._kick()
+
+    def _kick(self):
+        if self.flushing is None:
+            self.flushing = self.loop.create_task(self._flush())
+
+    async def _flush(self):
+        """Publish what accumulated, round trip after round trip, until nothing is left."""
+        try:
+            while self.outgoing or self.acks_out:
+                outgoing, self.outgoing = self.outgoing, {}
+                acks, self.acks_out = self.acks_out, collections.defaultdict(list)
+                await self._publish(outgoing, acks)
+        finally:
+            self.flushing = None
+
+    async def _publish(self, outgoing, acks):
+        now = time.time()
+        commands = []  # (channel, payload, what to do on failure)
+        for (channel, tracked), entries in outgoing.items():
+            messages = [message for message, _future in entries]
+            if tracked:
+                batch_id = next(self.batch_ids)
+                payload = {"m": messages, "t": now, "s": self.reply, "b": batch_id}
+                timer = self.loop.call_later(self.layer.ack_timeout, self._timed_out, batch_id)
+                self.pending[batch_id] = (channel, messages, timer)
+                self.in_flight[channel] += len(messages)
+                commands.append((_redis_name(channel), payload, batch_id))
+            else:
+                commands.append((_redis_name(channel), {"m": messages, "t": now}, [future for _m, future in entries]))
+        for reply, batch_ids in acks.items():
+            commands.append((reply, {"a": batch_ids}, None))
+        try:
+            pipe = self.publisher.pipeline(transaction=False)
+            for redis_channel, payload, _ in commands:
+                pipe.spublish(redis_channel, msgpack.packb(payload))
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # Redis unreachable: nothing of this round trip went out
+            results = [exc] * len(commands)
+        self.layer.stats["round_trips"] += 1
+        for (channel, payload, on_failure), result in zip(commands, results):
+            if isinstance(result, Exception):
+                self._failed(channel, on_failure, f"Redis: {result!r}")
+            elif result == 0:
+                self._failed(channel, on_failure, "nobody receives on it")
+            elif isinstance(on_failure, list):
+                for future in on_failure:
+                    if not future.done():
+                        future.set_result(None)
+
+    def _failed(self, channel, on_failure, reason):
+        if on_failure is None:  # acknowledgements: their batches time out at the sender
+            self.layer.stats["acks_lost"] += 1
+        elif isinstance(on_failure, list):
+            for future in on_failure:
+                if not future.done():
+                    future.set_exception(NotDelivered(f"{channel}: {reason}"))
+        else:
+            self._undelivered(on_failure, reason)
+
+    def _timed_out(self, batch_id):
+        self._undelivered(batch_id, f"not acknowledged within {self.layer.ack_timeout:g} s")
+
+    def _undelivered(self, batch_id, reason):
+        entry = self.pending.pop(batch_id, None)
+        if entry is None:
+            return
+        channel, messages, timer = entry
+        timer.cancel()
+        self.in_flight[channel] -= len(messages)
+        self.layer.stats["undelivered"] += len(messages)
+        if self.layer.on_undelivered is None:
+            logger.warning("%d messages for %s were not delivered: %s", len(messages), channel, reason)
+        else:
+            self.layer.on_undelivered(channel, messages, reason)
+
+    def _acknowledged(self, batch_id):
+        entry = self.pending.pop(batch_id, None)
+        if entry is not None:
+            channel, messages, timer = entry
+            timer.cancel()
+            self.in_flight[channel] -= len(messages)
+
+    # Receiving.
+
+    async def listen(self, channel):
+        channel = _redis_name(channel)
+        inbox = self.inboxes.get(channel)
+        if inbox is None:
+            inbox = self.inboxes[channel] = _Inbox(self.loop)
+            if self.reply is None:
+                # Acknowledgements for what this process sends come beside its
+                # first channel (the same hash slot in a cluster).
+                self.reply = f"{channel}!acks"
+                self.inboxes[self.reply] = _Inbox(self.loop)
+            self._subscribe()
+        await inbox.subscribed
+        await self.inboxes[self.reply].subscribed
+        return inbox
+
+    async def receive(self, channel, many):
+        inbox = await self.listen(channel)
+        # What the last call handed out has been handled: acknowledge it.
+        for reply, batch_id in inbox.handed:
+            self.acks_out[reply].append(batch_id)
+        if inbox.handed:
+            inbox.handed = []
+            self._kick()
+        while not inbox.items:
+            inbox.waiter = self.loop.create_future()
+            try:
+                await inbox.waiter
+            finally:
+                inbox.waiter = None
+        if many:
+            taken = list(inbox.items)
+            inbox.items.clear()
+        else:
+            taken = [inbox.items.popleft()]
+        inbox.handed = [ack for _message, ack in taken if ack is not None]
+        return [message for message, _ack in taken] if many else taken[0][0]
+
+    def _subscribe(self):
+        """(Re)start a reader per Redis node for the channels received on."""
+        by_node = collections.defaultdict(set)
+        for channel in self.inboxes:
+            by_node[self._node(channel)].add(channel)
+        for node in set(self.readers) - set(by_node):
+            self.readers.pop(node)[0].cancel()
+        for node, channels in by_node.items():
+            reader = self.readers.get(node)
+            if reader is not None and reader[1] == channels and not reader[0].done():
+                continue
+            if reader is not None:
+                reader[0].cancel()
+            self.readers[node] = (self.loop.create_task(self._read(node, sorted(channels))), channels)
+
+    def _node(self, channel):
+        if not self.layer.cluster:
+            return (None, None)
+        node = self.publisher.get_node_from_key(channel)
+        return (node.host, node.port)
+
+    async def _read(self, node, channels):
+        """Read the node's messages for ``channels`` as they come; resubscribe after any failure."""
+        backoff = 0.1
+        while True:
+            client = pubsub = None
+            try:
+                client = self.layer.client_for(*node, blocking=True)
+                pubsub = client.pubsub()
+                for channel in channels:  # one by one: a cluster refuses channels of several slots at once
+                    await pubsub.ssubscribe(channel)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind in ("smessage", b"smessage"):
+                        self._arrived(_text(message["channel"]), message["data"])
+                    elif kind in ("ssubscribe", b"ssubscribe"):
+                        inbox = self.inboxes.get(_text(message["channel"]))
+                        if inbox is not None and not inbox.subscribed.done():
+                            inbox.subscribed.set_result(None)
+                        backoff = 0.1
+                    elif kind in ("sunsubscribe", b"sunsubscribe"):
+                        # Redis moved the channel's slot to another shard.
+                        raise ConnectionError(f"{_text(message['channel'])} moved")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.layer.stats["reader_failures"] += 1
+                logger.warning("Redis subscription for %s failed (%r); resubscribing", ", ".join(channels), exc)
+                if self.layer.cluster:
+                    await _quietly(self.publisher.initialize())
+                    if any(self._node(channel) != node for channel in channels):
+                        self.loop.call_soon(self._subscribe)
+                        return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    await _quietly(pubsub.aclose())
+                if client is not None:
+                    await _quietly(client.aclose())
+
+    def _arrived(self, channel, data):
+        payload = msgpack.unpackb(data)
+        for batch_id in payload.get("a", ()):
+            self._acknowledged(batch_id)
+        messages = payload.get("m")
+        if not messages:
+            return
+        inbox = self.inboxes.get(channel)
+        if inbox is None:
+            return
+        age = time.time() - payload["t"]
+        if "b" in payload and age > self.layer.ack_timeout:
+            # Its sender has given up on it (and told whoever it tells): drop it.
+            self.layer.stats["late"] += len(messages)
+            logger.warning("dropped %d messages for %s that arrived %.1f s late", len(messages), channel, age)
+            return
+        if self.layer.on_arrival is not None:
+            self.layer.on_arrival(age, len(messages))
+        ack = (payload["s"], payload["b"]) if "b" in payload else None
+        last = len(messages) - 1
+        inbox.items.extend((message, ack if n == last else None) for n, message in enumerate(messages))
+        if inbox.waiter is not None and not inbox.waiter.done():
+            inbox.waiter.set_result(None)
+
+    async def close(self):
+        for task, _channels in self.readers.values():
+            task.cancel()
+        for task, _channels in self.readers.values():
+            await _quietly(task)
+        if self.flushing is not None:
+            await _quietly(self.flushing)
+        for _channel, _messages, timer in self.pending.values():
+            timer.cancel()
+        if self.publisher is not None:
+            await _quietly(self.publisher.aclose())
+
+
+def _redis_name(channel):
+    """The Redis channel for a Channels channel: braced, so that its hash slot is the
+    whole name's and the process's acknowledgements ("<name>!acks") share it."""
+    return "{" + channel + "}"
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _quietly(awaitable):
+    try:
+        await awaitable
+    except (Exception, asyncio.CancelledError):
+        pass

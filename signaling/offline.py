@@ -1,0 +1,105 @@
+"""Frames for peers that are not connected: into the database's queue, in batches.
+
+A peer that bursts thousands of frames at an offline id must not cost the
+database a round trip each, nor hold the registry's threads while other
+sockets wait to open. So a frame for an offline peer is only appended here;
+one writer per worker takes everything that piled up since its last trip
+and queues it in one transaction, round trip after round trip.
+
+What a sender may have queued is capped twice. In memory, per sender: what
+it queued within the last ``expire_timeout`` (nothing it queued can be
+older), refused without touching the database. In the database, per
+destination and in all, so that a dozen senders fit one briefly offline
+receiver but no client can grow the database without bound. A refused frame
+earns its sender one EXPIRE per destination.
+"""
+import asyncio
+import collections
+import logging
+
+from signaling import protocol, registry
+from signaling.db import DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class OfflineQueue:
+    def __init__(self, hub):
+        self.hub = hub
+        o = hub.options
+        self.limits = registry.Limits(
+            expire_ms=o.expire_timeout,
+            per_peer_messages=o.queue_max_messages,
+            per_peer_bytes=o.queue_max_bytes,
+            total_messages=o.queue_total_max_messages,
+            total_bytes=o.queue_total_max_bytes,
+        )
+        self.pending = []  # registry.Entry, in the order sent
+        self.writer = None
+        self.by_sender = {}  # (key, src) -> deque of (loop time, bytes) queued within expire_timeout
+        self.refused = set()  # (key, src, dst) refused since the last EXPIREs went out
+
+    def put(self, key, src, dst, kind, frame):
+        """Queue ``frame`` for the offline peer ``dst``; LEAVE and EXPIRE for one mean nothing."""
+        if kind not in protocol.QUEUED:
+            return
+        if not self._sender_may(key, src, len(frame)):
+            self.hub.stats["queue_full"] += 1
+            self._refuse(key, src, dst)
+            return
+        self.pending.append(registry.Entry(key, dst, src, frame))
+        if self.writer is None:
+            self.writer = self.hub.spawn(self._write())
+
+    def _sender_may(self, key, src, size):
+        o = self.hub.options
+        now = self.hub.loop.time()
+        window = self.by_sender.get((key, src))
+        if window is None:
+            window = self.by_sender[key, src] = collections.deque()
+        cutoff = now - o.expire_timeout / 1000
+        while window and window[0][0] < cutoff:
+            window.popleft()
+        if len(window) >= o.queue_sender_max_messages or sum(n for _t, n in window) + size > o.queue_sender_max_bytes:
+            return False
+        window.append((now, size))
+        return True
+
+    def _refuse(self, key, src, dst):
+        if not self.refused:
+            self.hub.loop.call_soon(self._tell_refused)
+        self.refused.add((key, src, dst))
+
+    def _tell_refused(self):
+        refused, self.refused = self.refused, set()
+        if len(refused) > 0:
+            logger.warning("queue full: refused frames for %d destination(s), senders told EXPIRE", len(refused))
+        for key, src, dst in refused:
+            self.hub.tell_expire(key, dst, src)
+
+    async def _write(self):
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    refused, registered = await self.hub.db(registry.enqueue, batch, self.limits)
+                except DatabaseUnavailable:
+                    refused, registered = range(len(batch)), []
+                self.hub.stats["frames_queued"] += len(batch) - len(refused)
+                if refused:
+                    self.hub.stats["queue_full"] += len(refused)
+                for index in refused:
+                    entry = batch[index]
+                    self._refuse(entry.key, entry.src, entry.dst)
+                # Destinations that connected while their frames were on the
+                # way in: whoever holds them takes the queue again.
+                for key, dst, worker in set(registered):
+                    self.hub.drain_at(worker, key, dst)
+        finally:
+            self.writer = None
+
+    def forget_idle_senders(self):
+        """Drop the windows of senders that queued nothing lately (called by the expiry sweep)."""
+        cutoff = self.hub.loop.time() - self.hub.options.expire_timeout / 1000
+        for sender in [s for s, window in self.by_sender.items() if not window or window[-1][0] < cutoff]:
+            del self.by_sender[sender]

@@ -1,0 +1,209 @@
+"""What keeps a worker's hub in step with the cluster, acting on it from outside.
+
+Every worker runs these; the database makes sure each job is done once.
+
+- **Beat and reaping.** A worker writes a beat every ``worker_beat``. A
+  worker that stayed silent for ``worker_timeout`` is presumed dead and its
+  peers' rows are reaped, so their ids come free. Liveness a shared outage
+  cannot fake: a worker reaps others only once its own beats have succeeded
+  without a gap for longer than ``worker_timeout``. When the database was
+  away for everyone, every worker's beats failed alike, and by the time any
+  of them may reap again every live worker has beaten again: nobody is
+  reaped, no socket is closed. A worker that really died meanwhile is reaped
+  ``worker_timeout`` (plus a beat) after the database came back.
+- **Expiry**: queued frames past their time, and frames for impossible ids,
+  end as one EXPIRE per sender and destination.
+- **Liveness**: sockets silent for ``alive_timeout`` are closed, and so are
+  sockets whose client stopped reading what it is sent.
+- **Directory**: where every peer of the cluster is, re-read from the
+  registry now and then in case an announcement was lost.
+- **Drain**: on SIGTERM every socket is closed with 1001 and the worker's
+  rows are removed before the ASGI server stops.
+"""
+import asyncio
+import logging
+import os
+import signal
+import threading
+import weakref
+
+from signaling import codes, registry
+from signaling.db import DatabaseUnavailable
+from signaling.hub import get_hub
+
+logger = logging.getLogger(__name__)
+
+DIRECTORY_REFRESH = 30.0  # seconds between re-reads of where every peer is
+
+
+class Services:
+    def __init__(self, hub):
+        self.hub = hub
+        self.tasks = []
+        self.beats_ok_since = None  # loop time since which every beat succeeded
+        self.beaten = False
+
+    async def start(self):
+        """Listen for other workers, announce this one, and start the periodic jobs."""
+        hub = self.hub
+        if hub.transport is not None:
+            await hub.transport.start()
+        await self.beat()
+        try:
+            await self.refresh_directory()
+        except DatabaseUnavailable:
+            pass  # the next refresh fills it; until then frames take the registry's way
+        o = hub.options
+        self.tasks = [
+            hub.loop.create_task(self._every(o.worker_beat / 1000, self.beat)),
+            hub.loop.create_task(self._every(o.cleanup_out_msgs / 1000, self.expire)),
+            hub.loop.create_task(self._every(min(o.alive_timeout / 4, 5000) / 1000, self.check_liveness)),
+            hub.loop.create_task(self._every(DIRECTORY_REFRESH, self.refresh_directory)),
+        ]
+        self._drain_on_sigterm()
+        logger.info("worker %s started", hub.name)
+
+    async def _every(self, seconds, job):
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except DatabaseUnavailable:
+                pass  # logged once per outage by the database link
+            except Exception:
+                logger.exception("worker %s: %s failed; will retry", self.hub.name, job.__name__)
+
+    # Beat and reaping.
+
+    async def beat(self):
+        """Tell the cluster this worker lives; reap workers that do not."""
+        hub, o = self.hub, self.hub.options
+        try:
+            existed = await hub.db_aside(registry.worker_beat, hub.name, hub.host, hub.pid, hub.started_at)
+        except DatabaseUnavailable:
+            self.beats_ok_since = None
+            return
+        now = hub.loop.time()
+        if self.beats_ok_since is None:
+            self.beats_ok_since = now
+        if self.beaten and not existed:
+            # Another worker reaped us: it could, so the database was there
+            # for it and not for us, long enough to take us for dead. Our
+            # rows are gone and others may hand out our peers' ids.
+            logger.error("worker %s was reaped while alive; closing its sockets so they reconnect", hub.name)
+            for connection in list(hub.connections.values()):
+                hub.spawn(connection.drop(codes.WORKER_LOST, "Worker lost its registrations"))
+        self.beaten = True
+        if hub.unreleased:
+            unreleased, hub.unreleased = hub.unreleased, set()
+            await hub.db(registry.release_connections, [connection for _k, _p, connection in unreleased])
+        hub.workers = set(await hub.db(registry.live_workers, o.worker_timeout)) - {hub.name}
+        if now - self.beats_ok_since > o.worker_timeout / 1000:
+            dead, freed = await hub.db(registry.reap, o.worker_timeout)
+            if dead or freed:
+                hub.stats["workers_reaped"] += len(dead)
+                logger.warning("reaped workers %s and %d peer rows", dead, freed)
+                hub.directory = {peer: w for peer, w in hub.directory.items() if w not in dead}
+        cutoff = hub.loop.time() - o.worker_beat / 1000
+        active = [c.connection_id for c in hub.local.values() if c.last_frame >= cutoff]
+        if active:
+            await hub.db(registry.touch, active)
+
+    async def refresh_directory(self):
+        hub = self.hub
+        if hub.transport is None:
+            return
+        rows = await hub.db(registry.locations)
+        hub.directory = {
+            (key, peer_id): worker for key, peer_id, worker in rows
+            if worker != hub.name and (key, peer_id) not in hub.local
+        }
+
+    # Expiry and liveness.
+
+    async def expire(self):
+        """Drop queued messages past their time; tell each sender once."""
+        hub = self.hub
+        hub.expire_unknown()
+        hub.offline.forget_idle_senders()
+        for key, src, dst in await hub.db(registry.take_expired):
+            hub.stats["frames_expired"] += 1
+            hub.tell_expire(key, dst, src)
+
+    async def check_liveness(self):
+        """Close sockets silent for alive_timeout, and those whose client does not read."""
+        hub, o = self.hub, self.hub.options
+        now = hub.loop.time()
+        silent = now - o.alive_timeout / 1000
+        stuck = now - o.write_timeout / 1000
+        for connection in list(hub.connections.values()):
+            if connection.last_frame < silent:
+                hub.stats["timed_out"] += 1
+                hub.spawn(connection.drop(codes.TIMEOUT, "No sign of life within alive_timeout"))
+            elif connection.stalled_since() < stuck:
+                hub.stats["slow_consumers"] += 1
+                hub.spawn(connection.drop(codes.TOO_SLOW, "Too slow: the client does not read"))
+
+    # Drain.
+
+    def _drain_on_sigterm(self):
+        """On SIGTERM, close every socket and free this worker's rows, then let the server stop.
+
+        The handler is chained in front of the ASGI server's own (daphne's
+        reactor, uvicorn's), which runs once the drain is done.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        loop = self.hub.loop
+
+        def on_sigterm(signum, frame):
+            signal.signal(signal.SIGTERM, previous)  # a second SIGTERM stops at once
+            loop.call_soon_threadsafe(loop.create_task, self._stop_then(previous, signum, frame))
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    async def _stop_then(self, previous, signum, frame):
+        try:
+            await asyncio.wait_for(self.stop(), timeout=10)
+        except Exception:
+            logger.exception("worker %s did not drain cleanly", self.hub.name)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def stop(self):
+        """Close every socket with 1001 and remove this worker's rows at once."""
+        hub = self.hub
+        hub.stopping = True
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(
+            *(connection.drop(codes.GOING_AWAY, "Server shutting down") for connection in list(hub.connections.values()))
+        )
+        try:
+            await hub.db(registry.worker_gone, hub.name)
+        except DatabaseUnavailable:
+            logger.error("worker %s could not remove its rows; they are reaped after the worker timeout", hub.name)
+        if hub.transport is not None:
+            hub.transport.stop()
+        logger.info(
+            "worker %s stopped: %d sockets closed, registrations removed; counts %s",
+            hub.name, hub.stats["drained"], dict(hub.stats),
+        )
+
+
+_started = weakref.WeakKeyDictionary()  # hub -> the task that started its services
+
+
+async def running_hub():
+    """This worker's hub, its services started on first use (at lifespan start-up, or the first socket under daphne)."""
+    hub = get_hub()
+    started = _started.get(hub)
+    if started is None:
+        started = _started[hub] = hub.loop.create_task(Services(hub).start())
+    await asyncio.shield(started)
+    return hub
