@@ -1,6 +1,7 @@
 """The signaling socket: turns WebSocket events into protocol and hub calls."""
 import asyncio
 import logging
+import time
 import urllib.parse
 
 from channels.consumer import get_handler_name
@@ -8,7 +9,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from signaling import hub as hubs
-from signaling import protocol, registry
+from signaling import metrics, protocol, registry
 from signaling.conf import options
 from signaling.http import client_address
 
@@ -42,6 +43,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
+        started = time.perf_counter()  # for metrics.OPEN_LATENCY
         self.options = options()
         self.hub = hubs.get_hub()
         self.connection_id = self.hub.new_connection_id()
@@ -53,12 +55,14 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.throttled_since = None
 
         if not self.options.origin_allowed(_header(self.scope, b"origin")):
+            self.hub.stats["sockets_opened:refused"] += 1
             await self.close()  # before accept: the client gets HTTP 403
             return
         await self.accept()
         try:
             request = protocol.check_connect(_query(self.scope), self.options)
         except protocol.ProtocolError as exc:
+            self.hub.stats["sockets_opened:error"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
             return
         self.peer_id = request.peer_id
@@ -70,12 +74,16 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.close_with(hubs.CLOSE_GOING_AWAY)
         elif outcome == registry.TAKEN:
             self.peer_id = None
+            self.hub.stats["sockets_opened:taken"] += 1
             await self.refuse(protocol.ID_TAKEN_FRAME)
         elif outcome == registry.FULL:
             self.peer_id = None
+            self.hub.stats["sockets_opened:full"] += 1
             await self.refuse(protocol.error_frame(protocol.MSG_LIMIT))
         else:
+            self.hub.stats["sockets_opened:open"] += 1
             await self.send(text_data=protocol.OPEN_FRAME)
+            metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             await self.hub.open(self)
 
     async def refuse(self, frame):
@@ -129,7 +137,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if self.throttled_since is None:
             self.throttled_since = now
         elif now - self.throttled_since > o.flood_cutoff / 1000:
-            self.hub.stats["flooded"] += 1
+            self.hub.stats["floods"] += 1
             await self.send(text_data=protocol.error_frame("Too many messages: slow down"))
             await self.drop(hubs.CLOSE_POLICY, "Flood")
             return False

@@ -214,7 +214,7 @@ class Hub:
         dst = action.dst
         connection = self.local.get(dst)
         if connection is not None:
-            self.stats["relayed_local"] += 1
+            self.stats["frames_relayed:same_worker"] += 1
             await connection.deliver(action.frame, src, action.kind)
             return
         route = self.routes.get(dst)
@@ -251,7 +251,7 @@ class Hub:
         """Hand a frame to the worker that holds ``dst``; it delivers, queues or answers."""
         message = {"type": "peerjs.relay", "src": src, "dst": dst, "kind": kind, "frame": frame, "hops": hops + 1}
         if await self._send_to_worker(worker, message):
-            self.stats["relayed_remote"] += 1
+            self.stats["frames_relayed:other_worker"] += 1
         else:
             self.routes.pop(dst, None)
             await self.tell_expire(dst, src)
@@ -304,7 +304,7 @@ class Hub:
             logger.warning("queue for %r is full; refused a %s from %r", dst, kind, src)
             await self.tell_expire(dst, src)
             return
-        self.stats["queued"] += 1
+        self.stats["frames_queued"] += 1
         # The destination may have connected (and drained its queue) while
         # this frame was on its way into the queue: have its worker drain again.
         where = await _db(registry.locate)(dst, self.options.worker_timeout)
@@ -347,7 +347,7 @@ class Hub:
             return False
         except Exception as exc:
             # Redis down or unreachable: the caller answers the sender.
-            self.stats["layer_send_failed"] += 1
+            self.stats["redis_errors"] += 1
             logger.warning("could not send %s to worker %s: %r", message["type"], worker, exc)
             return False
         return True
@@ -360,7 +360,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.stats["layer_receive_failed"] += 1
+                self.stats["redis_errors"] += 1
                 logger.exception("worker %s cannot read its inbox; retrying", self.name)
                 await asyncio.sleep(1)
                 continue
@@ -437,7 +437,7 @@ class Hub:
                 await connection.drop(CLOSE_WORKER_LOST, "Worker lost its registrations")
         dead, freed = await _db(registry.reap)(self.options.worker_timeout)
         if dead or freed:
-            self.stats["reaped_peers"] += freed
+            self.stats["workers_reaped"] += len(dead)
             logger.warning("reaped workers %s and %d peer rows", dead, freed)
         for worker in dead:
             await self._adopt_inbox(worker)
@@ -452,10 +452,10 @@ class Hub:
         for key in [key for key, (at, _frame) in self.unknown.items() if at <= now]:
             src, about = key
             _at, frame = self.unknown.pop(key)
-            self.stats["expired"] += 1
+            self.stats["expire_sent"] += 1
             await self.deliver_elsewhere(about, src, protocol.EXPIRE, frame, 0)
         for src, dst in await _db(registry.take_expired)():
-            self.stats["expired"] += 1
+            self.stats["expire_sent"] += 1
             await self.tell_expire(dst, src)
 
     async def check_liveness(self):
