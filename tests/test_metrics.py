@@ -6,8 +6,10 @@ across two sharing a private redis-server. The scraped text is checked by the
 real promtool. Access is checked from the test's own address, which the
 worker is told is not allowed.
 """
+import json
 import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from signaling import metrics
 from tests.client import connect, socket_url, uid
-from tests.servers import Worker, wait_until
+from tests.servers import Worker, free_port, http_get, wait_until
 from tests.test_cluster import Cluster
 
 pytestmark = pytest.mark.db
@@ -287,3 +289,63 @@ def test_behind_the_proxy_the_address_the_proxy_saw_decides(database):
     finally:
         worker.stop()
 
+
+
+# --- a real Prometheus ---------------------------------------------------------------
+
+
+@pytest.fixture
+def prometheus_for(tmp_path):
+    """Start Debian's prometheus scraping ``worker`` every second with ``token``; its API URL."""
+    started = []
+
+    def start(worker, token):
+        (tmp_path / "token").write_text(token)
+        config = {
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [{
+                "job_name": "peerserver",
+                "authorization": {"credentials_file": str(tmp_path / "token")},
+                "static_configs": [{"targets": [f"127.0.0.1:{worker.port}"]}],
+            }],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        log = open(tmp_path / "prometheus.log", "wb")
+        proc = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        started.append((proc, log))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc, log in started:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def query(api, promql):
+    """The values of an instant query, or [] while Prometheus is not up yet."""
+    try:
+        status, _, body = http_get(f"{api}/api/v1/query?query={urllib.parse.quote(promql)}")
+    except OSError:
+        return []
+    if status != 200:
+        return []
+    return [float(result["value"][1]) for result in json.loads(body)["data"]["result"]]
+
+
+async def test_a_real_prometheus_scrapes_a_worker_with_the_token(guarded_worker, prometheus_for):
+    a, b = await connect(guarded_worker), await connect(guarded_worker)
+    await a.relay("OFFER", b.peer_id, "x")
+    await b.expect("OFFER")
+    api = prometheus_for(guarded_worker, TOKEN)
+    # The scrape succeeds (up is 1) and Prometheus read the worker's own counts.
+    wait_until(lambda: query(api, 'up{job="peerserver"}') == [1], 30, "Prometheus to scrape the worker")
+    assert query(api, 'peerjs_sockets_opened_total{outcome="open"}') == [2]
+    assert query(api, 'peerjs_frames_relayed_total{path="same_worker"}') == [1]
+    assert query(api, "peerjs_connected_peers") == [2]
+    assert query(api, "peerjs_open_latency_seconds_count") == [2]
