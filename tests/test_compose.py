@@ -447,6 +447,18 @@ def test_prometheus_config_passes_promtool():
     assert config["rule_files"] == ["alerts.yml"]
 
 
+def test_the_readme_s_scrape_config_is_valid(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    (snippet,) = re.findall(r"A Prometheus elsewhere.*?```yaml\n(.*?)```", readme, re.DOTALL)
+    token = tmp_path / "token"
+    token.write_text("t" * 40)
+    config = yaml.safe_load(snippet)
+    config["scrape_configs"][0]["authorization"]["credentials_file"] = str(token)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_example_alerts_pass_promtool_and_fire_when_they_should():
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
