@@ -349,12 +349,20 @@ else
 fi
 wait_for "$site"
 
+# Each worker's own metrics, for a Prometheus on this machine (the workers
+# allow 127.0.0.1 by default; nginx does not pass /metrics on).
+metrics=
+for ((i = 0; i < WORKERS; i++)); do
+  metrics+="
+  metrics    ${names[i]}  http://127.0.0.1:${worker_ports[i]}/metrics"
+done
+
 cat <<EOF
 
 cluster is up: $site  (PeerJS base /peerjs/myapp, key peerjs)
   nginx      $listening -> ${WORKERS} ${ASGI_SERVER} workers on 127.0.0.1:${worker_ports[0]}..${worker_ports[WORKERS - 1]}
   redis      $REDIS_URL$([ -n "$start_redis" ] || echo ' (external)')
-  database   $DATABASE_URL
+  database   $DATABASE_URL${metrics}
   logs       $RUN_DIR/{worker1..worker$WORKERS,nginx,redis}.log, nginx/logs/access.log
   stop       Ctrl-C, or: kill $$
 EOF

@@ -5,7 +5,9 @@
 #   scripts/setup.sh          server only
 #   scripts/setup.sh --test   also what the tests need (redis-server, chromium,
 #                             nginx, PostgreSQL's server binaries for outage
-#                             tests, Compose v1 to validate docker-compose.yml)
+#                             tests, Compose v1 to validate docker-compose.yml,
+#                             promtool and prometheus to check the metrics and
+#                             the Prometheus config)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,9 @@ if [ "${1:-}" = "--test" ]; then
   # initdb and pg_ctl, for a private server the outage tests may stop.
   compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need_apt+=(postgresql)
   command -v docker-compose >/dev/null || need_apt_bare+=(docker-compose)
+  # promtool, and a Prometheus server the tests start themselves (the
+  # package's service is not started).
+  { command -v promtool && command -v prometheus; } >/dev/null || need_apt_bare+=(prometheus)
 fi
 command -v npm >/dev/null || need_apt+=(npm)
 if [ $((${#need_apt[@]} + ${#need_apt_bare[@]})) -gt 0 ]; then

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from signaling import hub
 from signaling.conf import options
-from signaling.http import client_address
+from signaling.http import request_address
 from signaling.models import Peer, QueuedMessage, Worker
 
 # Down to the second, in the site's zone (named in the column headers).
@@ -39,19 +39,9 @@ def login_client_address(request):
     The same address the signaling server records for a socket, by the same
     rule (signaling.http.client_address, which follows PEERJS_PROXIED): so
     behind our proxy it is the address the proxy saw, and a client cannot
-    earn fresh tries by writing its own X-Forwarded-For. Under an ASGI server
-    the request carries its scope; a WSGI request (Django's test client) gets
-    one built from its META.
+    earn fresh tries by writing its own X-Forwarded-For.
     """
-    scope = getattr(request, "scope", None)
-    if scope is None:
-        remote = request.META.get("REMOTE_ADDR")
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
-        scope = {
-            "client": (remote, 0) if remote else None,
-            "headers": [(b"x-forwarded-for", forwarded.encode("latin-1"))] if forwarded else [],
-        }
-    return client_address(scope, options().proxied)
+    return request_address(request, options().proxied)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

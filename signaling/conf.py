@@ -7,6 +7,7 @@ returned by :func:`options`.
 """
 import dataclasses
 import functools
+import ipaddress
 import re
 
 from django.core.exceptions import ImproperlyConfigured
@@ -85,11 +86,22 @@ SCHEMA = {
     # silent worker's peers are reaped.
     "WORKER_BEAT": ("PEERJS_WORKER_BEAT", 2000, _positive),
     "WORKER_TIMEOUT": ("PEERJS_WORKER_TIMEOUT", 10000, _positive),
+    # Who may read GET /metrics: client addresses or networks (CIDR), by the
+    # rule PROXIED sets (behind our proxy, the address the proxy saw). The
+    # counters tell how busy the server is and how it fails, which is not for
+    # everyone: by default only this machine, where a local Prometheus or
+    # curl asks. Empty: nobody by address (the token alone).
+    "METRICS_ALLOW": ("PEERJS_METRICS_ALLOW", ["127.0.0.1", "::1"], env.string_list),
+    # A bearer token that also opens /metrics (``Authorization: Bearer ...``,
+    # Prometheus' ``authorization`` setting), from any address. Empty: off.
+    "METRICS_TOKEN": ("PEERJS_METRICS_TOKEN", "", env.string),
 }
 
 # The PeerJS client's rule for ids; match it against the whole string (fullmatch).
 ID_RULE = re.compile(r"[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*")
 ID_COLUMN_LENGTH = 255  # Peer.peer_id's max_length
+# A guessable token would make /metrics public: as long as DJANGO_SECRET_KEY must be.
+METRICS_TOKEN_MIN_LENGTH = 32
 
 
 def from_environ(environ=None):
@@ -129,6 +141,8 @@ class Options:
     flood_cutoff: int
     worker_beat: int
     worker_timeout: int
+    metrics_allow: tuple  # of ipaddress networks
+    metrics_token: str
 
     @property
     def any_origin(self):
@@ -141,6 +155,14 @@ class Options:
         the Origin check protects browsers' users, it is not authentication.
         """
         return self.any_origin or not origin or origin in self.cors_origins
+
+    def metrics_address_allowed(self, address):
+        """Whether a client at ``address`` (an IP address string) may read /metrics."""
+        ip = ipaddress.ip_address(address)
+        # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d.
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.metrics_allow)
 
 
 def _validated(raw):
@@ -166,6 +188,21 @@ def _validated(raw):
     except ImportError as exc:
         fail("GENERATE_CLIENT_ID", f"cannot be imported: {exc}")
     values["GENERATE_CLIENT_ID"] = generator
+    networks = []
+    for item in values["METRICS_ALLOW"]:
+        try:
+            # strict=False: 10.1.2.3/8 means the network 10.0.0.0/8.
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            fail("METRICS_ALLOW", f"has {item!r}, which is no IP address or network (e.g. 10.0.0.0/8).")
+    values["METRICS_ALLOW"] = tuple(networks)
+    token = values["METRICS_TOKEN"]
+    if token and (len(token) < METRICS_TOKEN_MIN_LENGTH or token != token.strip()):
+        fail(
+            "METRICS_TOKEN",
+            f"must be at least {METRICS_TOKEN_MIN_LENGTH} characters without surrounding blanks; "
+            "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'.",
+        )
     values["PATH"] = path.rstrip("/")
     values["CORS_ORIGINS"] = tuple(values["CORS_ORIGINS"])
     return Options(**{name.lower(): value for name, value in values.items()})

@@ -3,13 +3,14 @@ import asyncio
 import collections
 import logging
 import math
+import time
 import urllib.parse
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from signaling import codes, protocol, registry
+from signaling import codes, metrics, protocol, registry
 from signaling import hub as hubs
 from signaling.conf import options
 from signaling.http import client_address
@@ -63,6 +64,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self):
+        started = time.perf_counter()  # for metrics.OPEN_LATENCY
         self.hub = await running_hub()
         self.options = options()
         self.connection_id = self.hub.new_connection_id()
@@ -121,6 +123,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             self.peer = (self.key, self.peer_id)
             stats["sockets_opened:open"] += 1
             await self.send(text_data=protocol.OPEN_FRAME)
+            metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             self.hub.open(self)
 
     async def refuse(self, frame):

@@ -8,11 +8,15 @@ answers ``SELECT 1``, Redis answers ``PING`` (only when REDIS_URL is set) and
 the worker is not draining after SIGTERM. It answers 200 or 503 with a JSON
 object naming every part, so a failing probe says what is wrong.
 
+``GET /metrics`` is this worker's metrics for Prometheus (signaling/metrics.py),
+for allowed addresses or a bearer token only.
+
 Every check is bounded by CHECK_TIMEOUT, so a dead or black-holed database
 never hangs the probe. The probes run in :class:`ProbeMiddleware`, first in
 MIDDLEWARE, so that an orchestrator's Host header (a container name, a pod IP)
 and its plain-HTTP request are answered instead of being refused by
-ALLOWED_HOSTS or redirected to HTTPS.
+ALLOWED_HOSTS or redirected to HTTPS; so does Prometheus' scrape, which names
+a worker by its container name or address.
 """
 import asyncio
 import logging
@@ -23,13 +27,14 @@ import redis.asyncio
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connections
-from django.http import JsonResponse
+from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.utils.decorators import async_only_middleware
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from signaling import metrics as worker_metrics
 from signaling.hub import current_hub
 
 logger = logging.getLogger(__name__)
@@ -120,7 +125,19 @@ async def readyz(request):
     return JsonResponse(body, status=200 if ready else 503)
 
 
-PROBES = {"/healthz": healthz, "/readyz": readyz}
+@never_cache
+@require_safe
+async def metrics(request):
+    # Async, so that it runs on the event loop whose hub it reports.
+    if not worker_metrics.allowed(request):
+        return HttpResponseForbidden(
+            "/metrics is for the addresses in PEERJS_METRICS_ALLOW, or with the bearer token PEERJS_METRICS_TOKEN.\n",
+            content_type="text/plain; charset=utf-8",
+        )
+    return HttpResponse(worker_metrics.exposition(current_hub()), content_type=worker_metrics.CONTENT_TYPE)
+
+
+PROBES = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
 
 def refuse_sockets_while_draining(app):
@@ -156,8 +173,9 @@ def ProbeMiddleware(get_response):
 
     Put it first in MIDDLEWARE. Probes come from inside the deployment: a
     Docker health check asks for http://localhost:8000/readyz, Kubernetes
-    sends the pod's IP as Host. Neither is a name the site serves, and with
-    DJANGO_HTTPS on neither speaks HTTPS to the worker.
+    sends the pod's IP as Host, Prometheus asks for http://worker1:8000/metrics.
+    None is a name the site serves, and with DJANGO_HTTPS on none speaks
+    HTTPS to the worker.
     """
 
     async def middleware(request):

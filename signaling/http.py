@@ -24,3 +24,20 @@ def client_address(scope, proxied):
             return _valid_ip(forwarded[-1].decode("latin-1").split(",")[-1])
     client = scope.get("client")
     return _valid_ip(client[0]) if client else None
+
+
+def request_address(request, proxied):
+    """The client's IP address for a Django request, by :func:`client_address`'s rule.
+
+    Under an ASGI server the request carries its scope; a WSGI request
+    (Django's test client) gets one built from its META.
+    """
+    scope = getattr(request, "scope", None)
+    if scope is None:
+        remote = request.META.get("REMOTE_ADDR")
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+        scope = {
+            "client": (remote, 0) if remote else None,
+            "headers": [(b"x-forwarded-for", forwarded.encode("latin-1"))] if forwarded else [],
+        }
+    return client_address(scope, proxied)

@@ -16,6 +16,7 @@ import logging
 
 from channels.exceptions import ChannelFull
 
+from signaling import metrics
 from signaling.layer import NotDelivered
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Transport:
         self.batching = hasattr(layer, "send_nowait")
         if self.batching:
             layer.on_undelivered = self._undelivered
+            layer.on_arrival = metrics.CROSS_WORKER_DELIVERY.observe
         self.task = None
         self._tasks = set()
 

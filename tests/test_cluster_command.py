@@ -278,6 +278,23 @@ def test_pages_and_static_files_answer_through_nginx(cluster):
     assert body == pinned.read_text()
 
 
+def test_script_says_where_each_worker_s_metrics_are(cluster):
+    for n, port in enumerate(cluster.worker_ports, start=1):
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert re.search(rf"metrics +worker{n} +{re.escape(url)}$", cluster.output, re.MULTILINE)
+        # Readable from this machine, as a local Prometheus would scrape it.
+        status, _, body = http_get(url)
+        assert status == 200 and "peerjs_open_sockets" in body
+
+
+def test_nginx_keeps_metrics_from_the_public(cluster):
+    # Through the proxy a scrape would reach some worker, and anyone could read it.
+    for path in ["/metrics", "//metrics", "/metrics?format=text"]:
+        status, _, body = http_get(f"http://127.0.0.1:{cluster.port}{path}")
+        assert status == 404, path
+        assert "peerjs_" not in body
+
+
 def test_every_worker_answers_on_its_own_port(cluster):
     for port in cluster.worker_ports:
         status, body = cluster.http(f"{BASE}/", port=port)

@@ -8,6 +8,7 @@ envsubst steps, and scripts/cluster.sh) and handed to the real nginx for
 `nginx -t`, and the worker entrypoint's switches are run against stand-in
 servers.
 """
+import ipaddress
 import os
 import re
 import shutil
@@ -22,12 +23,13 @@ COMPOSE = ROOT / "docker-compose.yml"
 TEMPLATE = ROOT / "deploy" / "nginx" / "peerserver.conf.template"
 ENTRYPOINT = ROOT / "deploy" / "worker-entrypoint.sh"
 CLUSTER = ROOT / "scripts" / "cluster.sh"
+PROMETHEUS = ROOT / "deploy" / "prometheus"
 TLS_ENVSH = ROOT / "deploy" / "nginx" / "tls.envsh"
 NGINX = "/usr/sbin/nginx"
 # What an operator sets (docker-compose.yml has no default for the key).
 OPERATOR_ENV = {"DJANGO_SECRET_KEY": "operator-chosen-secret-key-3b8e1f0c7a6d4e2b9f5c"}
 
-SERVICES = {"redis", "postgres", "migrate", "worker1", "worker2", "nginx"}
+SERVICES = {"redis", "postgres", "migrate", "worker1", "worker2", "nginx", "prometheus"}
 WORKERS = ["worker1", "worker2"]
 HEALTH = "service_healthy"
 
@@ -374,6 +376,8 @@ def test_rendered_config_passes_nginx_t(tmp_path, certificates, https):
     assert "server 127.0.0.1:8001; server 127.0.0.1:8002;" in conf
     assert "listen 8080;" in conf
     assert f"access_log {prefix}/logs/access.log peerserver;" in conf
+    # Prometheus reads /metrics from each worker; nginx keeps it from the public.
+    assert re.search(r"location = /metrics \{\s*return 404;\s*\}", conf)
     result = subprocess.run(
         [NGINX, "-t", "-e", "stderr", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
         capture_output=True,
@@ -382,6 +386,95 @@ def test_rendered_config_passes_nginx_t(tmp_path, certificates, https):
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+# --- Prometheus ------------------------------------------------------------------------
+
+
+def compose_workers(services):
+    """Every PeerServer worker in the compose file: the image's services that run the server
+    (the migrate job runs a command instead)."""
+    image = services["worker1"]["image"]
+    return sorted(name for name, s in services.items() if s.get("image") == image and "command" not in s)
+
+
+def promtool(*args):
+    assert shutil.which("promtool"), "promtool is missing: ./scripts/setup.sh --test installs it (Debian: prometheus)"
+    return subprocess.run(["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60)
+
+
+def test_prometheus_scrapes_every_worker_directly(services):
+    prometheus = services["prometheus"]
+    # A pinned release, not whatever "latest" is on the day of the pull.
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"])
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    # Each worker by its own name, every one of them, nothing else: through
+    # nginx a scrape would reach some worker at random.
+    assert sorted(targets) == [f"{name}:8000" for name in compose_workers(services)]
+    assert compose_workers(services) == WORKERS
+    for name in WORKERS:
+        assert "8000" in [str(port) for port in services[name]["expose"]]
+
+
+@pytest.mark.parametrize("subnet", [None, "10.77.0.0/16"], ids=["default", "PEERSERVER_SUBNET"])
+def test_workers_let_the_compose_network_read_metrics(compose, services, subnet):
+    from signaling import conf
+
+    operator_env = {**OPERATOR_ENV, **({"PEERSERVER_SUBNET": subnet} if subnet else {})}
+    (pool,) = compose["networks"]["default"]["ipam"]["config"]
+    network = ipaddress.ip_network(interpolate(pool["subnet"], operator_env))
+    assert subnet is None or network == ipaddress.ip_network(subnet)
+    for name in WORKERS:
+        allow = environment(services[name], operator_env)["PEERJS_METRICS_ALLOW"]
+        o = conf._validated(conf.from_environ({"PEERJS_METRICS_ALLOW": allow}))
+        # A container on the network (Prometheus), the worker itself, and no one else.
+        assert o.metrics_address_allowed(str(network[10]))
+        assert o.metrics_address_allowed("127.0.0.1")
+        assert not o.metrics_address_allowed("192.0.2.7")
+
+
+def test_prometheus_config_passes_promtool():
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The example alerts are loaded with it (and checked by the same command).
+    assert "1 rule files found" in result.stdout
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+
+
+def test_the_readme_s_scrape_config_is_valid(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    (snippet,) = re.findall(r"A Prometheus elsewhere.*?```yaml\n(.*?)```", readme, re.DOTALL)
+    token = tmp_path / "token"
+    token.write_text("t" * 40)
+    config = yaml.safe_load(snippet)
+    config["scrape_configs"][0]["authorization"]["credentials_file"] = str(token)
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    result = promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_alerts_pass_promtool_and_fire_when_they_should():
+    result = promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # alerts.test.yml: a worker down for a minute and a worker's database
+    # errors fire their alerts; a healthy worker fires none.
+    result = promtool("test", "rules", "alerts.test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    names = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    assert {"PeerServerWorkerDown", "PeerServerDatabaseErrors", "PeerServerInboxFull", "PeerServerSlowConsumers"} <= names
+    # They select the job prometheus.yml scrapes.
+    job = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"][0]["job_name"]
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for selected in re.findall(r'job="([^"]*)"', rule["expr"]):
+                assert selected == job
 
 
 # --- the image -----------------------------------------------------------------------

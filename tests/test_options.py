@@ -19,6 +19,13 @@ def test_defaults_are_the_references():
     assert o.generate_client_id.__name__ == "uuid4_id"
 
 
+def test_metrics_are_for_this_machine_by_default():
+    o = conf._validated(conf.from_environ({}))
+    assert o.metrics_token == ""
+    assert [o.metrics_address_allowed(a) for a in ["127.0.0.1", "::1", "::ffff:127.0.0.1"]] == [True] * 3
+    assert [o.metrics_address_allowed(a) for a in ["127.0.0.2", "10.0.0.1", "2001:db8::1"]] == [False] * 3
+
+
 def test_every_option_reads_its_environment_variable():
     environ = {
         "PEERJS_KEY": "stage",
@@ -33,12 +40,17 @@ def test_every_option_reads_its_environment_variable():
         "PEERJS_MAX_FRAME_BYTES": "4096",
         "PEERJS_ID_MAX_LENGTH": "40",
         "PEERJS_GENERATE_CLIENT_ID": "signaling.ids.uuid4_id",
+        "PEERJS_METRICS_ALLOW": "10.0.0.0/8, 2001:db8::/32",
+        "PEERJS_METRICS_TOKEN": "a" * 20 + "b" * 20,
     }
     o = conf._validated(conf.from_environ(environ))
     assert (o.key, o.path, o.expire_timeout, o.alive_timeout, o.cleanup_out_msgs) == ("stage", "/signal", 7000, 30000, 500)
     assert (o.concurrent_limit, o.allow_discovery, o.proxied) == (10, True, True)
     assert o.cors_origins == ("http://a.example", "http://b.example")
     assert (o.max_frame_bytes, o.id_max_length) == (4096, 40)
+    assert o.metrics_token == "a" * 20 + "b" * 20
+    assert o.metrics_address_allowed("10.200.3.4") and o.metrics_address_allowed("2001:db8::7")
+    assert not o.metrics_address_allowed("127.0.0.1")  # the list replaces the default
 
 
 @pytest.mark.parametrize(
@@ -49,6 +61,9 @@ def test_every_option_reads_its_environment_variable():
         ("PEERJS_ALLOW_DISCOVERY", "maybe"),
         ("PEERJS_GENERATE_CLIENT_ID", "no.such.generator"),
         ("PEERJS_PATH", "relative"),
+        ("PEERJS_METRICS_ALLOW", "127.0.0.1,localhost"),  # addresses, not names
+        ("PEERJS_METRICS_ALLOW", "10.0.0.0/33"),
+        ("PEERJS_METRICS_TOKEN", "secret"),  # guessable
     ],
 )
 def test_a_bad_value_names_its_variable(variable, value):
