@@ -198,13 +198,21 @@ class Hub:
     # Delivery.
 
     def relay(self, key, src, action):
-        """The hot path: hand a relayed frame to its destination, wherever it is."""
+        """The hot path: hand a peer's frame to its destination, wherever it is."""
+        peer = (key, action.dst)
+        connection = self.local.get(peer)
+        if connection is not None:
+            self.stats["frames_relayed:same_worker"] += 1
+            connection.deliver(action.frame, src, action.kind)
+            return
+        if peer in self.directory:
+            self.stats["frames_relayed:other_worker"] += 1
         self.route(key, src, action.dst, action.kind, action.frame)
 
     def route(self, key, src, dst, kind, frame, hops=0):
+        """Hand a frame (a peer's, or the server's EXPIRE) to ``dst``: here, on its worker, or into the queue."""
         connection = self.local.get((key, dst))
         if connection is not None:
-            self.stats["frames_relayed:same_worker"] += 1
             connection.deliver(frame, src, kind)
             return
         worker = self.directory.get((key, dst))
@@ -237,9 +245,7 @@ class Hub:
             "type": "peerjs.relay", "key": key, "src": src, "dst": dst,
             "kind": kind, "frame": frame, "hops": hops + 1,
         }
-        if self.transport.send(worker, message):
-            self.stats["frames_relayed:other_worker"] += 1
-        elif kind in protocol.QUEUED:
+        if not self.transport.send(worker, message) and kind in protocol.QUEUED:
             self.tell_expire(key, dst, src)
 
     def tell_expire(self, key, about, to):

@@ -182,12 +182,15 @@ async def test_frames_to_another_worker_are_counted_by_the_worker_that_sent_them
     try:
         w1, w2 = cluster.workers
         a, b = await connect(w1), await connect(w2)
-        for n in range(3):
-            await a.relay("CANDIDATE", b.peer_id, n)
-            await b.expect("CANDIDATE")
+        # b first: w2 announced b to w1 before it relayed b's frames, so once a
+        # has one of them, w1 knows where b is (a frame sent at once might
+        # take the registry's way instead, through the queue).
         for n in range(2):
             await b.relay("CANDIDATE", a.peer_id, n)
             await a.expect("CANDIDATE")
+        for n in range(3):
+            await a.relay("CANDIDATE", b.peer_id, n)
+            await b.expect("CANDIDATE")
         # Each worker answers for itself: its own opens, peers and sends.
         common = {
             "opened open": 1, "opened taken": 0, "opened full": 0, "opened error": 0,
