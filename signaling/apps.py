@@ -4,9 +4,11 @@ from django.core.signals import setting_changed
 
 def _forget_options(setting, **kwargs):
     if setting == "PEERJS":
+        from signaling.applications import forget
         from signaling.conf import options
 
         options.cache_clear()
+        forget()  # the default app is made of these options
 
 
 class SignalingConfig(AppConfig):
