@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -98,6 +99,31 @@ class Database:
     def drop(self):
         if self.admin_url:
             self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class SharedTestDatabase:
+    """The test process's own database (pytest-django's), for server processes to share.
+
+    For tests that check in-process what a worker wrote (or the other way
+    round): the worker gets this URL, the test its ORM. pytest-django made
+    and migrated it, and drops it; use it with ``django_db(transaction=True)``
+    so that each side sees what the other committed.
+    """
+
+    def __init__(self, settings_dict):
+        self.tmp = tempfile.mkdtemp(prefix="peerjs-db-")
+        if settings_dict["ENGINE"].endswith("sqlite3"):
+            self.url = f"sqlite:///{settings_dict['NAME']}"
+        else:
+            quote = urllib.parse.quote
+            password = f":{quote(settings_dict['PASSWORD'])}" if settings_dict.get("PASSWORD") else ""
+            self.url = (
+                f"postgres://{quote(settings_dict['USER'])}{password}@{settings_dict['HOST'] or '127.0.0.1'}"
+                f":{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+            )
+
+    def drop(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
