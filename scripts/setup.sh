@@ -5,7 +5,8 @@
 #   scripts/setup.sh          server only
 #   scripts/setup.sh --test   also what the tests need (redis-server, chromium,
 #                             nginx, PostgreSQL's server binaries for outage
-#                             tests, Compose v1 to validate docker-compose.yml)
+#                             tests, Compose v1 to validate docker-compose.yml,
+#                             coturn for the TURN tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,9 @@ if [ "${1:-}" = "--test" ]; then
   # initdb and pg_ctl, for a private server the outage tests may stop.
   compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need_apt+=(postgresql)
   command -v docker-compose >/dev/null || need_apt_bare+=(docker-compose)
+  # turnserver and turnutils_uclient: the TURN tests run a real coturn. The
+  # package enables its service without starting it; the tests start their own.
+  command -v turnserver >/dev/null || need_apt+=(coturn)
 fi
 command -v npm >/dev/null || need_apt+=(npm)
 if [ $((${#need_apt[@]} + ${#need_apt_bare[@]})) -gt 0 ]; then
