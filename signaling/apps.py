@@ -21,3 +21,7 @@ class SignalingConfig(AppConfig):
         # Validate at start-up: a bad option stops the server, naming the variable.
         options()
         setting_changed.connect(_forget_options)
+
+        from signaling import webhooks
+
+        webhooks.connect_receivers()
