@@ -187,7 +187,7 @@ def test_a_backend_that_does_not_answer_never_delays_the_signal(backend):
         for _ in range(3):
             started = time.monotonic()
             connected()
-            assert time.monotonic() - started < 0.05
+            assert time.monotonic() - started < 0.5  # far below the 3 s safety net
         assert not backend.answered.is_set()  # every send returned while the backend sat on the first POST
         assert backend.arrived.wait(5)  # and that POST did go out
         backend.release.set()
@@ -204,7 +204,7 @@ def test_a_full_queue_drops_events_counts_and_logs_them(backend, caplog):
         started = time.monotonic()
         for n in range(4):
             connected(peer_id=f"next{n}")
-        assert time.monotonic() - started < 0.05
+        assert time.monotonic() - started < 0.5
         assert webhook_stats["webhooks_dropped"] == 2  # two waited in the queue, two did not fit
         assert "queue full" in caplog.text
         backend.release.set()
