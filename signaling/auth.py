@@ -18,6 +18,9 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.http.cookie import parse_cookie
 from django.utils.crypto import constant_time_compare
 
+# What a socket (ERROR frame) or request (401) of a "session" app without a logged-in user is told.
+LOGIN_REQUIRED = "Login required"
+
 
 def session_key(scope):
     """The session cookie's value from an ASGI scope's headers, or None."""

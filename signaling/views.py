@@ -6,6 +6,7 @@ from django.views.decorators.http import require_http_methods
 
 from signaling import registry, tokens, turn
 from signaling.applications import get_app
+from signaling.auth import LOGIN_REQUIRED
 from signaling.conf import options
 from signaling.protocol import MSG_INVALID_KEY, check_id
 
@@ -120,17 +121,16 @@ def ice_servers(request, key):
         if problem:
             return _text(problem, status=400)
     if app.requires_token:
-        if not peer_id:
-            response = _text(f"{tokens.TOKEN_REQUIRED}: pass ?id=ID&token=TOKEN", status=401)
-            response["WWW-Authenticate"] = 'Bearer realm="peerjs"'
-            return response
-        problem = tokens.verify(app, peer_id, _bearer(request) or request.GET.get("token", ""))
+        if peer_id:
+            problem = tokens.verify(app, peer_id, _bearer(request) or request.GET.get("token", ""))
+        else:
+            problem = f"{tokens.TOKEN_REQUIRED}: pass ?id=ID&token=TOKEN"
         if problem:
             response = _text(problem, status=401)
             response["WWW-Authenticate"] = 'Bearer realm="peerjs"'
             return response
     elif app.requires_session and not request.user.is_authenticated:
-        return _text("Login required", status=401)
+        return _text(LOGIN_REQUIRED, status=401)
     response = JsonResponse(turn.credentials(app, peer_id))
     # Fresh credentials on every request: no cache may hand them to another client.
     response["Cache-Control"] = "no-store"
