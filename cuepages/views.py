@@ -14,6 +14,7 @@ import io
 
 import segno
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.urls import reverse
@@ -22,8 +23,23 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_safe
 
 from cuepages.csp import content_security_policy
+from signaling.applications import get_app
 from signaling.conf import options
 from signaling.protocol import check_id
+
+
+def ice_servers_url(key):
+    """Where the pages fetch fresh TURN credentials, when the default app hands them out; else None.
+
+    The pages then use CUEPAGES_ICE_SERVERS, as they do when the fetch fails.
+    """
+    try:
+        app = get_app(key)
+    except DatabaseError:
+        return None  # the pages still work on a LAN without STUN/TURN
+    if app is None or not app.has_ice_servers:
+        return None
+    return reverse("peerjs-ice-servers", kwargs={"key": key})
 
 
 def client_config():
@@ -33,6 +49,7 @@ def client_config():
         "path": peerjs.path or "/",
         "key": peerjs.key,
         "iceServers": getattr(settings, "CUEPAGES_ICE_SERVERS", []),
+        "iceServersUrl": ice_servers_url(peerjs.key),
         "idMaxLength": peerjs.id_max_length,
     }
 

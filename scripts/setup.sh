@@ -8,6 +8,7 @@
 #                             tests, Compose v1 to validate docker-compose.yml,
 #                             promtool and prometheus to check the metrics and
 #                             the Prometheus config)
+#                             coturn for the TURN tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,9 @@ if [ "${1:-}" = "--test" ]; then
   # promtool, and a Prometheus server the tests start themselves (the
   # package's service is not started).
   { command -v promtool && command -v prometheus; } >/dev/null || need_apt_bare+=(prometheus)
+  # turnserver and turnutils_uclient: the TURN tests run a real coturn. The
+  # package enables its service without starting it; the tests start their own.
+  command -v turnserver >/dev/null || need_apt+=(coturn)
 fi
 command -v npm >/dev/null || need_apt+=(npm)
 if [ $((${#need_apt[@]} + ${#need_apt_bare[@]})) -gt 0 ]; then

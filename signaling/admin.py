@@ -1,3 +1,4 @@
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, IntegerField, OuterRef, Subquery
@@ -7,7 +8,7 @@ from django.utils import timezone
 from signaling import hub
 from signaling.conf import options
 from signaling.http import request_address
-from signaling.models import Peer, QueuedMessage, Worker
+from signaling.models import App, Peer, QueuedMessage, Worker, new_token_secret
 
 # Down to the second, in the site's zone (named in the column headers).
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -139,3 +140,105 @@ class QueuedMessageAdmin(ReadOnlyAdmin):
     list_display = ["src", "dst", "size", "queued_at", "expires_at"]
     search_fields = ["src", "dst"]
     exclude = ["frame"]  # signaling payloads (SDP, candidates) are the peers' business
+
+
+class WriteOnlySecret(forms.CharField):
+    """A secret the admin never sends back to the browser: blank keeps the current one."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, strip=True, widget=forms.PasswordInput(render_value=False), **kwargs)
+
+
+class AppForm(forms.ModelForm):
+    # The TURN and webhook secrets are typed in once, never shown again: they
+    # are shared with another server (coturn, the webhook's receiver), which
+    # is where an operator looks them up. The token secret, which the app's
+    # backend needs, stays readable (see AppAdmin.readonly_fields).
+    turn_secret = WriteOnlySecret(label="TURN shared secret")
+    webhook_secret = WriteOnlySecret()
+    # A URL typed without a scheme is https (Django 6's default, said now).
+    webhook_url = App._meta.get_field("webhook_url").formfield(assume_scheme="https")
+    rotate_token_secret = forms.BooleanField(
+        required=False,
+        label="Rotate the token secret",
+        help_text="Generate a new token secret on save. Tokens signed with the current one stop "
+        "working at once: give the new one to the app's backend first.",
+    )
+
+    class Meta:
+        model = App
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in ("turn_secret", "webhook_secret"):
+            field = self.fields[name]
+            is_set = bool(getattr(self.instance, name))
+            field.help_text = (
+                ("<b>Set.</b> Type a new one to replace it; leave blank to keep it. " if is_set else "<b>Not set.</b> ")
+                + App._meta.get_field(name).help_text
+            )
+
+    def _kept(self, name):
+        return self.cleaned_data.get(name) or getattr(self.instance, name)
+
+    def clean_turn_secret(self):
+        return self._kept("turn_secret")
+
+    def clean_webhook_secret(self):
+        return self._kept("webhook_secret")
+
+
+@admin.register(App)
+class AppAdmin(admin.ModelAdmin):
+    form = AppForm
+    list_display = ["key", "name", "auth", "allow_discovery", "limit", "ice", "webhook", "updated_at"]
+    list_filter = ["auth", "allow_discovery"]
+    search_fields = ["key", "name"]
+    readonly_fields = ["token_secret", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["key", "name"]}),
+        ("Who may connect", {"fields": ["allowed_origins", "concurrent_limit", "allow_discovery"]}),
+        (
+            "Authentication",
+            {
+                "fields": ["auth", "token_secret", "rotate_token_secret"],
+                "description": "With <b>Signed token</b>, the app's backend gives each browser a token for "
+                "its peer id, signed with the token secret (<code>manage.py mint_token</code>, or any JWT "
+                "library with HS256: see the README, \"Apps, tokens and TURN\"). With <b>Site session</b>, "
+                "only browsers logged in to this site connect.",
+            },
+        ),
+        (
+            "ICE servers (STUN/TURN)",
+            {
+                "fields": ["turn_urls", "turn_secret", "turn_ttl"],
+                "description": "Handed out by <code>GET {base}/KEY/ice-servers</code>, with TURN credentials "
+                "made from the shared secret (coturn: <code>--use-auth-secret --static-auth-secret</code>).",
+            },
+        ),
+        ("Webhook", {"fields": ["webhook_url", "webhook_secret"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="concurrent limit", ordering="concurrent_limit")
+    def limit(self, app):
+        return app.concurrent_limit or f"{options().concurrent_limit} (default)"
+
+    @admin.display(description="ICE servers", boolean=True)
+    def ice(self, app):
+        return bool(app.ice_urls)
+
+    @admin.display(description="webhook", boolean=True)
+    def webhook(self, app):
+        return bool(app.webhook_url)
+
+    def save_model(self, request, obj, form, change):
+        if form.cleaned_data.get("rotate_token_secret"):
+            obj.token_secret = new_token_secret()
+            messages.warning(
+                request,
+                f"The token secret of {obj.key} was rotated: tokens signed with the old one are refused "
+                f"within {options().app_cache / 1000:g} s.",
+            )
+        super().save_model(request, obj, form, change)

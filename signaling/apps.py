@@ -4,9 +4,11 @@ from django.core.signals import setting_changed
 
 def _forget_options(setting, **kwargs):
     if setting == "PEERJS":
+        from signaling.applications import forget
         from signaling.conf import options
 
         options.cache_clear()
+        forget()  # the default app is made of these options
 
 
 class SignalingConfig(AppConfig):
@@ -19,3 +21,7 @@ class SignalingConfig(AppConfig):
         # Validate at start-up: a bad option stops the server, naming the variable.
         options()
         setting_changed.connect(_forget_options)
+
+        from signaling import webhooks
+
+        webhooks.connect_receivers()

@@ -95,6 +95,34 @@ SCHEMA = {
     # A bearer token that also opens /metrics (``Authorization: Bearer ...``,
     # Prometheus' ``authorization`` setting), from any address. Empty: off.
     "METRICS_TOKEN": ("PEERJS_METRICS_TOKEN", "", env.string),
+    # Apps (signaling.models.App) are read from the database and kept this
+    # long (ms) in each worker, so an edit in the admin reaches every worker
+    # within this time, without a restart. 0 reads the database every time.
+    "APP_CACHE": ("PEERJS_APP_CACHE", 2000, _non_negative),
+    # How the default app (PEERJS_KEY, when no App row names it) admits a
+    # socket: "none" (anyone, as the reference), "token" (a token signed with
+    # TOKEN_SECRET by the app's backend, see signaling/tokens.py) or
+    # "session" (a logged-in user of this site, see signaling/auth.py).
+    "AUTH": ("PEERJS_AUTH", "none", env.string),
+    # The default app's token secret (HS256 key): at least 32 characters.
+    "TOKEN_SECRET": ("PEERJS_TOKEN_SECRET", "", env.string),
+    # The default app's ICE servers, handed out by GET {base}/{key}/ice-servers:
+    # stun:/stuns:/turn:/turns: URLs, comma-separated. turn: URLs get
+    # credentials in coturn's use-auth-secret scheme made with TURN_SECRET
+    # (coturn's --static-auth-secret), valid for TURN_TTL seconds (the TURN
+    # REST API's ttl, in seconds as there: a day, so a show outlasts none).
+    "TURN_URLS": ("PEERJS_TURN_URLS", [], env.string_list),
+    "TURN_SECRET": ("PEERJS_TURN_SECRET", "", env.string),
+    "TURN_TTL": ("PEERJS_TURN_TTL", 86400, _positive),
+    # Webhooks (an App's webhook URL): each POST waits at most WEBHOOK_TIMEOUT
+    # ms for an answer; a failed one is tried again WEBHOOK_RETRIES times,
+    # WEBHOOK_BACKOFF ms after the first failure, doubling each time. Events
+    # wait in a queue of WEBHOOK_QUEUE per worker; when it is full, new events
+    # are dropped (counted and logged), never the socket delayed.
+    "WEBHOOK_TIMEOUT": ("PEERJS_WEBHOOK_TIMEOUT", 5000, _positive),
+    "WEBHOOK_RETRIES": ("PEERJS_WEBHOOK_RETRIES", 3, _non_negative),
+    "WEBHOOK_BACKOFF": ("PEERJS_WEBHOOK_BACKOFF", 1000, _positive),
+    "WEBHOOK_QUEUE": ("PEERJS_WEBHOOK_QUEUE", 1000, _positive),
 }
 
 # The PeerJS client's rule for ids; match it against the whole string (fullmatch).
@@ -102,6 +130,15 @@ ID_RULE = re.compile(r"[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*")
 ID_COLUMN_LENGTH = 255  # Peer.peer_id's max_length
 # A guessable token would make /metrics public: as long as DJANGO_SECRET_KEY must be.
 METRICS_TOKEN_MIN_LENGTH = 32
+
+# How an app admits sockets (App.auth, PEERJS_AUTH).
+AUTH_NONE, AUTH_TOKEN, AUTH_SESSION = "none", "token", "session"
+AUTH_MODES = (AUTH_NONE, AUTH_TOKEN, AUTH_SESSION)
+# HS256 keys shorter than the hash (32 bytes) are guessable offline from any
+# token (RFC 7518 3.2 asks for at least that much).
+MIN_TOKEN_SECRET_LENGTH = 32
+ICE_URL_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+TURN_URL_SCHEMES = ("turn:", "turns:")
 
 
 def from_environ(environ=None):
@@ -143,6 +180,16 @@ class Options:
     worker_timeout: int
     metrics_allow: tuple  # of ipaddress networks
     metrics_token: str
+    app_cache: int
+    auth: str
+    token_secret: str = dataclasses.field(repr=False)
+    turn_urls: tuple
+    turn_secret: str = dataclasses.field(repr=False)
+    turn_ttl: int
+    webhook_timeout: int
+    webhook_retries: int
+    webhook_backoff: int
+    webhook_queue: int
 
     @property
     def any_origin(self):
@@ -183,6 +230,15 @@ def _validated(raw):
         fail("ID_MAX_LENGTH", f"must be at most {ID_COLUMN_LENGTH}, what the registry holds.")
     if values["WORKER_TIMEOUT"] <= values["WORKER_BEAT"]:
         fail("WORKER_TIMEOUT", "must be longer than PEERJS_WORKER_BEAT.")
+    if values["AUTH"] not in AUTH_MODES:
+        fail("AUTH", f"must be one of {', '.join(AUTH_MODES)}, got {values['AUTH']!r}.")
+    if values["AUTH"] == AUTH_TOKEN and len(values["TOKEN_SECRET"]) < MIN_TOKEN_SECRET_LENGTH:
+        fail("TOKEN_SECRET", f"must be at least {MIN_TOKEN_SECRET_LENGTH} characters with PEERJS_AUTH=token.")
+    for url in values["TURN_URLS"]:
+        if not url.startswith(ICE_URL_SCHEMES):
+            fail("TURN_URLS", f"must hold stun:/stuns:/turn:/turns: URLs, got {url!r}.")
+    if any(url.startswith(TURN_URL_SCHEMES) for url in values["TURN_URLS"]) and not values["TURN_SECRET"]:
+        fail("TURN_SECRET", "must be set (coturn's --static-auth-secret) for turn: URLs in PEERJS_TURN_URLS.")
     try:
         generator = import_string(values["GENERATE_CLIENT_ID"])
     except ImportError as exc:
@@ -205,6 +261,7 @@ def _validated(raw):
         )
     values["PATH"] = path.rstrip("/")
     values["CORS_ORIGINS"] = tuple(values["CORS_ORIGINS"])
+    values["TURN_URLS"] = tuple(values["TURN_URLS"])
     return Options(**{name.lower(): value for name, value in values.items()})
 
 

@@ -1,6 +1,7 @@
 """The signaling socket: turns WebSocket events into protocol and hub calls."""
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import time
@@ -10,9 +11,12 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from signaling import codes, metrics, protocol, registry
+from signaling import codes, metrics, protocol, registry, tokens
 from signaling import hub as hubs
+from signaling.applications import aget_app
+from signaling.auth import LOGIN_REQUIRED, session_user
 from signaling.conf import options
+from signaling.db import UNREACHABLE
 from signaling.http import client_address
 from signaling.services import running_hub
 
@@ -81,8 +85,18 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.allowance = float(self.options.flood_burst)
         self.throttled_since = None
         stats = self.hub.stats
+        query = _query(self.scope)
 
-        if not self.options.origin_allowed(_header(self.scope, b"origin")):
+        try:
+            app = await aget_app(query["key"]) if query.get("key") else None
+        except UNREACHABLE:
+            # An app never read before, and the database away: nobody can say.
+            stats["sockets_opened:retry"] += 1
+            await self.accept()
+            await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
+            await self.close_with(codes.TRY_AGAIN)
+            return
+        if not (app or self.options).origin_allowed(_header(self.scope, b"origin")):
             stats["sockets_opened:refused"] += 1
             await self.close()  # before accept: the client gets HTTP 403
             return
@@ -93,13 +107,19 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         await self.accept()
         try:
-            request = protocol.check_connect(_query(self.scope), self.options)
+            request = protocol.check_connect(query, self.options.id_max_length, key_known=app is not None)
         except protocol.ProtocolError as exc:
             stats["sockets_opened:error"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
             return
+        try:
+            request = await self.admitted(app, request)
+        except protocol.ProtocolError as exc:
+            stats["sockets_opened:refused"] += 1
+            await self.refuse(protocol.error_frame(str(exc)))
+            return
         self.key, self.peer_id = request.key, request.peer_id
-        outcome = await self.hub.register(self, request)
+        outcome = await self.hub.register(self, request, app.concurrent_limit)
         if outcome == hubs.STOPPING:
             # No ERROR frame: the client would give up. A plain close makes it
             # reconnect, through the load balancer, to a worker that stays.
@@ -125,6 +145,26 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.send(text_data=protocol.OPEN_FRAME)
             metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             self.hub.open(self)
+
+    async def admitted(self, app, request):
+        """The request as the registry should know it, if the app admits it; else ProtocolError.
+
+        An app that requires signed tokens or a site login vouches for who
+        owns an id, so the registry recognises the owner by that, not by
+        PeerJS's random token: a reconnect with a fresh valid token (or from
+        another tab of the same user) takes over its own id.
+        """
+        if app.requires_token:
+            problem = tokens.verify(app, request.peer_id, request.token)
+            if problem:
+                raise protocol.ProtocolError(problem)
+            return dataclasses.replace(request, token=f"signed:{request.peer_id}")
+        if app.requires_session:
+            user = await session_user(self.scope)
+            if user is None:
+                raise protocol.ProtocolError(LOGIN_REQUIRED)
+            return dataclasses.replace(request, token=f"user:{user.pk}")
+        return request
 
     async def refuse(self, frame):
         await self.send(text_data=frame)

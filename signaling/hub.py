@@ -33,7 +33,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from signaling import codes, protocol, registry
+from signaling import codes, protocol, registry, signals
 from signaling.conf import options
 from signaling.db import Database, DatabaseUnavailable
 from signaling.offline import OfflineQueue
@@ -125,7 +125,7 @@ class Hub:
             if self.addresses[connection.address] <= 0:
                 del self.addresses[connection.address]
 
-    async def register(self, connection, request):
+    async def register(self, connection, request, limit):
         """Claim ``request.peer_id`` for ``connection``; returns the registry outcome.
 
         On success the connection is routable at once, but buffers what it is
@@ -136,8 +136,7 @@ class Hub:
             return STOPPING
         try:
             claim, queued = await self.db(
-                _claim_and_take_queue, request, self.name, connection.connection_id,
-                connection.address, self.options.concurrent_limit,
+                _claim_and_take_queue, request, self.name, connection.connection_id, connection.address, limit
             )
         except DatabaseUnavailable:
             return RETRY
@@ -160,6 +159,7 @@ class Hub:
         frames, connection.buffer = connection.buffer, None
         for frame, src, kind in frames:
             connection.deliver(frame, src, kind)
+        self._signal(signals.peer_connected, connection, connection.peer_id)
 
     async def unregister(self, connection):
         """Forget a socket; remove its registration only if it is still its own."""
@@ -171,6 +171,8 @@ class Hub:
         if self.local.get(peer) is connection:
             del self.local[peer]
             self._announce(peer, "gone")
+        if connection.buffer is None:  # it was open: its peer_connected was sent
+            self._signal(signals.peer_disconnected, connection, peer_id)
         if self.stopping:
             self.stats["drained"] += 1
             return  # the drain removes every row of this worker in one go
@@ -178,6 +180,12 @@ class Hub:
             await self.db(registry.release, connection.key, peer_id, connection.connection_id)
         except DatabaseUnavailable:
             self.unreleased.add((connection.key, peer_id, connection.connection_id))
+
+    def _signal(self, signal, connection, peer_id):
+        signal.send_robust(
+            sender=self.name, key=connection.key, peer_id=peer_id, address=connection.address,
+            worker=self.name, connection=connection.connection_id, at=timezone.now(),
+        )
 
     def _announce(self, peer, what):
         """Tell the other workers where a peer is (or that it left), at the end of this iteration."""

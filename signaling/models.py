@@ -4,7 +4,15 @@ The database is the registry of record for the whole cluster. The primary
 key on ``Peer.peer_id`` is the lock that makes an id unique across workers;
 relaying never reads these tables (workers keep their own peers in memory).
 """
+import re
+import secrets
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
+
+from signaling.conf import AUTH_NONE, AUTH_SESSION, AUTH_TOKEN, ICE_URL_SCHEMES, TURN_URL_SCHEMES
 
 
 class Worker(models.Model):
@@ -71,3 +79,150 @@ class QueuedMessage(models.Model):
 
     def __str__(self):
         return f"{self.src} -> {self.dst}"
+
+
+KEY_RULE = r"[A-Za-z0-9][A-Za-z0-9._~-]*"
+
+
+def validate_key(value):
+    """A PeerJS key travels raw in URL paths and query strings: unreserved characters only."""
+    if not re.fullmatch(KEY_RULE, value):
+        raise ValidationError(
+            "Use letters, digits, '-', '_', '.' or '~' (starting with a letter or digit): "
+            "the key travels unencoded in URLs."
+        )
+
+
+def _lines(text):
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def validate_origins(value):
+    for origin in _lines(value):
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment:
+            raise ValidationError(
+                f"{origin!r} is not an origin: write scheme://host[:port] "
+                "(e.g. https://app.example.com), one per line, nothing after the port."
+            )
+
+
+def validate_ice_urls(value):
+    for url in _lines(value):
+        if not url.startswith(ICE_URL_SCHEMES) or " " in url:
+            raise ValidationError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL.")
+
+
+def new_token_secret():
+    """A fresh HS256 key: 256 random bits, URL-safe so it pastes into any config file."""
+    return secrets.token_urlsafe(32)
+
+
+class App(models.Model):
+    """A PeerJS key with settings of its own: who may connect, and what they get.
+
+    Clients name their app with PeerJS's ``key`` option. The key in
+    PEERJS_KEY works without a row (with the environment's settings); a row
+    with that key replaces them. Workers read rows through
+    ``signaling.applications`` and see edits within PEERJS_APP_CACHE ms.
+    """
+
+    AUTH_CHOICES = [
+        (AUTH_NONE, "None: anyone who knows the key (as the reference PeerServer)"),
+        (AUTH_TOKEN, "Signed token: the app's backend signs each peer's id"),
+        (AUTH_SESSION, "Site session: users logged in to this site"),
+    ]
+
+    key = models.CharField(
+        max_length=255,
+        unique=True,
+        validators=[validate_key],
+        help_text="What clients pass as PeerJS's <code>key</code> option. Letters, digits, '-', '_', '.', '~'.",
+    )
+    name = models.CharField(max_length=100, help_text="For operators: what this app is.")
+    allowed_origins = models.TextField(
+        blank=True,
+        validators=[validate_origins],
+        help_text="Origins whose pages may use this app (e.g. <code>https://app.example.com</code>), "
+        "one per line. Empty: any origin.",
+    )
+    concurrent_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Peers of this app connected at once, cluster-wide. Empty: PEERJS_CONCURRENT_LIMIT.",
+    )
+    allow_discovery = models.BooleanField(
+        default=False,
+        help_text="Whether <code>GET …/KEY/peers</code> lists this app's connected ids.",
+    )
+    auth = models.CharField(
+        "authentication",
+        max_length=10,
+        choices=AUTH_CHOICES,
+        default=AUTH_NONE,
+        help_text="Who may open a socket with this key.",
+    )
+    token_secret = models.CharField(
+        max_length=100,
+        default=new_token_secret,
+        help_text="Give this to the app's backend: it signs tokens with it (HS256). "
+        "Generated; rotate it below (tokens signed with the old one stop working).",
+    )
+    turn_urls = models.TextField(
+        "ICE server URLs",
+        blank=True,
+        validators=[validate_ice_urls],
+        help_text="stun:/stuns:/turn:/turns: URLs handed out by <code>GET …/KEY/ice-servers</code>, "
+        "one per line, e.g. <code>turn:turn.example.com:3478?transport=udp</code>.",
+    )
+    turn_secret = models.CharField(
+        "TURN shared secret",
+        max_length=255,
+        blank=True,
+        help_text="coturn's <code>--static-auth-secret</code>; required for turn:/turns: URLs.",
+    )
+    turn_ttl = models.PositiveIntegerField(
+        "TURN credential lifetime (s)",
+        default=86400,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds a handed-out TURN credential works. A connection set up with it "
+        "cannot refresh its relay after that.",
+    )
+    webhook_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="Gets a signed JSON POST when a peer of this app connects or disconnects.",
+    )
+    webhook_secret = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Signs each POST (header <code>X-PeerJS-Signature: sha256=HMAC</code>); the receiver "
+        "checks it with the same secret.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+        verbose_name = "app"
+
+    def __str__(self):
+        return f"{self.name} ({self.key})"
+
+    def clean(self):
+        errors = {}
+        if any(url.startswith(TURN_URL_SCHEMES) for url in _lines(self.turn_urls)) and not self.turn_secret:
+            errors["turn_secret"] = "turn:/turns: URLs need the TURN server's shared secret."
+        if self.webhook_url and not self.webhook_secret:
+            errors["webhook_secret"] = "A webhook needs a secret to sign its POSTs with."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def origins(self):
+        return tuple(_lines(self.allowed_origins))
+
+    @property
+    def ice_urls(self):
+        return tuple(_lines(self.turn_urls))

@@ -89,20 +89,21 @@ class ConnectRequest:
     key: str
 
 
-def check_connect(query, options):
+def check_connect(query, id_max_length, key_known):
     """Validate the socket's query parameters, in the order the reference checks them.
 
-    ``query`` maps names to their first value. Returns a ConnectRequest or
-    raises ProtocolError with the message to send in the ERROR frame.
+    ``query`` maps names to their first value; ``key_known`` says whether
+    its key names an app. Returns a ConnectRequest or raises ProtocolError
+    with the message to send in the ERROR frame.
     """
     peer_id = query.get("id") or ""
     token = query.get("token") or ""
     key = query.get("key") or ""
     if not (peer_id and token and key):
         raise ProtocolError(MSG_MISSING_PARAMS)
-    if key != options.key:
+    if not key_known:
         raise ProtocolError(MSG_INVALID_KEY)
-    problem = check_id(peer_id, options.id_max_length)
+    problem = check_id(peer_id, id_max_length)
     if problem:
         raise ProtocolError(problem)
     if len(token) > TOKEN_MAX_LENGTH:

@@ -27,7 +27,7 @@ import signal
 import threading
 import weakref
 
-from signaling import codes, registry
+from signaling import codes, registry, webhooks
 from signaling.db import DatabaseUnavailable
 from signaling.hub import get_hub
 
@@ -190,6 +190,8 @@ class Services:
             logger.error("worker %s could not remove its rows; they are reaped after the worker timeout", hub.name)
         if hub.transport is not None:
             hub.transport.stop()
+        # The webhooks of the peers just drained, before the process goes.
+        await asyncio.to_thread(webhooks.shutdown, 5)
         logger.info(
             "worker %s stopped: %d sockets closed, registrations removed; counts %s",
             hub.name, hub.stats["drained"], dict(hub.stats),

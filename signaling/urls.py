@@ -10,4 +10,5 @@ urlpatterns = [
     path(prefix, views.info, name="peerjs-info"),
     path(f"{prefix}<str:key>/id", views.new_id, name="peerjs-id"),
     path(f"{prefix}<str:key>/peers", views.peers, name="peerjs-peers"),
+    path(f"{prefix}<str:key>/ice-servers", views.ice_servers, name="peerjs-ice-servers"),
 ]

@@ -1,12 +1,15 @@
-"""The PeerServer's HTTP API: server info, fresh ids and discovery."""
+"""The PeerServer's HTTP API: server info, fresh ids, discovery and ICE servers."""
 import functools
 
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from signaling import registry
+from signaling import registry, tokens, turn
+from signaling.applications import get_app
+from signaling.auth import LOGIN_REQUIRED
 from signaling.conf import options
 from signaling.db import unavailable_is_503
+from signaling.protocol import MSG_INVALID_KEY, check_id
 
 INFO = {
     "name": "PeerJS Server",
@@ -18,24 +21,27 @@ INFO = {
 def cors(view):
     """Answer preflight requests and add CORS headers for allowed origins.
 
-    PEERJS_CORS_ORIGINS lists the origins whose pages may call the API ("*":
-    any, as the reference). A disallowed origin gets no CORS headers, so the
-    browser withholds the answer from that page.
+    The origins whose pages may call the API are the app's (App.allowed_origins,
+    for the ``key`` in the URL), else PEERJS_CORS_ORIGINS ("*": any, as the
+    reference). A disallowed origin gets no CORS headers, so the browser
+    withholds the answer from that page.
     """
 
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
         origin = request.headers.get("Origin")
-        o = options()
+        key = kwargs.get("key")
+        policy = (get_app(key) if key else None) or options()
         if request.method == "OPTIONS":
             response = HttpResponse(status=204)
         else:
             response = view(request, *args, **kwargs)
-        if origin and o.origin_allowed(origin):
-            response["Access-Control-Allow-Origin"] = "*" if o.any_origin else origin
+        if origin and policy.origin_allowed(origin):
+            response["Access-Control-Allow-Origin"] = "*" if policy.any_origin else origin
             response["Access-Control-Allow-Methods"] = "GET, OPTIONS"
-            response["Access-Control-Allow-Headers"] = "Content-Type"
-            if not o.any_origin:
+            # Authorization: a token for /ice-servers may come as a Bearer header.
+            response["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+            if not policy.any_origin:
                 response["Vary"] = "Origin"
         return response
 
@@ -77,9 +83,58 @@ def new_id(request, key):
 @cors
 @unavailable_is_503
 def peers(request, key):
-    o = options()
-    if key != o.key:
-        return _text("Invalid key provided", status=401)
-    if not o.allow_discovery:
+    app = get_app(key)
+    if app is None:
+        return _text(MSG_INVALID_KEY, status=401)
+    if not app.allow_discovery:
         return _text("Discovery is not allowed on this server", status=401)
     return JsonResponse(registry.connected_ids(key), safe=False)
+
+
+def _bearer(request):
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+@require_http_methods(["GET", "HEAD", "OPTIONS"])
+@cors
+def ice_servers(request, key):
+    """STUN/TURN servers with fresh TURN credentials: ``{"iceServers": [...], "ttl": N}``.
+
+    Guarded as the app's sockets are: with ``auth`` "token", the request
+    carries the peer's id and its connect token (``?id=...&token=...``, or
+    ``Authorization: Bearer TOKEN`` with ``?id=``); with "session", the
+    site's session cookie. Without that, 401 and the reason, as the socket's
+    ERROR says it.
+
+    An unknown key is 404, not 401 as on /peers: no credential can make it
+    answer, and a page that reacts to 401 by fetching a fresh token from
+    its backend must not loop on a typo. A key with no ICE servers
+    configured is 404 too (the cue pages then fall back to
+    CUEPAGES_ICE_SERVERS).
+    """
+    app = get_app(key)
+    if app is None:
+        return _text(MSG_INVALID_KEY, status=404)
+    if not app.has_ice_servers:
+        return _text("No ICE servers are configured for this key", status=404)
+    peer_id = request.GET.get("id") or None
+    if peer_id:
+        problem = check_id(peer_id, options().id_max_length)
+        if problem:
+            return _text(problem, status=400)
+    if app.requires_token:
+        if peer_id:
+            problem = tokens.verify(app, peer_id, _bearer(request) or request.GET.get("token", ""))
+        else:
+            problem = f"{tokens.TOKEN_REQUIRED}: pass ?id=ID&token=TOKEN"
+        if problem:
+            response = _text(problem, status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="peerjs"'
+            return response
+    elif app.requires_session and not request.user.is_authenticated:
+        return _text(LOGIN_REQUIRED, status=401)
+    response = JsonResponse(turn.credentials(app, peer_id))
+    # Fresh credentials on every request: no cache may hand them to another client.
+    response["Cache-Control"] = "no-store"
+    return response

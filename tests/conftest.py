@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.servers import Database, PrivatePostgres, RedisServer, Worker
+from tests.servers import Database, PrivatePostgres, RedisServer, TurnServer, Worker
 
 # Timers short enough for tests, still in the reference's proportions.
 TEST_ENV = {
@@ -11,6 +11,8 @@ TEST_ENV = {
     "PEERJS_WORKER_BEAT": "500",
     "PEERJS_WORKER_TIMEOUT": "3000",
 }
+# coturn's --static-auth-secret in the TURN tests, and the workers' PEERJS_TURN_SECRET.
+TURN_SECRET = "tests-only-turn-secret-8c1f4e2a"
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +73,11 @@ def private_postgres():
     pg = PrivatePostgres()
     yield pg
     pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def turn_server():
+    """A real coturn on loopback for the session, sharing TURN_SECRET with the workers that hand out credentials."""
+    turn = TurnServer(TURN_SECRET)
+    yield turn
+    turn.stop()

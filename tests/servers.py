@@ -2,6 +2,7 @@
 import contextlib
 import glob
 import os
+import random
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -104,6 +106,31 @@ class Database:
     def drop(self):
         if self.admin_url:
             self._psql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class SharedTestDatabase:
+    """The test process's own database (pytest-django's), for server processes to share.
+
+    For tests that check in-process what a worker wrote (or the other way
+    round): the worker gets this URL, the test its ORM. pytest-django made
+    and migrated it, and drops it; use it with ``django_db(transaction=True)``
+    so that each side sees what the other committed.
+    """
+
+    def __init__(self, settings_dict):
+        self.tmp = tempfile.mkdtemp(prefix="peerjs-db-")
+        if settings_dict["ENGINE"].endswith("sqlite3"):
+            self.url = f"sqlite:///{settings_dict['NAME']}"
+        else:
+            quote = urllib.parse.quote
+            password = f":{quote(settings_dict['PASSWORD'])}" if settings_dict.get("PASSWORD") else ""
+            self.url = (
+                f"postgres://{quote(settings_dict['USER'])}{password}@{settings_dict['HOST'] or '127.0.0.1'}"
+                f":{settings_dict['PORT'] or 5432}/{settings_dict['NAME']}"
+            )
+
+    def drop(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -265,6 +292,85 @@ class RedisServer:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def free_udp_and_tcp_port():
+    """A port free for both UDP and TCP on loopback (a TURN server listens on both)."""
+    while True:
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+class TurnServer:
+    """A real coturn on loopback, checking credentials in the TURN REST API scheme.
+
+    ``--use-auth-secret --static-auth-secret=SECRET``: it accepts a username
+    ``EXPIRY:NAME`` whose credential is base64(HMAC-SHA1(SECRET, username))
+    until EXPIRY, as signaling.turn makes them. Relays on 127.0.0.1 and
+    ``--allow-loopback-peers``, since both peers are on this machine.
+    """
+
+    def __init__(self, secret, realm="test"):
+        self.secret = secret
+        self.port = free_udp_and_tcp_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="peerjs-turn-"))
+        # A relay port range of its own, away from the ephemeral ports other
+        # servers of the tests bind to.
+        low = random.randrange(40000, 50000, 100)
+        self.log_path = self.dir / "turnserver.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                "turnserver", "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+                f"--listening-port={self.port}", f"--min-port={low}", f"--max-port={low + 99}",
+                "--use-auth-secret", f"--static-auth-secret={secret}", f"--realm={realm}",
+                "--allow-loopback-peers", "--no-cli", "--no-tls", "--no-dtls",
+                "--log-file=stdout", "--simple-log",
+                f"--pidfile={self.dir / 'turnserver.pid'}", f"--db={self.dir / 'turndb'}",
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, 15, f"turnserver on {self.port}")
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"turnserver exited with {self.proc.returncode}:\n{self.read_log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def url(self, transport="udp"):
+        return f"turn:127.0.0.1:{self.port}?transport={transport}"
+
+    def allocate(self, username, credential, tcp=False):
+        """Run turnutils_uclient: two clients allocate relays and talk through them. Exit 0 means it worked."""
+        command = ["turnutils_uclient", "-n", "1", "-u", username, "-w", credential, "-p", str(self.port), "-y"]
+        if tcp:
+            command.append("-t")
+        return subprocess.run([*command, "127.0.0.1"], capture_output=True, text=True, timeout=60)
+
+    def read_log(self):
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Worker:

@@ -12,11 +12,16 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from signaling import turn
+from signaling.applications import AppSettings
+from tests.servers import free_udp_and_tcp_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -27,9 +32,12 @@ PROMETHEUS = ROOT / "deploy" / "prometheus"
 TLS_ENVSH = ROOT / "deploy" / "nginx" / "tls.envsh"
 NGINX = "/usr/sbin/nginx"
 # What an operator sets (docker-compose.yml has no default for the key).
-OPERATOR_ENV = {"DJANGO_SECRET_KEY": "operator-chosen-secret-key-3b8e1f0c7a6d4e2b9f5c"}
+OPERATOR_ENV = {
+    "DJANGO_SECRET_KEY": "operator-chosen-secret-key-3b8e1f0c7a6d4e2b9f5c",
+    "TURN_SECRET": "operator-chosen-turn-secret-9d2c4b1e",
+}
 
-SERVICES = {"redis", "postgres", "migrate", "worker1", "worker2", "nginx", "prometheus"}
+SERVICES = {"redis", "postgres", "migrate", "worker1", "worker2", "nginx", "prometheus", "coturn"}
 WORKERS = ["worker1", "worker2"]
 HEALTH = "service_healthy"
 
@@ -110,9 +118,15 @@ def test_compose_v1_accepts_the_file():
 
 
 def test_compose_refuses_to_start_without_a_secret_key():
-    result = docker_compose_config({})
+    result = docker_compose_config({"TURN_SECRET": OPERATOR_ENV["TURN_SECRET"]})
     assert result.returncode != 0
     assert "set DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_compose_refuses_to_start_without_a_turn_secret():
+    result = docker_compose_config({"DJANGO_SECRET_KEY": OPERATOR_ENV["DJANGO_SECRET_KEY"]})
+    assert result.returncode != 0
+    assert "set TURN_SECRET" in result.stderr
 
 
 def test_compose_file_parses_and_names_every_service(services):
@@ -188,6 +202,10 @@ def test_workers_share_redis_postgres_and_run_proxied(services, name):
     assert env["PEERJS_TRUSTED_PROXIES"] == "*"  # only nginx reaches the workers (see the file)
     assert env["DJANGO_HTTPS"] == "0"
     assert environment(services[name], {**OPERATOR_ENV, "DJANGO_HTTPS": "1"})["DJANGO_HTTPS"] == "1"
+    # TURN credentials from coturn's own secret, for the host browsers reach coturn at.
+    assert env["PEERJS_TURN_SECRET"] == OPERATOR_ENV["TURN_SECRET"]
+    urls = environment(services[name], {**OPERATOR_ENV, "TURN_HOST": "peers.lan"})["PEERJS_TURN_URLS"].split(",")
+    assert urls == ["stun:peers.lan:3478", "turn:peers.lan:3478?transport=udp", "turn:peers.lan:3478?transport=tcp"]
 
 
 def test_the_database_password_is_the_same_on_both_sides(services):
@@ -615,3 +633,76 @@ def test_entrypoint_runs_a_given_command_instead(stand_in_servers):
     result = run_entrypoint(stand_in_servers, "echo", "migrating")
     assert result.stdout.strip() == "migrating"
 
+
+
+# --- coturn ----------------------------------------------------------------------------
+
+
+def coturn_flags(services, operator_env=OPERATOR_ENV):
+    return [interpolate(str(arg), operator_env) for arg in services["coturn"]["command"]]
+
+
+def test_coturn_is_a_pinned_image_on_the_hosts_network(services):
+    coturn = services["coturn"]
+    image, tag = coturn["image"].split(":")
+    assert image == "coturn/coturn" and re.fullmatch(r"\d+\.\d+\.\d+(-r\d+)?", tag)
+    assert coturn["network_mode"] == "host"  # relays need a range of UDP ports
+    assert coturn["restart"] == "unless-stopped"
+
+
+def test_coturn_checks_the_credentials_the_workers_make_with_the_same_secret(services):
+    flags = coturn_flags(services)
+    assert "--use-auth-secret" in flags
+    assert f"--static-auth-secret={OPERATOR_ENV['TURN_SECRET']}" in flags
+    assert services["coturn"]["command"][flags.index("--use-auth-secret") + 1].startswith("--static-auth-secret=${TURN_SECRET:?")
+    for name in WORKERS:
+        env = environment(services[name])
+        assert env["PEERJS_TURN_SECRET"] == OPERATOR_ENV["TURN_SECRET"]
+        port = next(f.split("=")[1] for f in flags if f.startswith("--listening-port="))
+        assert all(url.split("?")[0].endswith(f":{port}") for url in env["PEERJS_TURN_URLS"].split(","))
+
+
+def test_coturn_relays_for_peers_only(services):
+    flags = coturn_flags(services)
+    # No way into the machine's Docker networks (Redis, PostgreSQL) through a relay.
+    assert "--no-tcp-relay" in flags and "--denied-peer-ip=172.16.0.0-172.31.255.255" in flags
+    assert not any(f.startswith("--allow-loopback-peers") for f in flags)
+
+
+def test_the_compose_coturn_command_accepts_the_workers_credentials(services, tmp_path):
+    """The file's coturn flags, given to the real turnserver (on loopback, free ports), allocate
+    relays with credentials the workers make from their PEERJS_TURN_* settings."""
+    port = free_udp_and_tcp_port()
+    flags = [f for f in coturn_flags(services) if not f.startswith("--listening-port=")]
+    command = [
+        "turnserver", *flags, f"--listening-port={port}",
+        # Only what the test machine needs: loopback, where both test clients are.
+        "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--allow-loopback-peers",
+        f"--pidfile={tmp_path / 'turnserver.pid'}", f"--db={tmp_path / 'turndb'}",
+    ]
+    log = open(tmp_path / "turnserver.log", "wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def listening():
+            assert proc.poll() is None, (tmp_path / "turnserver.log").read_text()
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, 15, "the compose file's coturn")
+        env = environment(services["worker1"])
+        urls = tuple(url.replace("localhost:3478", f"127.0.0.1:{port}") for url in env["PEERJS_TURN_URLS"].split(","))
+        app = AppSettings(
+            key="peerjs", name="compose", origins=(), concurrent_limit=1, allow_discovery=False, auth="none",
+            token_secret="", turn_urls=urls, turn_secret=env["PEERJS_TURN_SECRET"], turn_ttl=600,
+            webhook_url="", webhook_secret="",
+        )
+        entry = next(s for s in turn.credentials(app, "compose")["iceServers"] if "username" in s)
+        result = subprocess.run(
+            ["turnutils_uclient", "-n", "1", "-u", entry["username"], "-w", entry["credential"], "-p", str(port), "-y", "127.0.0.1"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + (tmp_path / "turnserver.log").read_text()[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()

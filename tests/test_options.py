@@ -83,3 +83,27 @@ def test_secret_key_is_required_when_debug_is_off():
     env["DJANGO_DEBUG"] = "0"
     result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and "DJANGO_SECRET_KEY is required" in result.stderr
+
+
+def test_the_apps_tokens_turn_and_webhook_options_read_their_variables():
+    o = conf._validated(conf.from_environ({
+        "PEERJS_APP_CACHE": "0",
+        "PEERJS_AUTH": "token",
+        "PEERJS_TOKEN_SECRET": "s" * 32,
+        "PEERJS_TURN_URLS": "stun:t.example:3478, turn:t.example:3478?transport=udp",
+        "PEERJS_TURN_SECRET": "turn-secret",
+        "PEERJS_TURN_TTL": "600",
+        "PEERJS_WEBHOOK_TIMEOUT": "2000",
+        "PEERJS_WEBHOOK_RETRIES": "0",
+        "PEERJS_WEBHOOK_BACKOFF": "250",
+        "PEERJS_WEBHOOK_QUEUE": "10",
+    }))
+    assert (o.app_cache, o.auth, o.token_secret) == (0, "token", "s" * 32)
+    assert (o.turn_urls, o.turn_secret, o.turn_ttl) == (
+        ("stun:t.example:3478", "turn:t.example:3478?transport=udp"), "turn-secret", 600,
+    )
+    assert (o.webhook_timeout, o.webhook_retries, o.webhook_backoff, o.webhook_queue) == (2000, 0, 250, 10)
+    # Secrets stay out of the options' repr (and so out of tracebacks and logs).
+    assert "s" * 32 not in repr(o) and "turn-secret" not in repr(o)
+    defaults = conf._validated(conf.from_environ({}))
+    assert (defaults.app_cache, defaults.auth, defaults.turn_urls, defaults.turn_ttl) == (2000, "none", (), 86400)

@@ -112,12 +112,12 @@ def test_ids_the_client_rejects(peer_id):
 
 
 def test_connect_checks_in_the_reference_order():
-    o = options()
+    n = options().id_max_length
     with pytest.raises(protocol.ProtocolError, match="No id, token, or key"):
-        protocol.check_connect({"id": "a", "key": "wrong"}, o)
+        protocol.check_connect({"id": "a", "key": "wrong"}, n, key_known=False)
     with pytest.raises(protocol.ProtocolError, match="Invalid key provided"):
-        protocol.check_connect({"id": "a b c!", "token": "t", "key": "wrong"}, o)
+        protocol.check_connect({"id": "a b c!", "token": "t", "key": "wrong"}, n, key_known=False)
     with pytest.raises(protocol.ProtocolError, match="Invalid id"):
-        protocol.check_connect({"id": "a b c!", "token": "t", "key": "peerjs"}, o)
-    request = protocol.check_connect({"id": "abc", "token": "t", "key": "peerjs"}, o)
+        protocol.check_connect({"id": "a b c!", "token": "t", "key": "peerjs"}, n, key_known=True)
+    request = protocol.check_connect({"id": "abc", "token": "t", "key": "peerjs"}, n, key_known=True)
     assert request == protocol.ConnectRequest("abc", "t", "peerjs")

@@ -103,12 +103,13 @@ window.Cue = (() => {
     this.stopped = false;
     this.halted = false; // closed by an operator: no retry until asked
     this.refusal = null; // the server's ERROR message, until a socket opens
+    this.iceTimer = null;
     window.addEventListener("pagehide", () => this.stop());
     const button = byId("reconnect");
     if (button) button.addEventListener("click", () => this.resume());
   }
 
-  Signaling.prototype.options = function () {
+  Signaling.prototype.options = function (iceServers) {
     return {
       host: location.hostname,
       port: Number(location.port) || (location.protocol === "https:" ? 443 : 80),
@@ -116,14 +117,58 @@ window.Cue = (() => {
       key: this.cfg.key,
       secure: location.protocol === "https:",
       token: this.hooks.token,
-      config: { iceServers: this.cfg.iceServers },
+      config: { iceServers },
       debug: 1,
     };
   };
 
+  /* The ICE servers for new connections: when the server hands out TURN
+   * credentials (cfg.iceServersUrl), fresh ones from it, fetched again
+   * halfway through their lifetime; else, or when the fetch fails, the
+   * configured list (CUEPAGES_ICE_SERVERS). Resolves to the list, never fails. */
+  Signaling.prototype.loadIceServers = function () {
+    const fallback = this.cfg.iceServers;
+    if (!this.cfg.iceServersUrl) return Promise.resolve(fallback);
+    clearTimeout(this.iceTimer);
+    // A silent network must not keep the page from starting: give up after 5 s.
+    const request = { cache: "no-store", credentials: "same-origin", signal: AbortSignal.timeout(5000) };
+    return fetch(this.cfg.iceServersUrl, request)
+      .then((response) => {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.json();
+      })
+      .then((answer) => {
+        // setTimeout takes at most 2^31-1 ms (24.8 days).
+        const refresh = Math.min(answer.ttl * 500, 2 ** 31 - 1);
+        this.iceTimer = setTimeout(() => this.refreshIceServers(), refresh);
+        return answer.iceServers;
+      })
+      .catch((error) => {
+        console.warn("ICE servers: using the configured list (" + error.message + ")");
+        return fallback;
+      });
+  };
+
+  /* New credentials for the live Peer: PeerJS reads options.config for each
+   * new RTCPeerConnection, so connections made from now on use them. */
+  Signaling.prototype.refreshIceServers = function () {
+    if (this.stopped) return;
+    this.loadIceServers().then((servers) => {
+      if (this.peer && !this.peer.destroyed) this.peer.options.config.iceServers = servers;
+    });
+  };
+
+  /* Only the latest start makes a Peer: two Peers of one page would fight over its id. */
   Signaling.prototype.start = function () {
+    const generation = (this.generation = (this.generation || 0) + 1);
+    this.loadIceServers().then((servers) => {
+      if (!this.stopped && generation === this.generation) this.makePeer(servers);
+    });
+  };
+
+  Signaling.prototype.makePeer = function (iceServers) {
     const wanted = this.hooks.wantedId ? this.hooks.wantedId() : null;
-    const peer = wanted ? new Peer(wanted, this.options()) : new Peer(this.options());
+    const peer = wanted ? new Peer(wanted, this.options(iceServers)) : new Peer(this.options(iceServers));
     this.peer = peer;
     this.arm();
     peer.on("open", (id) => {
@@ -231,6 +276,7 @@ window.Cue = (() => {
   Signaling.prototype.stop = function () {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.iceTimer);
     clearTimeout(this.watchdog);
     if (this.peer) this.peer.destroy();
   };

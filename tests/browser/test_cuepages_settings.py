@@ -4,6 +4,8 @@ Kept beside the browser tests because they guard the same pages: a typo in
 CUEPAGES_ICE_SERVERS must stop start-up naming the variable, not leave every
 browser without STUN/TURN on show night.
 """
+import json
+import re
 import urllib.error
 import urllib.request
 
@@ -46,3 +48,16 @@ def test_the_qr_code_of_the_share_link_uses_the_public_url_and_refuses_bad_ids(m
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(f"{worker.http}/send-link.svg?id=%3Cscript%3E")
     assert error.value.code == 400
+
+
+def page_config(worker, path="/receive"):
+    with urllib.request.urlopen(f"{worker.http}{path}") as response:
+        html = response.read().decode()
+    return json.loads(re.search(r'<script id="cue-config" type="application/json">(.*?)</script>', html, re.S).group(1))
+
+
+def test_the_pages_fetch_turn_credentials_only_where_the_server_hands_them_out(server, make_server):
+    assert page_config(server)["iceServersUrl"] is None  # the pages use CUEPAGES_ICE_SERVERS
+    turn = make_server({"PEERJS_TURN_URLS": "turn:127.0.0.1:3478", "PEERJS_TURN_SECRET": "s3cret"})
+    for path in ("/receive", "/send"):
+        assert page_config(turn, path)["iceServersUrl"] == "/peerjs/myapp/peerjs/ice-servers"
