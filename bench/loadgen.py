@@ -27,11 +27,13 @@ addresses are accepted as targets.
 """
 import argparse
 import asyncio
+import base64
 import collections
 import ipaddress
 import itertools
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -173,6 +175,7 @@ class Peer:
         self.peer_id = peer_id
         self.token = f"t{peer_id}"
         self.url = socket_url(base, peer_id, self.token)
+        self.lost_at = None  # monotonic time the server's side went away while we held it
         self.ws = None
         self.reader = None
         self.open = False
@@ -208,6 +211,9 @@ class Peer:
         finally:
             if self.open and not generator.closing:
                 self.dropped = True
+                self.lost_at = time.monotonic()
+                if generator.on_drop is not None:
+                    generator.on_drop(self)
             self.open = False
             if self.ws.close_code is not None:
                 self.close_code = self.ws.close_code
@@ -236,6 +242,7 @@ class Generator:
         self.extensions = collections.Counter()  # what the server negotiated (permessage-deflate or none)
         self.closing = False
         self.heartbeat_task = None
+        self.on_drop = None  # called with a peer the server dropped (the storm reconnects it)
 
     def new_peer(self, base):
         return Peer(self, f"{self.prefix}n{next(self.counter)}", base)
@@ -352,6 +359,169 @@ class Generator:
                         except ConnectionClosed:
                             pass
                 await asyncio.sleep(HEARTBEAT_PERIOD / slices)
+
+    # Reconnect storms, bursts and first frames.
+
+    async def storm(self, bases, timeout, concurrency=1000):
+        """When the server drops the idle peers (their worker died), reconnect each at once
+        with its id and token to ``bases``, as PeerJS apps do on 'disconnected'.
+
+        Returns when every dropped peer is open again or ``timeout`` s after
+        the first drop: seconds from the first drop to the last OPEN, peers
+        refused (ERROR, ID-TAKEN) or failed, and reconnect latencies.
+        """
+        for base in bases:
+            check_loopback(base)
+        pending, tasks = set(), []
+        semaphore = asyncio.Semaphore(concurrency)
+        refused, latency = collections.Counter(), collections.Counter()
+        first_drop = []
+        done = asyncio.Event()
+        rotation = itertools.count()
+
+        async def reconnect(peer):
+            async with semaphore:
+                peer.url = socket_url(bases[next(rotation) % len(bases)], peer.peer_id, peer.token)
+                started = time.monotonic_ns()
+                try:
+                    await peer.connect(timeout)
+                except Exception as exc:
+                    refused[type(exc).__name__ + (f": {exc}"[:120] if isinstance(exc, LoadError) else "")] += 1
+                else:
+                    peer.dropped = False
+                    latency[bucket((time.monotonic_ns() - started) / 1000)] += 1
+                finally:
+                    pending.discard(peer.peer_id)
+                    if not pending:
+                        done.set()
+
+        def on_drop(peer):
+            if not first_drop:
+                first_drop.append(peer.lost_at)
+            pending.add(peer.peer_id)
+            tasks.append(asyncio.create_task(reconnect(peer)))
+
+        self.on_drop = on_drop
+        try:
+            deadline = time.monotonic() + timeout
+            while not first_drop and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if first_drop:
+                try:
+                    await asyncio.wait_for(done.wait(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    pass
+            finished = time.monotonic()
+        finally:
+            self.on_drop = None
+        for task in tasks:
+            task.cancel()
+        return {
+            "dropped": len(tasks),
+            "reopened": sum(latency.values()),
+            "refused": dict(refused),
+            "still_closed": len(pending),
+            "seconds": finished - first_drop[0] if first_drop else None,
+            "reconnect_latency_us": {str(k): v for k, v in latency.items()},
+        }
+
+    async def burst(self, base, frames):
+        """One peer sends ``frames`` CANDIDATEs to an id nobody holds, as fast as it can."""
+        check_loopback(base)
+        opened, failures, _ = await self.open_peers([base], 1, 1)
+        if not opened:
+            raise LoadError(f"could not open the bursting peer: {dict(failures)}")
+        (peer,) = opened
+        nobody = f"{self.prefix}nobody"
+        frame = orjson.dumps({"type": "CANDIDATE", "dst": nobody, "payload": {"candidate": CANDIDATE}}).decode()
+        t0 = time.monotonic()
+        for _ in range(frames):
+            await peer.ws.send(frame)
+        sent_seconds = time.monotonic() - t0
+        expired = self.unexpected["EXPIRE"]
+        await self.close_peers([peer])
+        return {"sent": frames, "send_seconds": sent_seconds, "expires_heard": expired, "dropped": peer.dropped}
+
+    async def first_frames(self, bases, count, timeout=10.0):
+        """The first frame of a new pair: a receiver opens on ``bases[-1]`` and at once a
+        sender on ``bases[0]`` (open all along) sends it an OFFER; one-way latency of each."""
+        for base in bases:
+            check_loopback(base)
+        senders, failures, _ = await self.open_peers(bases[:1], 1, 1)
+        if not senders:
+            raise LoadError(f"could not open the sender: {dict(failures)}")
+        (sender,) = senders
+        latency = collections.Counter()
+        missed = 0
+        phase = self.phases["first"] = Phase("first")
+        for _ in range(count):
+            receiver = self.new_peer(bases[-1])
+            await receiver.connect(timeout)
+            stream = Stream(sender, receiver)
+            receiver.inbound[sender.peer_id] = stream
+            await sender.ws.send(self.frame(stream, "first"))
+            try:
+                await asyncio.wait_for(stream.arrived.wait(), timeout)
+            except asyncio.TimeoutError:
+                missed += 1
+            await self.close_peers([receiver])
+        await self.close_peers([sender])
+        latency.update(phase.latency)
+        return {"pairs": count, "missed": missed, "latency_us": {str(k): v for k, v in latency.items()}}
+
+    async def unfinished(self, base, count, size):
+        """Open ``count`` sockets that each start a ``size``-byte message and never finish it.
+
+        Raw TCP: a WebSocket client library would not send half a frame. What
+        the server holds for them is what the benchmark reads off its RSS.
+        """
+        check_loopback(base)
+        parts = urllib.parse.urlsplit(base)
+        self.raw = getattr(self, "raw", [])
+        opened = closed_at_once = 0
+        for n in range(count):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            peer_id = f"{self.prefix}u{n}"
+            path = urllib.parse.urlsplit(socket_url(base, peer_id, "t" + peer_id))
+            writer.write(
+                (
+                    f"GET {path.path}?{path.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
+            status = await asyncio.wait_for(reader.readline(), 10)
+            if b" 101 " not in status:
+                raise LoadError(f"handshake refused: {status!r}")
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            # A masked text frame announcing ``size`` bytes, all but the last sent.
+            writer.write(bytes([0x81, 0x80 | 127]) + size.to_bytes(8, "big") + os.urandom(4))
+            chunk = b"x" * 65536
+            try:
+                for start in range(0, size - 1, len(chunk)):
+                    writer.write(chunk[: min(len(chunk), size - 1 - start)])
+                    await asyncio.wait_for(writer.drain(), 10)
+            except (ConnectionError, asyncio.TimeoutError):
+                pass  # the server stopped reading or closed: it refused the message
+            self.raw.append((reader, writer))
+            opened += 1
+        # Whatever the server closed at once (a frame over its cap) reads EOF.
+        for reader, _writer in self.raw:
+            try:
+                while await asyncio.wait_for(reader.read(65536), 0.2):
+                    pass
+                closed_at_once += 1
+            except ConnectionError:
+                closed_at_once += 1
+            except asyncio.TimeoutError:
+                pass  # still open: the server holds it
+        return {"opened": opened, "closed_by_server": closed_at_once}
+
+    async def close_unfinished(self):
+        for _reader, writer in getattr(self, "raw", []):
+            writer.close()
+        self.raw = []
+        return {}
 
     # Relaying.
 
@@ -540,6 +710,16 @@ class Worker:
             await g.close_peers([p for pair in g.pairs for p in pair])
             g.pairs, g.streams, g.ranges = [], [], {}
             answer = {"dropped": dropped, "never_delivered": never, "close_codes": dict(codes)}
+        elif op == "storm":
+            answer = await g.storm(command["bases"], command.get("timeout", 60))
+        elif op == "burst":
+            answer = await g.burst(command["base"], command["frames"])
+        elif op == "unfinished":
+            answer = await g.unfinished(command["base"], command["count"], command["size"])
+        elif op == "close_unfinished":
+            answer = await g.close_unfinished()
+        elif op == "first_frames":
+            answer = await g.first_frames(command["bases"], command["count"])
         elif op == "stats":
             answer = {"unexpected": dict(g.unexpected), "extensions": dict(g.extensions)}
         else:

@@ -75,11 +75,17 @@ PROFILES = {
         "soak_peers": 10000,  # the best uvicorn worker, on a fresh server, holds these for soak_hold
         "soak_hold": 60,
         "soak_open_seconds": 45,
-        "deadline": 550,
+        "deadline": 800,
         "drain_seconds": 5,
         "settle_seconds": 20,
         "setups": None,
         "daphne": True,
+        "first_pairs": 100,  # new pairs whose first frame crosses workers
+        "storm_peers": 5000,  # held on the worker that is killed (issue 8)
+        "storm_timeout": 60,
+        "burst_frames": 5000,  # one socket's burst at an offline id (issue 8)
+        "burst_opens": 300,  # sockets opened beside it
+        "unfinished_sockets": 40,  # sockets holding an unfinished message (issue 12)
     },
     # About a minute: the same phases, smaller.
     "quick": {
@@ -99,6 +105,12 @@ PROFILES = {
         # Only the reference, the first uvicorn and its cluster.
         "setups": 1,
         "daphne": False,
+        "first_pairs": 20,
+        "storm_peers": 500,
+        "storm_timeout": 30,
+        "burst_frames": 5000,
+        "burst_opens": 100,
+        "unfinished_sockets": 10,
     },
 }
 
@@ -221,6 +233,7 @@ class Setup:
         self.ws = ws
         self.workers = workers
         self.processes = []
+        self.worker_processes = []
         self.bases = []
 
     def start(self, template_db):
@@ -252,6 +265,7 @@ class Setup:
                 port = free_port()
                 p = Process(f"{self.name}-w{i}", self._command(port), env=env, cwd=self.project, log_dir=self.work)
                 self.processes.append(p)
+                self.worker_processes.append(p)
                 self._wait(p, port)
                 self.bases.append(f"ws://{HOST}:{port}")
         except BaseException:
@@ -266,6 +280,8 @@ class Setup:
         command = [
             python(), "-m", "uvicorn", "p2psite.asgi:application", "--host", HOST, "--port", str(port),
             "--ws", ws, "--lifespan", "auto", "--log-level", "warning", "--no-access-log",
+            # As deploy/worker-entrypoint.sh: the frame cap, enforced before buffering.
+            "--ws-max-size", str(MAX_FRAME_BYTES),
         ]
         if nodeflate:
             command += ["--ws-per-message-deflate", "false"]
@@ -280,7 +296,7 @@ class Setup:
         return [p.pid for p in self.processes]
 
     def check_alive(self):
-        dead = [p for p in self.processes if not p.alive()]
+        dead = [p for p in self.processes if not p.alive() and not getattr(p, "killed", False)]
         if dead:
             raise RuntimeError(f"{dead[0].name} died:\n{dead[0].tail()}")
 
@@ -296,6 +312,8 @@ class Setup:
 # "websockets" implementation runs last, if time allows.
 DEFAULT_WS = ["websockets-sansio-nodeflate", "websockets-sansio", "wsproto", "websockets"]
 OPTIONAL = {"uvicorn-websockets", "2xdaphne+redis"}
+
+MAX_FRAME_BYTES = 262144  # PEERJS_MAX_FRAME_BYTES's default
 
 OUR_ENV = {
     "DJANGO_SECRET_KEY": "bench-only-secret-key-8c1f4e7a2d9b6053f1e8a7c4d2b9e6f0",
@@ -327,9 +345,16 @@ class Clients:
 
     def run(self, commands, timeout):
         """Send command i to process i, wait for every answer (bounded)."""
+        self.send(commands)
+        return self.collect(timeout)
+
+    def send(self, commands):
         for proc, command in zip(self.procs, commands):
             proc.stdin.write(json.dumps(command) + "\n")
             proc.stdin.flush()
+
+    def collect(self, timeout):
+        """The answers to what ``send`` sent, in order (bounded)."""
         answers = []
         deadline = time.monotonic() + timeout
         for proc in self.procs:
@@ -543,10 +568,136 @@ def bench_setup(setup, profile, clients_count, soak=False):
             "server_cpu_us": relay_cpu,
             "cpu_us_per_message": relay_cpu / delivered if delivered else None,
         }
+        # 4. The first frame of new pairs: a receiver opens (on the second
+        # worker of a cluster) and a sender at once sends it an OFFER.
+        if setup.kind == "ours" or setup.name == "reference":
+            (answer, *_rest) = clients.run(
+                first_only({"op": "first_frames", "bases": setup.bases, "count": p["first_pairs"]}), timeout=120
+            )
+            result["phases"]["first_frame"] = {
+                "pairs": answer["pairs"],
+                "missed": answer["missed"],
+                "latency_us": loadgen.percentiles(loadgen.merge_histograms([answer["latency_us"]])),
+            }
         stats = clients.all({"op": "stats"}, timeout=30)
         result["unexpected_frames"] = merge_counts(stats, "unexpected")
         result["extensions"] = merge_counts(stats, "extensions")
         return result
+    finally:
+        clients.stop()
+
+
+def bench_storm(setup, profile, clients_count):
+    """Issue 8: SIGKILL a worker holding many peers; they reconnect at once to the survivors.
+
+    Three workers: the first holds the idle peers, pairs on the other two relay
+    at 1 000 msgs/s meanwhile. Figures: seconds from the first dropped socket
+    to the last peer open again, peers refused, and the survivors' own relay
+    latency during the storm.
+    """
+    p = profile
+    assert clients_count >= 2, "the storm needs two load-generator processes"
+    clients = Clients(2, tag="storm" + str(int(time.time()) % 100000))
+    doomed, survivors = setup.bases[0], setup.bases[1:]
+    try:
+        (held, _) = clients.run(
+            [
+                {"op": "open_idle", "bases": [doomed], "count": p["storm_peers"], "concurrency": 50,
+                 "seconds": p["storm_timeout"]},
+                {"op": "open_pairs", "bases": survivors, "pairs": 10},
+            ],
+            timeout=p["storm_timeout"] + 90,
+        )
+        setup.check_alive()
+        relay_seconds = 4
+        clients.send(
+            [
+                {"op": "storm", "bases": survivors, "timeout": p["storm_timeout"]},
+                {"op": "relay", "phase": 1, "mode": "paced", "rate": 1000, "seconds": relay_seconds, "drain": 5},
+            ]
+        )
+        time.sleep(1)  # the relay is under way
+        doomed_worker = setup.worker_processes[0]
+        doomed_worker.killed = True
+        doomed_worker.proc.kill()  # SIGKILL, as a crash
+        storm, relay = clients.collect(timeout=p["storm_timeout"] + relay_seconds + 60)
+        return {
+            "name": setup.name,
+            "workers": setup.workers,
+            "storm": {
+                "held": held["opened"],
+                "dropped": storm["dropped"],
+                "reopened": storm["reopened"],
+                "refused": storm["refused"],
+                "still_closed": storm["still_closed"],
+                "seconds": storm["seconds"],
+                "reconnect_latency_us": loadgen.percentiles(loadgen.merge_histograms([storm["reconnect_latency_us"]])),
+                "survivor_relay": {
+                    "sent": relay["sent"],
+                    "received": relay["received"],
+                    "lost": relay["lost"],
+                    "latency_us": loadgen.percentiles(loadgen.merge_histograms([relay["latency_us"]])),
+                },
+            },
+        }
+    finally:
+        clients.stop()
+
+
+def bench_burst(setup, profile):
+    """Issue 8: open latency on a worker while one of its sockets bursts frames at an offline id."""
+    p = profile
+    clients = Clients(2, tag="burst" + str(int(time.time()) % 100000))
+    base = setup.bases[0]
+    opens = {"op": "open_idle", "bases": [base], "count": p["burst_opens"], "concurrency": 10, "seconds": 60}
+    try:
+        _, quiet = clients.run([{"op": "ping"}, opens], timeout=120)
+        clients.run([{"op": "ping"}, {"op": "close_idle"}], timeout=60)
+        burst, busy = clients.run([{"op": "burst", "base": base, "frames": p["burst_frames"]}, opens], timeout=180)
+        clients.run([{"op": "ping"}, {"op": "close_idle"}], timeout=60)
+        setup.check_alive()
+        latency = lambda answer: loadgen.percentiles(loadgen.merge_histograms([answer["open_latency_us"]]))  # noqa: E731
+        return {
+            "name": setup.name,
+            "burst": {
+                "frames": burst["sent"],
+                "burst_seconds": burst["send_seconds"],
+                "opened_quiet": quiet["opened"],
+                "opened_during_burst": busy["opened"],
+                "open_latency_quiet_us": latency(quiet),
+                "open_latency_during_burst_us": latency(busy),
+            },
+        }
+    finally:
+        clients.stop()
+
+
+def bench_unfinished(setup, profile):
+    """Issue 12: what a worker holds for sockets that start a message and never finish it."""
+    p = profile
+    clients = Clients(1, tag="unfinished" + str(int(time.time()) % 100000))
+    meter = Meter(setup.pids())
+    base = setup.bases[0]
+    count = p["unfinished_sockets"]
+    try:
+        rss0 = meter.rss_kb()
+        (at_cap,) = clients.run([{"op": "unfinished", "base": base, "count": count, "size": MAX_FRAME_BYTES}], timeout=120)
+        rss1 = meter.rss_kb()
+        clients.run([{"op": "close_unfinished"}], timeout=60)
+        (over,) = clients.run([{"op": "unfinished", "base": base, "count": count, "size": 15 * 1024 * 1024}], timeout=300)
+        rss2 = meter.rss_kb()
+        clients.run([{"op": "close_unfinished"}], timeout=60)
+        setup.check_alive()
+        return {
+            "name": setup.name,
+            "unfinished": {
+                "sockets": count,
+                "held_at_cap": at_cap["opened"] - at_cap["closed_by_server"],
+                "kb_per_socket_at_cap": (rss1 - rss0) / count,
+                "over_cap_closed_by_server": over["closed_by_server"],
+                "kb_per_socket_over_cap": (rss2 - rss1) / count,
+            },
+        }
     finally:
         clients.stop()
 
@@ -600,6 +751,8 @@ ROWS = {
     "p2000_p50": ("relay 2000/s: p50 ms", _latency("paced_2000", "p50"), "{:.2f}"),
     "p2000_p95": ("relay 2000/s: p95 ms", _latency("paced_2000", "p95"), "{:.2f}"),
     "p2000_p99": ("relay 2000/s: p99 ms", _latency("paced_2000", "p99"), "{:.2f}"),
+    "first_p50": ("first frame of a new pair: p50 ms", _latency("first_frame", "p50"), "{:.2f}"),
+    "first_p99": ("first frame of a new pair: p99 ms", _latency("first_frame", "p99"), "{:.2f}"),
     "lost": ("lost (never delivered)", _relay_sum("lost"), "{:.0f}"),
     "late": ("late (> drain time)", _relay_sum("late"), "{:.0f}"),
     "duplicated": ("duplicated", _relay_sum("duplicated"), "{:.0f}"),
@@ -680,6 +833,44 @@ def notes_for(results):
     return notes
 
 
+def fault_lines(results):
+    """The fault and abuse phases, in words."""
+    lines = []
+    for r in results:
+        if "error" in r and any(tag in r["name"] for tag in ("storm", "burst", "unfinished")):
+            lines.append(f"{r['name']}: FAILED: {r['error'].splitlines()[0]}")
+        if "storm" in r:
+            s = r["storm"]
+            relay = s["survivor_relay"]
+            seconds = "-" if s["seconds"] is None else f"{s['seconds']:.2f}"
+            lines.append(
+                f"reconnect storm ({r['name']}): a worker holding {s['held']} peers SIGKILLed; {s['reopened']} of "
+                f"{s['dropped']} reconnected to the survivors in {seconds} s (reconnect p50 "
+                f"{_ms(s['reconnect_latency_us'].get('p50')) or 0:.1f} ms, p99 {_ms(s['reconnect_latency_us'].get('p99')) or 0:.1f} ms), "
+                f"refused {s['refused'] or 0}, not back {s['still_closed']}; survivors' own relay meanwhile: "
+                f"{relay['received']}/{relay['sent']} delivered, p50 {_ms(relay['latency_us'].get('p50')) or 0:.2f} ms, "
+                f"p99 {_ms(relay['latency_us'].get('p99')) or 0:.2f} ms"
+            )
+        if "burst" in r:
+            b = r["burst"]
+            quiet, busy = b["open_latency_quiet_us"], b["open_latency_during_burst_us"]
+            lines.append(
+                f"burst ({r['name']}): one socket sent {b['frames']} frames to an offline id in {b['burst_seconds']:.2f} s; "
+                f"opens on that worker: p50 {_ms(quiet.get('p50')) or 0:.1f} / p99 {_ms(quiet.get('p99')) or 0:.1f} ms quiet, "
+                f"p50 {_ms(busy.get('p50')) or 0:.1f} / p99 {_ms(busy.get('p99')) or 0:.1f} ms during the burst "
+                f"({b['opened_during_burst']} of {b['opened_quiet']} opened)"
+            )
+        if "unfinished" in r:
+            u = r["unfinished"]
+            lines.append(
+                f"unfinished messages ({r['name']}): {u['sockets']} sockets each holding a message at the cap "
+                f"({MAX_FRAME_BYTES // 1024} KiB, all but one byte sent): {u['kb_per_socket_at_cap']:.0f} KB RSS per socket; "
+                f"a 15 MB message is refused at its header: {u['over_cap_closed_by_server']} of {u['sockets']} closed "
+                f"by the server, {u['kb_per_socket_over_cap']:.0f} KB RSS per socket"
+            )
+    return lines
+
+
 def check_targets(results):
     """The issue's targets against the best uvicorn worker, the cluster and the soak."""
     lines = []
@@ -690,6 +881,36 @@ def check_targets(results):
     if singles:
         picks.append(("single", min(singles, key=lambda r: value("relay_us", r) or 1e9)))
     picks += [("cluster", r) for r in clusters]
+    reference = next((r for r in ok if r["name"] == "reference"), None)
+    for r in clusters:
+        # Issue 11: a cluster signals at one worker's speed, against the reference in the same run.
+        ref_rate, ref_us = value("relay_rate", reference), value("relay_us", reference)
+        rate, us = value("relay_rate", r), value("relay_us", r)
+        checks = [
+            ("msgs/s vs reference (>= 0.5x)", rate / ref_rate if rate and ref_rate else None, 0.5, ">="),
+            ("CPU µs/msg vs reference (<= 3x)", us / ref_us if us and ref_us else None, 3.0, "<="),
+            ("p99 ms at 2000 msgs/s", value("p2000_p99", r), 10.0, "<="),
+            ("first frame of a new pair p50 ms", value("first_p50", r), 2.0, "<="),
+            ("lost+duplicated+reordered", sum(value(k, r) or 0 for k in COUNTS), 0, "<="),
+        ]
+        for label, v, limit, sense in checks:
+            met = v is not None and (v >= limit if sense == ">=" else v <= limit)
+            verdict = "no figure" if v is None else "met" if met else "MISSED"
+            shown = "-" if v is None else f"{v:.2f}"
+            lines.append(f"issue11  {r['name']:26} {label:34} {shown:>9} {sense} {limit:<5} {verdict}")
+    for r in ok:
+        storm = r.get("storm")
+        if storm:
+            p99 = _ms(storm["survivor_relay"]["latency_us"].get("p99"))
+            refused = sum(storm["refused"].values()) + storm["still_closed"]
+            for label, v, limit in (
+                ("seconds until all reconnected", storm["seconds"], 10.0),
+                ("peers refused or not back", refused, 0),
+                ("survivors' relay p99 ms", p99, 50.0),
+            ):
+                verdict = "no figure" if v is None else "met" if v <= limit else "MISSED"
+                shown = "-" if v is None else f"{v:.2f}"
+                lines.append(f"issue8   {r['name']:26} {label:34} {shown:>9} <= {limit:<5} {verdict}")
     for kind, r in picks:
         t = TARGETS[kind]
         checks = [
@@ -859,7 +1080,39 @@ def main(argv=None):
         # before the clusters; 2 daphne workers come last, if time allows.
         plan = [s for s in chosen if s.workers == 1] + ["soak"] + [s for s in chosen if s.workers > 1]
         plan.sort(key=lambda s: s != "soak" and s.name in OPTIONAL)
+        # Faults and abuse, on the production worker (issues 8 and 12).
+        if not args.only or "faults" in args.only:
+            ws = args.ws[0]
+            plan += [
+                ("burst", Setup(f"burst-uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project)),
+                ("unfinished", Setup(f"unfinished-uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project)),
+                ("storm", Setup(f"storm-3xuvicorn-{ws}+redis", work, "ours", server="uvicorn", ws=ws, workers=3, project=project)),
+            ]
         for setup in plan:
+            if isinstance(setup, tuple):
+                kind, setup = setup
+                if time.monotonic() > deadline - 30:
+                    results.append({"name": setup.name, "error": "skipped: the run's time budget is spent"})
+                    continue
+                print(f"bench: {setup.name} ...", flush=True)
+                t0 = time.monotonic()
+                try:
+                    setup.start(template)
+                    if kind == "storm":
+                        results.append(bench_storm(setup, profile, args.clients))
+                    elif kind == "burst":
+                        results.append(bench_burst(setup, profile))
+                    else:
+                        results.append(bench_unfinished(setup, profile))
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    results.append({"name": setup.name, "error": f"{type(exc).__name__}: {exc}"})
+                    print(f"bench: {setup.name} FAILED: {exc}", flush=True)
+                finally:
+                    setup.stop()
+                print(f"bench: {setup.name} done in {time.monotonic() - t0:.0f}s", flush=True)
+                continue
             if setup == "soak":
                 if not profile["soak_peers"] or args.no_soak:
                     continue
@@ -909,21 +1162,27 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     if not results:
         return 1
-    text = table(results)
-    notes = notes_for(results)
+    compared = [r for r in results if not any(k in r for k in ("storm", "burst", "unfinished"))]
+    text = table(compared)
+    notes = notes_for(compared)
+    faults = fault_lines(results)
     targets = check_targets(results)
     print()
     print(text)
+    if faults:
+        print()
+        for line in faults:
+            print(line)
     if notes:
         print()
         for note in notes:
             print(f"note: {note}")
     if targets:
         print()
-        print("targets (issue 5, part 2):")
+        print("targets (issue 5 for one worker and the cluster's basics; issue 11 for the cluster against the reference; issue 8 for the storm):")
         for line in targets:
             print(f"  {line}")
-    for r in results:
+    for r in compared:
         r["figures"] = figures(r)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

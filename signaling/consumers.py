@@ -70,6 +70,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         started = time.perf_counter()  # for metrics.OPEN_LATENCY
         self.hub = await running_hub()
+        # A reconnect storm (a worker died, its peers all come here) opens
+        # sockets a few at a time, so that relaying between the peers already
+        # here keeps its pace; the others wait for their OPEN.
+        async with self.hub.opening:
+            await self.open_socket(started)
+
+    async def open_socket(self, started):
         self.options = options()
         self.connection_id = self.hub.new_connection_id()
         self.address = client_address(self.scope, self.options.proxied)
@@ -142,6 +149,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         else:
             self.peer = (self.key, self.peer_id)
             stats["sockets_opened:open"] += 1
+            await self.hub.announced()
             await self.send(text_data=protocol.OPEN_FRAME)
             metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             self.hub.open(self)

@@ -46,6 +46,7 @@ RETRY = "retry"  # register() outcome while the database is away
 
 MAX_UNKNOWN = 10_000  # frames for impossible ids awaiting their EXPIRE; past it, EXPIRE at once
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
+MAX_OPENING = 16  # sockets a worker opens at once; more wait their turn (see PeerConsumer.connect)
 
 
 def _claim_and_take_queue(request, worker, connection_id, address, limit):
@@ -77,6 +78,7 @@ class Hub:
         self.unreleased = set()  # (key, id, connection id) whose release the database missed
         self.stats = collections.Counter()
         self.stopping = False
+        self.opening = asyncio.Semaphore(MAX_OPENING)
         self._connection_ids = itertools.count()
         self._tasks = set()
         self._announcements = {}  # (key, id) -> "here" or "gone", sent at the end of the loop iteration
@@ -195,13 +197,35 @@ class Hub:
             self.loop.call_soon(self._send_announcements)
         self._announcements[peer] = what
 
+    async def announced(self):
+        """Return once the other workers can know where this worker's new peers are.
+
+        Before a new peer hears OPEN: whoever it tells its id to next may send
+        it a frame at once, and that frame then finds its worker in the
+        directory instead of taking the registry's slower way.
+        """
+        if self.transport is None:
+            return
+        if self._announcements:
+            self._send_announcements()
+        await self.transport.flushed()
+
     def _send_announcements(self):
         announcements, self._announcements = self._announcements, {}
         here = [list(peer) for peer, what in announcements.items() if what == "here"]
         gone = [list(peer) for peer, what in announcements.items() if what == "gone"]
-        message = {"type": "peerjs.directory", "worker": self.name, "here": here, "gone": gone}
+        message = self._directory_message(here, gone)
         for worker in self.workers:
             self.transport.send(worker, message)
+
+    def _directory_message(self, here, gone, hello=False):
+        return {"type": "peerjs.directory", "worker": self.name, "here": here, "gone": gone, "hello": hello}
+
+    def greet(self):
+        """A worker that starts says so to the others, which answer with the peers they hold."""
+        if self.transport is not None:
+            for worker in self.workers:
+                self.transport.send(worker, self._directory_message([], [], hello=True))
 
     # Delivery.
 
@@ -342,6 +366,9 @@ class Hub:
                 )
             elif kind == "peerjs.directory":
                 self.learn(message["worker"], message["here"], message["gone"])
+                if message.get("hello"):
+                    # A worker that just started: tell it every peer held here.
+                    self.transport.send(message["worker"], self._directory_message([list(p) for p in self.local], []))
             elif kind == "peerjs.drain":
                 self.drain_at(self.name, message["key"], message["dst"])
             elif kind == "peerjs.close":

@@ -55,6 +55,11 @@ from redis.backoff import ExponentialBackoff
 logger = logging.getLogger(__name__)
 
 
+# How long a receiving process may sit on acknowledgements before sending them
+# in a round trip of their own (they ride along with any earlier flush).
+ACK_DELAY = 0.005
+
+
 class NotDelivered(Exception):
     """``send`` could not hand the message to any subscriber of the channel."""
 
@@ -87,6 +92,11 @@ class RedisBatchLayer(BaseChannelLayer):
         self._links = weakref.WeakKeyDictionary()  # event loop -> _Link
 
     # Channels' interface.
+
+    async def flushed(self):
+        """Return once everything this process sent so far is with Redis."""
+        link = await self._link()
+        await link.flushed()
 
     async def send(self, channel, message):
         """Send ``message``; return once Redis handed it to a subscriber of ``channel``."""
@@ -190,6 +200,8 @@ class _Link:
         self.outgoing = {}  # (channel, tracked) -> [(message, future)]
         self.acks_out = collections.defaultdict(list)  # reply channel -> batch ids
         self.flushing = None
+        self.flush_waiters = []  # futures to resolve once what was sent before them is published
+        self.ack_timer = None
         self.pending = {}  # batch id -> (channel, messages, timer)
         self.in_flight = collections.Counter()  # channel -> messages not yet acknowledged
         self.batch_ids = itertools.count()
@@ -228,13 +240,34 @@ class _Link:
         if self.flushing is None:
             self.flushing = self.loop.create_task(self._flush())
 
+    def _send_acks(self):
+        self.ack_timer = None
+        if self.acks_out:
+            self._kick()
+
+    async def flushed(self):
+        """Return once everything sent so far has been published."""
+        if not self.outgoing and self.flushing is None:
+            return
+        waiter = self.loop.create_future()
+        self.flush_waiters.append(waiter)
+        self._kick()
+        await waiter
+
     async def _flush(self):
         """Publish what accumulated, round trip after round trip, until nothing is left."""
         try:
-            while self.outgoing or self.acks_out:
+            while self.outgoing or self.acks_out or self.flush_waiters:
                 outgoing, self.outgoing = self.outgoing, {}
                 acks, self.acks_out = self.acks_out, collections.defaultdict(list)
+                waiters, self.flush_waiters = self.flush_waiters, []
+                if self.ack_timer is not None:
+                    self.ack_timer.cancel()
+                    self.ack_timer = None
                 await self._publish(outgoing, acks)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
         finally:
             self.flushing = None
 
@@ -329,7 +362,11 @@ class _Link:
             self.acks_out[reply].append(batch_id)
         if inbox.handed:
             inbox.handed = []
-            self._kick()
+            # Acknowledgements may wait a moment: they go with the next flush,
+            # or after ACK_DELAY, so that a steady trickle of batches does not
+            # cost a round trip each way.
+            if self.flushing is None and self.ack_timer is None:
+                self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
         while not inbox.items:
             inbox.waiter = self.loop.create_future()
             try:
@@ -441,6 +478,8 @@ class _Link:
             await _quietly(self.flushing)
         for _channel, _messages, timer in self.pending.values():
             timer.cancel()
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
         if self.publisher is not None:
             await _quietly(self.publisher.aclose())
 

@@ -49,6 +49,7 @@ class Services:
         if hub.transport is not None:
             await hub.transport.start()
         await self.beat()
+        hub.greet()
         try:
             await self.refresh_directory()
         except DatabaseUnavailable:

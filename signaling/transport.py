@@ -66,6 +66,11 @@ class Transport:
         if self.task is not None:
             self.task.cancel()
 
+    async def flushed(self):
+        """Return once what was sent so far is on its way (Redis has it)."""
+        if self.batching:
+            await self.layer.flushed()
+
     def send(self, worker, message):
         """Hand ``message`` to ``worker``'s inbox. False if it was refused at once (counted)."""
         channel = inbox_name(worker)
