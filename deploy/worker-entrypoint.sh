@@ -10,6 +10,11 @@
 #                a certificate chain and its key (PEM files): the worker
 #                itself serves HTTPS and WSS (one worker without nginx; set
 #                DJANGO_HTTPS=1 too). Unset: plain HTTP, as behind nginx.
+#   PEERJS_MAX_FRAME_BYTES  the largest WebSocket message a client may send
+#                (default 262144, as the app's own limit): uvicorn refuses a
+#                bigger one at its header (close 1009), before buffering it.
+#   ASGI_HEADER_TIMEOUT  seconds a request (a WebSocket handshake too) may take
+#                to send its headers (uvicorn; default 10): see signaling/servers.py.
 #   PEERJS_PROXIED          on (1/true/yes/on) behind a reverse proxy: uvicorn
 #                           then takes the client address and scheme from
 #                           X-Forwarded-For/-Proto, but only from...
@@ -28,6 +33,7 @@ fi
 
 host=${ASGI_HOST:-0.0.0.0}
 port=${ASGI_PORT:-8000}
+max_frame=${PEERJS_MAX_FRAME_BYTES:-262144}
 app=p2psite.asgi:application
 
 # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: a
@@ -64,8 +70,9 @@ case "${ASGI_SERVER:-uvicorn}" in
         ;;
     uvicorn)
         exec uvicorn "$app" --host "$host" --port "$port" \
-            --ws websockets-sansio --ws-per-message-deflate false --lifespan on "$@" \
-            --no-access-log --log-level warning
+            --http signaling.servers:H11WithHeaderDeadline \
+            --ws websockets-sansio --ws-per-message-deflate false --ws-max-size "$max_frame" \
+            --lifespan on "$@" --no-access-log --log-level warning
         ;;
     *)
         echo "error: ASGI_SERVER=${ASGI_SERVER} is not a server this image runs; use daphne or uvicorn." >&2

@@ -398,8 +398,8 @@ class Hub:
             if message.get("type") != "peerjs.relay":
                 continue  # announcements, drains and closes are best effort
             key, src, dst, kind = message["key"], message["src"], message["dst"], message["kind"]
-            if self.directory.get((key, dst)) == worker:
-                del self.directory[key, dst]
+            if reason == GONE and self.directory.get((key, dst)) == worker:
+                del self.directory[key, dst]  # nobody reads that worker's inbox: forget the route
             if reason == GONE or kind == protocol.EXPIRE:
                 # Where the peer is now; the server's own EXPIRE tries that too.
                 self.route(key, src, dst, kind, message["frame"], message["hops"])

@@ -33,7 +33,7 @@ from signaling.hub import get_hub
 
 logger = logging.getLogger(__name__)
 
-DIRECTORY_REFRESH = 30.0  # seconds between re-reads of where every peer is
+DIRECTORY_REFRESH = 10.0  # seconds between re-reads of where every peer is (heals lost announcements)
 
 
 class Services:

@@ -376,13 +376,12 @@ class TurnServer:
 class Worker:
     """One server process (daphne by default) serving p2psite.asgi:application.
 
-    ``entrypoint=True`` starts it as production does, through
-    deploy/worker-entrypoint.sh (ASGI_SERVER picks ``server``); ``tls`` is a
-    TestCertificates whose server certificate the worker then serves HTTPS
-    and WSS with.
+    It starts as production does, through deploy/worker-entrypoint.sh
+    (ASGI_SERVER picks ``server``); ``tls`` is a TestCertificates whose
+    server certificate the worker then serves HTTPS and WSS with.
     """
 
-    def __init__(self, database, env=None, server="daphne", name="worker", entrypoint=False, tls=None):
+    def __init__(self, database, env=None, server="daphne", name="worker", tls=None):
         self.port = free_port()
         self.database = database
         self.tls = tls
@@ -395,26 +394,17 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        if entrypoint:
-            command = [str(ROOT / "deploy" / "worker-entrypoint.sh")]
-            self.env.update(
-                ASGI_SERVER=server,
-                ASGI_HOST="127.0.0.1",
-                ASGI_PORT=str(self.port),
-                # The servers of this virtualenv, as the image has them on PATH.
-                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-            )
-            if tls:
-                self.env.update(ASGI_TLS_CERT=str(tls.cert), ASGI_TLS_KEY=str(tls.key))
-        elif server == "daphne":
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "p2psite.asgi:application"]
-        else:
-            command = [
-                sys.executable, "-m", "uvicorn", "p2psite.asgi:application",
-                "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on",
-                # as deploy/worker-entrypoint.sh runs it
-                "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--no-access-log", "--log-level", "warning",
-            ]
+        # Started as production starts it: deploy/worker-entrypoint.sh, with
+        # the servers of this virtualenv on PATH, as the image has them.
+        command = [str(ROOT / "deploy" / "worker-entrypoint.sh")]
+        self.env.update(
+            ASGI_SERVER=server,
+            ASGI_HOST="127.0.0.1",
+            ASGI_PORT=str(self.port),
+            PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        )
+        if tls:
+            self.env.update(ASGI_TLS_CERT=str(tls.cert), ASGI_TLS_KEY=str(tls.key))
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         try:
@@ -465,3 +455,68 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+class RedisCluster:
+    """A Redis Cluster of three masters on loopback ports (no replicas), for the session."""
+
+    def __init__(self, masters=3):
+        self.dir = Path(tempfile.mkdtemp(prefix="peerjs-redis-cluster-"))
+        self.ports = [free_port() for _ in range(masters)]
+        self.procs = []
+        for port in self.ports:
+            node_dir = self.dir / str(port)
+            node_dir.mkdir()
+            self.procs.append(
+                subprocess.Popen(
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                     "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
+                     "--save", "", "--appendonly", "no", "--logfile", str(node_dir / "redis.log")],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+        for port in self.ports:
+            wait_until(lambda p=port: self._cli(p, "PING", check=False).strip() == "PONG", 10, f"redis-server on {port}")
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        wait_until(lambda: all("cluster_state:ok" in self._cli(p, "CLUSTER", "INFO") for p in self.ports), 20, "cluster_state:ok")
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _cli(self, port, *command, check=True):
+        result = subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=10)
+        if check and result.returncode:
+            raise RuntimeError(result.stderr)
+        return result.stdout
+
+    def port_of_slot(self, slot):
+        """The port of the master that owns ``slot``."""
+        for port in self.ports:
+            for line in self._cli(port, "CLUSTER", "NODES").splitlines():
+                fields = line.split()
+                if "myself" not in fields[2]:
+                    continue
+                for ranges in fields[8:]:
+                    first, _, last = ranges.partition("-")
+                    if int(first) <= slot <= int(last or first):
+                        return port
+        raise AssertionError(f"no master owns slot {slot}")
+
+    def shard_of(self, channel):
+        """The port of the master whose shard holds the sharded pub/sub channel ``channel``."""
+        return self.port_of_slot(int(self._cli(self.ports[0], "CLUSTER", "KEYSLOT", channel)))
+
+    def subscribers(self, port, channel):
+        """How many clients of master ``port`` are subscribed to the shard channel ``channel``."""
+        lines = self._cli(port, "PUBSUB", "SHARDNUMSUB", channel).split()
+        return int(lines[1])
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,5 +1,6 @@
 """Several daphne workers sharing one Redis and one database behave as one PeerServer."""
 import asyncio
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -12,10 +13,12 @@ import urllib.parse
 import urllib.request
 
 import pytest
+import websockets
 
 from tests.client import connect, roundtrip, uid
 from tests.conftest import TEST_ENV
-from tests.servers import BASE, ROOT, Database, RedisServer, Worker, wait_until
+from signaling.transport import inbox_name
+from tests.servers import BASE, ROOT, Database, RedisCluster, RedisServer, Worker, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -344,3 +347,144 @@ async def test_a_worker_stopped_until_redis_drops_its_subscription_recovers_and_
     finally:
         cluster.stop()
         redis.stop()
+
+
+async def test_workers_on_a_redis_cluster_relay_across_shards():
+    """REDIS_CLUSTER=1: each worker's inbox lives on the shard of its hash slot, and
+    workers whose inboxes are on different shards signal each other."""
+    redis_cluster = RedisCluster()
+    cluster = None
+    try:
+        cluster = Cluster(redis_cluster, count=3, env={"REDIS_CLUSTER": "1"}, server="uvicorn")
+        names = dict(cluster.database.query("SELECT pid, name FROM signaling_worker"))
+        shard = {w: redis_cluster.shard_of("{" + inbox_name(names[w.proc.pid]) + "}") for w in cluster.workers}
+        for w in cluster.workers:  # the inbox really is subscribed there, and there only
+            assert redis_cluster.subscribers(shard[w], "{" + inbox_name(names[w.proc.pid]) + "}") == 1
+        w1 = cluster.workers[0]
+        w2 = next((w for w in cluster.workers[1:] if shard[w] != shard[w1]), None)
+        if w2 is None:  # all three hashed to one shard (1 chance in 9): any two will do
+            w2 = cluster.workers[1]
+        a, b = await connect(w1), await connect(w2)
+        await b.relay("OFFER", a.peer_id, {"sdp": "offer"})
+        assert (await a.expect("OFFER"))["payload"] == {"sdp": "offer"}
+        for n in range(50):
+            await a.relay("CANDIDATE", b.peer_id, n)
+        assert [(await b.expect("CANDIDATE"))["payload"] for _ in range(50)] == list(range(50))
+        later = uid()
+        await a.relay("OFFER", later, "queued")  # the queue and the drain cross shards too
+        c = await connect(w2, peer_id=later)
+        assert (await c.expect("OFFER"))["payload"] == "queued"
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        redis_cluster.stop()
+
+
+async def stream(sender, receiver_id, count, pause=0.005):
+    """``count`` numbered CANDIDATEs from ``sender`` to ``receiver_id``, paced."""
+    for n in range(count):
+        await sender.relay("CANDIDATE", receiver_id, n)
+        await asyncio.sleep(pause)  # pacing the traffic, not synchronising
+
+
+async def collect(client, into):
+    """Every CANDIDATE payload ``client`` gets, until its socket closes."""
+    with contextlib.suppress(websockets.ConnectionClosed):
+        while True:
+            frame = json.loads(await client.ws.recv())
+            if frame["type"] == "CANDIDATE":
+                into.append(frame["payload"])
+
+
+def assert_accounted(sent, received_lists, expired):
+    """Every frame arrived, once and in order on each socket, or its sender heard EXPIRE about the peer."""
+    for received in received_lists:
+        assert received == sorted(received) and len(received) == len(set(received)), received
+    arrived = [n for received in received_lists for n in received]
+    assert len(arrived) == len(set(arrived)), "a frame arrived twice"
+    missing = set(range(sent)) - set(arrived)
+    assert not missing or expired, f"{len(missing)} frames neither arrived nor were answered with EXPIRE"
+    return missing
+
+
+async def test_sigkill_of_the_receiving_worker_mid_stream_loses_no_frame_silently(redis_server):
+    cluster = Cluster(
+        redis_server, count=3, server="uvicorn", env={"PEERJS_WORKER_TIMEOUT": "3000", "REDIS_ACK_TIMEOUT": "2000"}
+    )
+    try:
+        w1, w2, w3 = cluster.workers
+        a, b = await connect(w1), await connect(w2)
+        await roundtrip(b, a)
+        before, after = [], []
+        reading = asyncio.create_task(collect(b, before))
+        sending = asyncio.create_task(stream(a, b.peer_id, 300))
+        while len(before) < 100:
+            await asyncio.sleep(0.01)  # pacing the check, not synchronising: frames keep flowing
+        w2.proc.kill()
+        await reading  # b's socket went with its worker
+        # PeerJS reconnects on 'disconnected': b comes back on a survivor with its id and token.
+        b_again = await connect(w3, peer_id=b.peer_id, token=b.token)
+        reading_again = asyncio.create_task(collect(b_again, after))
+        await sending
+        await a.relay("CANDIDATE", b.peer_id, "end")
+        while "end" not in after:
+            await asyncio.sleep(0.01)
+        after.remove("end")
+        expired = []
+        with contextlib.suppress(asyncio.TimeoutError):
+            while True:  # EXPIREs about b for what w2 took and never acknowledged come after ack_timeout
+                frame = await a.recv(timeout=5)
+                assert frame == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
+                expired.append(frame)
+        missing = assert_accounted(300, [before, after], expired)
+        print(f"SIGKILL mid-stream: {len(before)} before, {len(after)} after, {len(missing)} answered with EXPIRE")
+        reading_again.cancel()
+    finally:
+        cluster.stop()
+
+
+async def test_redis_restarted_mid_stream_loses_no_frame_silently(redis_server):
+    cluster = Cluster(redis_server, server="uvicorn", env={"REDIS_ACK_TIMEOUT": "2000"})
+    try:
+        w1, w2 = cluster.workers
+        a, b = await connect(w1), await connect(w2)
+        await roundtrip(b, a)
+        received, expired = [], []
+        reading = asyncio.create_task(collect(b, received))
+
+        async def expires():
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    frame = json.loads(await a.ws.recv())
+                    assert frame == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}, frame
+                    expired.append(frame)
+
+        hearing = asyncio.create_task(expires())
+        sending = asyncio.create_task(stream(a, b.peer_id, 400))
+        while len(received) < 100:
+            await asyncio.sleep(0.01)
+        redis_server.stop()
+        await asyncio.sleep(2)  # an outage longer than the publisher's retries, while frames keep coming
+        redis_server.start()
+        await sending
+        # Once Redis is back, frames cross again (the worker resubscribes on its own).
+        while True:
+            await a.relay("CANDIDATE", b.peer_id, "end")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_until(lambda: "end" in received), 2)
+                break
+        received[:] = [n for n in received if n != "end"]
+        if set(range(400)) - set(received):
+            # What was lost in the outage is answered at once, or after ack_timeout (2 s).
+            await asyncio.wait_for(_until(lambda: expired), 10)
+        missing = assert_accounted(400, [received], expired)
+        print(f"Redis restart mid-stream: {len(received)} arrived, {len(missing)} answered with EXPIRE ({len(expired)} EXPIREs)")
+        reading.cancel()
+        hearing.cancel()
+    finally:
+        cluster.stop()
+
+
+async def _until(predicate):
+    while not predicate():
+        await asyncio.sleep(0.01)

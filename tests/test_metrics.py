@@ -280,7 +280,7 @@ def test_this_machine_may_read_it_by_default(server):
 
 def test_behind_the_proxy_the_address_the_proxy_saw_decides(database):
     # As make cluster runs workers: nginx on 127.0.0.1, PEERJS_PROXIED on.
-    worker = Worker(database, {"PEERJS_PROXIED": "1"}, server="uvicorn", entrypoint=True, name="proxied-metrics")
+    worker = Worker(database, {"PEERJS_PROXIED": "1"}, server="uvicorn", name="proxied-metrics")
     try:
         # A public client through the local proxy is not this machine...
         assert worker.get("/metrics", {"X-Forwarded-For": "203.0.113.9"})[0] == 403

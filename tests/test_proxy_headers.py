@@ -24,7 +24,7 @@ def address_of(database, peer_id):
 @pytest.fixture(scope="module")
 def direct_worker(database):
     """Not behind a proxy: PEERJS_PROXIED off."""
-    worker = Worker(database, {**TEST_ENV, "PEERJS_PROXIED": "0"}, server="uvicorn", entrypoint=True, name="direct")
+    worker = Worker(database, {**TEST_ENV, "PEERJS_PROXIED": "0"}, server="uvicorn", name="direct")
     yield worker
     worker.stop()
 
@@ -32,7 +32,7 @@ def direct_worker(database):
 @pytest.fixture(scope="module")
 def proxied_worker(database):
     """Behind a proxy on 127.0.0.1, the default trusted proxy address."""
-    worker = Worker(database, {**TEST_ENV, "PEERJS_PROXIED": "1"}, server="uvicorn", entrypoint=True, name="proxied")
+    worker = Worker(database, {**TEST_ENV, "PEERJS_PROXIED": "1"}, server="uvicorn", name="proxied")
     yield worker
     worker.stop()
 

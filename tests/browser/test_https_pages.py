@@ -20,7 +20,7 @@ pytestmark = pytest.mark.browser
 def https_server(database, tmp_path_factory):
     certificates = Certificates(tmp_path_factory.mktemp("tls"))
     env = {**TEST_ENV, "DJANGO_HTTPS": "1", "PEERJS_PROXIED": "0"}
-    worker = Worker(database, env, server="uvicorn", entrypoint=True, tls=certificates, name="https-pages")
+    worker = Worker(database, env, server="uvicorn", tls=certificates, name="https-pages")
     yield worker
     worker.stop()
 

@@ -1,0 +1,235 @@
+"""Hostile clients: what one client can do must not hurt anyone else (issue 12).
+
+Real production workers (uvicorn through deploy/worker-entrypoint.sh) unless a
+test says otherwise, real sockets, and raw TCP where a WebSocket library
+would refuse to misbehave (half a frame, a client that never reads).
+"""
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import struct
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.client import connect, roundtrip, socket_url, uid
+from tests.servers import BASE, wait_until
+from tests.test_cluster import Cluster
+
+pytestmark = pytest.mark.db
+
+
+class RawSocket:
+    """A WebSocket client written by hand: it sends what it likes and reads only when told."""
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, worker, peer_id, token="t", read_open=True):
+        reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+        path = socket_url(worker, peer_id, token).split(str(worker.port), 1)[1]
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert b" 101 " in head.split(b"\r\n", 1)[0], head
+        raw = cls(reader, writer)
+        if read_open:
+            assert json.loads(await raw.frame())["type"] == "OPEN"
+        return raw
+
+    async def frame(self, timeout=10):
+        """The next frame's payload (server frames are not masked); raises EOFError at the end."""
+        first, second = await asyncio.wait_for(self.reader.readexactly(2), timeout)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        payload = await self.reader.readexactly(length)
+        if first & 0x0F == 0x8:  # close
+            raise EOFError(struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None)
+        return payload
+
+    async def close_code(self, timeout=10):
+        """Read until the server's close frame; its code."""
+        while True:
+            try:
+                await self.frame(timeout)
+            except EOFError as closed:
+                return closed.args[0]
+
+    def start_message(self, announced, sent):
+        """A masked text frame that announces ``announced`` bytes; ``sent`` of them follow."""
+        self.writer.write(bytes([0x81, 0x80 | 127]) + struct.pack("!Q", announced) + os.urandom(4) + b"x" * sent)
+
+    def close(self):
+        self.writer.close()
+
+
+def scrape(worker):
+    with urllib.request.urlopen(f"{worker.http}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def counter(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in the metrics")
+
+
+@pytest.fixture
+def production(make_server):
+    return make_server(server="uvicorn")
+
+
+# --- what one socket can make a worker hold -------------------------------------------
+
+
+async def test_a_message_over_the_cap_is_refused_at_its_header(production):
+    """The production worker closes with 1009 on a frame that announces more than
+    PEERJS_MAX_FRAME_BYTES, before it has buffered it: the client sent 1 KiB of 15 MB."""
+    raw = await RawSocket.open(production, uid())
+    raw.start_message(15 * 1024 * 1024, 1024)
+    assert await raw.close_code() == 1009
+    raw.close()
+    await roundtrip(await connect(production), await connect(production))
+
+
+async def test_payloads_nested_deeper_than_any_parser_follows_get_an_error_and_every_socket_cleans_up(make_server, database):
+    worker = make_server(private=True, env={"PEERJS_CONCURRENT_LIMIT": "30"})
+    receiver = await connect(worker)
+    deep = "[" * 600 + "]" * 600  # deep, but JSON.stringify writes it: relayed as it is
+    sender = await connect(worker)
+    await sender.send('{"type":"CANDIDATE","dst":"%s","payload":%s}' % (receiver.peer_id, deep))
+    assert (await receiver.recv())["src"] == sender.peer_id
+    # 25 sockets each send a payload nested past any parser, and leave.
+    abusers = [await connect(worker) for _ in range(25)]
+    for abuser in abusers:
+        await abuser.send('{"type":"OFFER","dst":"x","payload":' + "[" * 100_000 + "]" * 100_000 + "}")
+        assert await abuser.recv() == {"type": "ERROR", "payload": {"msg": "Invalid message: nested too deeply"}}
+        await abuser.close()
+    # Their registrations went with them: the limit of 30 has room for 28 more.
+    rows = lambda: worker.database.query("SELECT COUNT(*) FROM signaling_peer")[0][0]  # noqa: E731
+    wait_until(lambda: rows() == 2, 10, "the abusers' rows to go")
+    newcomers = [await connect(worker) for _ in range(28)]
+    await roundtrip(newcomers[-1], receiver)
+
+
+async def test_a_client_that_never_reads_is_closed_and_nobody_else_waits_for_it(redis_server):
+    """A peer that stops reading: what is written to it piles up in its own outbox,
+    not in any loop shared with others; past the cap it is closed as too slow and
+    what it was sent goes back to the queue, whose senders hear EXPIRE."""
+    cluster = Cluster(redis_server, server="uvicorn", env={"PEERJS_FLOOD_LIMIT": "0"})
+    try:
+        w1, w2 = cluster.workers
+        stuck_id = uid("stuck")
+        stuck = await RawSocket.open(w2, stuck_id, read_open=False)  # it reads nothing, not even OPEN
+        sender, b1, b2 = await connect(w1), await connect(w1), await connect(w2)
+        await roundtrip(b2, b1)  # the workers know each other's peers
+        big = "x" * 200_000
+
+        async def bystanders():
+            for n in range(50):
+                await b1.relay("CANDIDATE", b2.peer_id, n)
+                assert (await b2.expect("CANDIDATE"))["payload"] == n
+                await b2.relay("CANDIDATE", b1.peer_id, n)
+                assert (await b1.expect("CANDIDATE"))["payload"] == n
+
+        async def flood_the_stuck_peer():
+            for _ in range(40):  # 8 MB: more than the kernel's buffers and the outbox's cap
+                await sender.relay("CANDIDATE", stuck_id, big)
+
+        await asyncio.gather(bystanders(), flood_the_stuck_peer())
+        assert await sender.recv(timeout=15) == {"type": "EXPIRE", "src": stuck_id, "dst": sender.peer_id}
+        wait_until(lambda: not cluster.rows(stuck_id), 10, "the stuck peer's registration to go")
+        assert counter(scrape(w2), "peerjs_slow_consumers_total") >= 1
+        await roundtrip(b1, b2)
+        stuck.close()
+    finally:
+        cluster.stop()
+
+
+async def test_sockets_per_client_address_are_capped(make_server):
+    worker = make_server(server="uvicorn", env={"PEERJS_MAX_SOCKETS_PER_ADDRESS": "3"})
+    held = [await connect(worker) for _ in range(3)]
+    fourth = await connect(worker, expect_open=False)
+    code, frames = await fourth.closed()
+    assert frames == [{"type": "ERROR", "payload": {"msg": "Too many connections from your address"}}]
+    assert code == 1008
+    # Another address is another client...
+    elsewhere = await connect(worker, local_addr=("127.0.0.2", 0))
+    await roundtrip(elsewhere, held[0])
+    # ...and a socket that closes makes room.
+    await held[0].close()
+    wait_until(lambda: counter(scrape(worker), "peerjs_open_sockets") == 3, 10, "the closed socket to leave the books")
+    again = await connect(worker)
+    await roundtrip(again, held[1])
+
+
+# --- the queue ------------------------------------------------------------------------
+
+
+async def test_what_one_sender_may_queue_is_capped(make_server):
+    worker = make_server(env={"PEERJS_QUEUE_SENDER_MAX_MESSAGES": "3", "PEERJS_EXPIRE_TIMEOUT": "60000"})
+    sender, witness = await connect(worker), await connect(worker)
+    offline = [uid("away") for _ in range(5)]
+    for dst in offline:
+        await sender.relay("OFFER", dst, "hello")
+    refused = {(await sender.expect("EXPIRE"))["src"] for _ in range(2)}
+    assert refused == set(offline[3:])
+    # Another sender's frames still fit, and the first three wait for their peers.
+    await witness.relay("OFFER", offline[0], "me too")
+    late = await connect(worker, peer_id=offline[0])
+    assert [(await late.expect("OFFER"))["payload"] for _ in range(2)] == ["hello", "me too"]
+
+
+async def test_the_queue_as_a_whole_is_capped_and_the_database_stops_growing(make_server):
+    worker = make_server(
+        private=True,
+        env={"PEERJS_QUEUE_TOTAL_MAX_BYTES": str(2 * 1024 * 1024), "PEERJS_EXPIRE_TIMEOUT": "1000", "PEERJS_FLOOD_LIMIT": "0"},
+    )
+    files = [Path(worker.database.url.removeprefix("sqlite:///"))]
+    files.append(files[0].with_name(files[0].name + "-wal"))
+    size = lambda: sum(f.stat().st_size for f in files if f.exists())  # noqa: E731
+    senders = [await connect(worker) for _ in range(3)]
+    big = "y" * 200_000
+    sizes = []
+    for _round in range(3):
+        # Three senders try to queue 12 MB for absent peers (each peer's own queue
+        # takes 4 MB): 2 MB fit, the rest is refused.
+        for n, sender in enumerate(senders):
+            for _ in range(20):
+                await sender.relay("CANDIDATE", f"away{n}", big)
+        for sender in senders:
+            # Each hears EXPIRE: refused at once, or when what fitted expired.
+            assert (await sender.expect("EXPIRE", timeout=15))["src"].startswith("away")
+        wait_until(lambda: not worker.database.query("SELECT 1 FROM signaling_queuedmessage"), 15, "the queue to empty")
+        sizes.append(size())
+    # What the database holds stays near the cap (the write-ahead log beside it
+    # included), round after round: the space expired rows leave is used again.
+    assert max(sizes) < 9 * 1024 * 1024, sizes
+
+
+# --- slow handshakes --------------------------------------------------------------------
+
+
+async def test_a_request_whose_headers_never_finish_is_cut_off(make_server):
+    worker = make_server(server="uvicorn", env={"ASGI_HEADER_TIMEOUT": "1"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(f"GET {BASE}/peerjs?key=peerjs&id=slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n".encode())
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, without an answer
+    writer.close()
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    assert await asyncio.wait_for(silent_reader.read(), 10) == b""  # one that says nothing at all, too
+    silent_writer.close()
+    await roundtrip(await connect(worker), await connect(worker))  # the others are served as ever
