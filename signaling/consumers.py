@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 MSG_TRY_AGAIN = "The server cannot register peers right now (its database is unavailable); try again in a moment"
 MSG_TOO_MANY_SOCKETS = "Too many connections from your address"
+MSG_INTERNAL = "Internal error: the server could not handle this message"
 CLOSE_WAIT = 5.0  # seconds a close may take before the socket is given up on
 
 
@@ -201,12 +202,19 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         if action is protocol.HEARTBEAT_ACTION:
             return
-        if action is protocol.UNREGISTER_ACTION:
-            await self.drop(codes.NORMAL, "Left")
-        elif isinstance(action, protocol.NoSuchPeer):
-            self.hub.no_such_peer(self.key, self.peer_id, action)
-        else:
-            self.hub.relay(self.key, self.peer_id, action)
+        try:
+            if action is protocol.UNREGISTER_ACTION:
+                await self.drop(codes.NORMAL, "Left")
+            elif isinstance(action, protocol.NoSuchPeer):
+                self.hub.no_such_peer(self.key, self.peer_id, action)
+            else:
+                self.hub.relay(self.key, self.peer_id, action)
+        except Exception:
+            # A fault of the server's, not the client's: the frame is answered,
+            # counted and logged, and the socket carries on.
+            logger.exception("socket %s: a %s frame failed", self.connection_id, action.__class__.__name__)
+            self.hub.stats["internal_errors"] += 1
+            await self.send(text_data=protocol.error_frame(MSG_INTERNAL))
 
     async def throttle(self, now):
         """Hold a socket to ``flood_limit`` frames per second; False once it is closed for flooding.
