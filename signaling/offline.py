@@ -13,7 +13,6 @@ destination and in all, so that a dozen senders fit one briefly offline
 receiver but no client can grow the database without bound. A refused frame
 earns its sender one EXPIRE per destination.
 """
-import asyncio
 import collections
 import logging
 

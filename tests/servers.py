@@ -5,7 +5,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -45,6 +44,17 @@ def http_get(url, headers=None, context=None, timeout=10):
     except urllib.error.HTTPError as error:
         with error:
             return error.code, error.headers, error.read().decode()
+
+
+def terminate(proc, timeout=15):
+    """SIGTERM, and SIGKILL if it is not gone within ``timeout`` s (a drain takes a few)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_until(predicate, timeout, what, interval=0.05):
@@ -362,13 +372,7 @@ class TurnServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -447,13 +451,7 @@ class Worker:
         self.proc.send_signal(signum)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.log.close()
 
 
@@ -476,7 +474,7 @@ class RedisCluster:
                 )
             )
         for port in self.ports:
-            wait_until(lambda p=port: self._cli(p, "PING", check=False).strip() == "PONG", 10, f"redis-server on {port}")
+            wait_until(lambda p=port: self._cli(p, "PING", check=False).strip() == "PONG", 30, f"redis-server on {port}")
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", "0", "--cluster-yes"],

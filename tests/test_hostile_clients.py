@@ -6,7 +6,6 @@ would refuse to misbehave (half a frame, a client that never reads).
 """
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import struct
@@ -14,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import websockets
 
 from tests.client import connect, roundtrip, socket_url, uid
 from tests.servers import BASE, wait_until
