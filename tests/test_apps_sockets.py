@@ -51,10 +51,13 @@ def new_key(prefix="app"):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def answer(worker, key, peer_id=None, token=None, origin=None):
-    """What a socket is told on connect: (first frame, the socket), or (HTTP status, None) if the handshake is refused."""
+async def answer(worker, key, peer_id=None, token=None, **handshake):
+    """What a socket is told on connect: (first frame, the socket), or (HTTP status, None) if the handshake is refused.
+
+    ``handshake``: websockets.connect's options (``origin``, ``additional_headers``).
+    """
     try:
-        client = await connect(worker, peer_id=peer_id, token=token, key=key, expect_open=False, origin=origin)
+        client = await connect(worker, peer_id=peer_id, token=token, key=key, expect_open=False, **handshake)
     except websockets.InvalidStatus as refused:
         return refused.response.status_code, None
     return await client.recv(), client
