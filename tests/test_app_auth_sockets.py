@@ -15,7 +15,10 @@ import pytest
 
 from tests.admin_http import AdminSession, Apps, create_superuser
 from tests.client import connect, roundtrip, uid
-from tests.test_apps_sockets import POLICY, SEEN_WITHIN, answer, refusal
+from signaling.consumers import MSG_TRY_AGAIN
+from tests.conftest import TEST_ENV
+from tests.servers import Database, Worker
+from tests.test_apps_sockets import POLICY, SEEN_WITHIN, answer, opens_within, refusal
 from tests.test_cluster import Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.db]
@@ -182,3 +185,27 @@ async def test_a_session_app_admits_the_sites_logged_in_users_only(cluster, apps
     )
     assert answered.status == 200 and not alice_browser.logged_in
     assert await refusal(w2, app.key, peer_id=uid(), additional_headers={"Cookie": alice}) == ("Login required", POLICY)
+
+
+async def test_a_session_app_during_a_database_outage_tells_its_users_to_try_again(private_postgres):
+    """The session is read from the database: while it is away, a logged-in user hears 'try again', as for a claim."""
+    database = Database(private_postgres.admin_url)
+    worker = Worker(database, {**TEST_ENV, "PEERJS_APP_CACHE": "60000"}, name="session-outage")
+    try:
+        operator = AdminSession(worker)
+        assert operator.login(create_superuser(worker, PASSWORD), PASSWORD).status == 200
+        app = Apps(operator, database).add(new_key(), auth="session")
+        _, alice = logged_in(worker, create_superuser(worker, PASSWORD))
+        await (await connect(worker, key=app.key, additional_headers={"Cookie": alice})).close()  # the app is cached now
+        private_postgres.stop()
+        try:
+            client = await connect(worker, key=app.key, additional_headers={"Cookie": alice}, expect_open=False)
+            code, frames = await client.closed()
+            assert frames == [{"type": "ERROR", "payload": {"msg": MSG_TRY_AGAIN}}] and code == 4013  # daphne: 1013 as 4013
+        finally:
+            private_postgres.start()
+        await opens_within(10, worker, app.key, additional_headers={"Cookie": alice})
+        assert "Traceback" not in worker.read_log()
+    finally:
+        worker.stop()
+        database.drop()
