@@ -177,7 +177,7 @@ async def test_a_session_app_admits_the_sites_logged_in_users_only(cluster, apps
     assert await first.closed() == (REPLACED, [])
     await roundtrip(other, second)
 
-    # Logged out, her cookie is nobody's.
+    # Logged out, her cookie is nobody's; the socket she opened before stays.
     answered = alice_browser.request(
         "/admin/logout/",
         f"csrfmiddlewaretoken={next(c.value for c in alice_browser.jar if c.name == 'csrftoken')}".encode(),
@@ -185,6 +185,7 @@ async def test_a_session_app_admits_the_sites_logged_in_users_only(cluster, apps
     )
     assert answered.status == 200 and not alice_browser.logged_in
     assert await refusal(w2, app.key, peer_id=uid(), additional_headers={"Cookie": alice}) == ("Login required", POLICY)
+    await roundtrip(other, second)
 
 
 async def test_a_session_app_during_a_database_outage_tells_its_users_to_try_again(private_postgres):
