@@ -126,6 +126,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
             stats["sockets_opened:refused"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
             return
+        except UNREACHABLE:
+            # A site session is read from the database: while it is away,
+            # nobody can say whose socket this is.
+            stats["sockets_opened:retry"] += 1
+            await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
+            await self.close_with(codes.TRY_AGAIN)
+            return
         self.key, self.peer_id = request.key, request.peer_id
         outcome = await self.hub.register(self, request, app.concurrent_limit)
         if outcome == hubs.STOPPING:

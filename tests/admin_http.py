@@ -81,3 +81,57 @@ class AdminSession:
     @property
     def logged_in(self):
         return "Log out" in self.get("/admin/").body
+
+
+class AppRecord:
+    """An app an operator made in the admin: its row's id, its key, what the form holds, its token secret."""
+
+    def __init__(self, pk, key, fields, token_secret):
+        self.pk, self.key, self.fields, self.token_secret = pk, key, fields, token_secret
+
+
+class Apps:
+    """Apps added and edited through the admin's forms, as an operator does, over real HTTP.
+
+    ``operator`` is a logged-in AdminSession; ``database`` the worker's
+    (tests.servers.Database), read for what the admin does not show back
+    (the row's id, the generated token secret).
+    """
+
+    PATH = "/admin/signaling/app/"
+
+    def __init__(self, operator, database):
+        self.operator = operator
+        self.database = database
+
+    @staticmethod
+    def form(key, **fields):
+        """The add/change form's fields: a checkbox is sent when on, left out when off."""
+        values = {
+            "key": key, "name": key.capitalize(), "allowed_origins": "", "concurrent_limit": "",
+            "allow_discovery": False, "auth": "none", "turn_urls": "", "turn_secret": "", "turn_ttl": "86400",
+            "webhook_url": "", "webhook_secret": "", **fields,
+        }
+        return values
+
+    @staticmethod
+    def _posted(fields):
+        posted = {name: value for name, value in fields.items() if not isinstance(value, bool)}
+        posted.update({name: "on" for name, value in fields.items() if value is True})
+        return posted
+
+    def add(self, key, **fields):
+        form = self.form(key, **fields)
+        answer = self.operator.post(self.PATH + "add/", self._posted(form))
+        assert answer.status == 200 and "was added successfully" in answer.body, answer.body[-3000:]
+        (pk, secret), = self.database.query("SELECT id, token_secret FROM signaling_app WHERE key = ?", (key,))
+        return AppRecord(pk, key, form, secret)
+
+    def edit(self, app, **changes):
+        """Save the app's change form with ``changes``; ``rotate_token_secret=True`` rotates its secret."""
+        app.fields.update({name: value for name, value in changes.items() if name != "rotate_token_secret"})
+        fields = {**app.fields, **({"rotate_token_secret": True} if changes.get("rotate_token_secret") else {})}
+        answer = self.operator.post(f"{self.PATH}{app.pk}/change/", self._posted(fields))
+        assert answer.status == 200 and "was changed successfully" in answer.body, answer.body[-3000:]
+        (app.token_secret,), = self.database.query("SELECT token_secret FROM signaling_app WHERE id = ?", (app.pk,))
+        return app

@@ -183,6 +183,7 @@ def test_an_app_that_requires_tokens_refuses_strangers_with_the_reason(worker, t
         f"?id=stage-left&token={tokens.mint(dataclasses.replace(tokened, token_secret='x' * 40), 'stage-left')}": "Invalid token: bad signature",
         f"?id=stage-left&token={tokens.mint(tokened, 'stage-left', 60, now=time.time() - 3600)}": "Invalid token: expired",
         f"?id=stage-right&token={tokens.mint(tokened, 'stage-left')}": "Invalid token: issued for another id",
+        f"?id=stage-left&token={tokens.mint(dataclasses.replace(tokened, key='other'), 'stage-left')}": "Invalid token: issued for another key",
     }
     for query, reason in cases.items():
         status, headers, body = ice_servers(worker, key="tokened", query=query)

@@ -1,0 +1,49 @@
+"""A Django app for test workers: writes down every peer_connected and peer_disconnected signal.
+
+A worker started with DJANGO_SETTINGS_MODULE=tests.probe_settings has it
+installed; it appends one JSON line per signal to the file named by
+PEERJS_SIGNAL_PROBE, with the arguments as a receiver got them and whether
+it ran on the worker's event loop (where the hub sends them).
+"""
+import asyncio
+import json
+import os
+
+from django.apps import AppConfig
+
+
+def _on_event_loop():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class SignalProbeConfig(AppConfig):
+    name = "tests.signal_probe"
+    label = "signal_probe"
+
+    def ready(self):
+        from signaling.signals import peer_connected, peer_disconnected
+
+        path = os.environ["PEERJS_SIGNAL_PROBE"]
+        names = {peer_connected: "peer_connected", peer_disconnected: "peer_disconnected"}
+
+        def record(signal, sender, **kwargs):
+            at = kwargs.get("at")
+            line = {
+                "signal": names[signal],
+                "sender": sender,
+                "arguments": sorted(kwargs),
+                **{name: kwargs.get(name) for name in ("key", "peer_id", "address", "worker", "connection")},
+                "at": at.isoformat() if at is not None else None,
+                "aware": at is not None and at.utcoffset() is not None,
+                "on_event_loop": _on_event_loop(),
+                "pid": os.getpid(),
+            }
+            with open(path, "a") as probe:  # one short append per line: lines of two workers never mix
+                probe.write(json.dumps(line) + "\n")
+
+        for signal in names:
+            signal.connect(record, weak=False, dispatch_uid="tests.signal_probe")
