@@ -178,7 +178,8 @@ def get_app(key):
     return answer if fresh else _refresh(key)
 
 
-_arefresh = database_sync_to_async(_refresh)
+# On a thread of its own, not the one Django's synchronous views share.
+_arefresh = database_sync_to_async(_refresh, thread_sensitive=False)
 
 
 async def aget_app(key):

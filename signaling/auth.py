@@ -63,7 +63,8 @@ def user_for_session(key):
     return user
 
 
-_user_for_session = database_sync_to_async(user_for_session)
+# On a thread of its own, not the one Django's synchronous views share.
+_user_for_session = database_sync_to_async(user_for_session, thread_sensitive=False)
 
 
 async def session_user(scope):

@@ -48,10 +48,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         except Exception:
-            # Whatever went wrong, the socket's end still runs its cleanup.
+            # Whatever went wrong, the socket's end still runs its cleanup,
+            # and the client hears of it (1011: the server failed).
             logger.exception("socket %s failed", getattr(self, "connection_id", "?"))
             if self.hub is not None:
                 self.hub.stats["internal_errors"] += 1
+            if not self.closing:
+                await self.close_with(codes.SERVER_ERROR)
         finally:
             if self.hub is not None:
                 await self.hub.unregister(self)
@@ -99,10 +102,8 @@ class PeerConsumer(AsyncWebsocketConsumer):
             app = await aget_app(query["key"]) if query.get("key") else None
         except UNREACHABLE:
             # An app never read before, and the database away: nobody can say.
-            stats["sockets_opened:retry"] += 1
             await self.accept()
-            await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
-            await self.close_with(codes.TRY_AGAIN)
+            await self.try_again()
             return
         if not (app or self.options).origin_allowed(_header(self.scope, b"origin")):
             stats["sockets_opened:refused"] += 1
@@ -129,9 +130,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         except UNREACHABLE:
             # A site session is read from the database: while it is away,
             # nobody can say whose socket this is.
-            stats["sockets_opened:retry"] += 1
-            await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
-            await self.close_with(codes.TRY_AGAIN)
+            await self.try_again()
             return
         self.key, self.peer_id = request.key, request.peer_id
         outcome = await self.hub.register(self, request, app.concurrent_limit)
@@ -143,9 +142,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.close_with(codes.GOING_AWAY)
         elif outcome == hubs.RETRY:
             self.peer_id = None
-            stats["sockets_opened:retry"] += 1
-            await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
-            await self.close_with(codes.TRY_AGAIN)
+            await self.try_again()
         elif outcome == registry.TAKEN:
             self.peer_id = None
             stats["sockets_opened:taken"] += 1
@@ -181,6 +178,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
                 raise protocol.ProtocolError(LOGIN_REQUIRED)
             return dataclasses.replace(request, token=f"user:{user.pk}")
         return request
+
+    async def try_again(self):
+        """The database is away: say so, and close with 1013 (Try Again Later)."""
+        self.hub.stats["sockets_opened:retry"] += 1
+        await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
+        await self.close_with(codes.TRY_AGAIN)
 
     async def refuse(self, frame):
         await self.send(text_data=frame)
