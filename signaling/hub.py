@@ -347,9 +347,25 @@ class Hub:
             elif kind == "peerjs.close":
                 self.close_connection(self.name, message["connection"], message["code"], message["reason"])
 
+    def introduce(self, workers):
+        """Tell ``workers``, new to this one, every peer it holds.
+
+        What this worker announced before it knew of them never reached
+        them, and without the database (its directory refresh) they would
+        not learn it: an empty list says hello, and their answer brings
+        theirs.
+        """
+        if self.transport is None:
+            return
+        message = {"type": "peerjs.directory", "worker": self.name, "here": [list(peer) for peer in self.local], "gone": []}
+        for worker in workers:
+            self.transport.send(worker, message)
+
     def learn(self, worker, here, gone):
         """Another worker's announcement: peers it now holds, peers it let go."""
-        self.workers.add(worker)
+        if worker not in self.workers:
+            self.workers.add(worker)
+            self.introduce([worker])
         for key, peer_id in here:
             if (key, peer_id) not in self.local:
                 self.directory[key, peer_id] = worker
