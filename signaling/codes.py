@@ -9,6 +9,7 @@ NORMAL = 1000  # the peer asked to leave (LEAVE without dst)
 GOING_AWAY = 1001  # the worker is shutting down: reconnect, another worker takes you
 POLICY = 1008  # after an ERROR or ID-TAKEN: the server refused the socket
 TOO_BIG = 1009  # frames over PEERJS_MAX_FRAME_BYTES
+WRITE_FAILED = 1011  # the server could not write to the socket (the client had gone, or a frame was refused)
 TRY_AGAIN = 1013  # the database is away: nothing is wrong with the client, try again shortly
 REPLACED = 4100  # the same id and token connected on another socket
 TIMEOUT = 4101  # no frame at all within alive_timeout
