@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -239,6 +241,117 @@ async def test_an_outage_twice_the_worker_timeout_closes_no_socket_and_reaps_no_
             assert UNREACHABLE not in log and "between beats (the database stalled)" in log, log
     # The id the leaver held is free again, for anyone.
     await connect(cluster.workers[2], peer_id=leaver.peer_id, token="someone-else")
+
+
+class CuttableProxy:
+    """A TCP proxy to the database for one worker: cut it, and that worker alone loses the database."""
+
+    def __init__(self, port):
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut_off = False
+        self.open = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_off:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.open.update({client, server})
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self):
+        self.cut_off = True
+        with self.lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.open.clear()
+
+    def restore(self):
+        self.cut_off = False
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+async def test_a_worker_that_alone_loses_the_database_is_reaped_and_its_peers_reconnect(outage_cluster, private_postgres):
+    """What README says of it: it keeps relaying, the healthy workers reap it, and when it learns
+    that it was reaped it closes its sockets (4103) so that its peers reconnect elsewhere."""
+    proxy = CuttableProxy(private_postgres.port)
+    try:
+        cluster = outage_cluster(2)
+        healthy = list(cluster.workers)
+        url = cluster.database.url.replace(f":{private_postgres.port}/", f":{proxy.port}/")
+        alone = Worker(cluster.database, {**TEST_ENV, "REDIS_URL": healthy[0].env["REDIS_URL"], "DATABASE_URL": url},
+                       server="uvicorn", entrypoint=True, name="alone")
+        cluster.workers.append(alone)
+        ((alone_name,),) = cluster.database.query("SELECT name FROM signaling_worker WHERE pid = ?", (alone.proc.pid,))
+        x, y, z = await connect(alone), await connect(healthy[0]), await connect(healthy[1])
+        await roundtrip(x, y)
+        await roundtrip(z, x)
+        proxy.cut()
+        # Alone without its database: it relays on, with every worker, but opens nothing.
+        await roundtrip(x, y)
+        await roundtrip(y, x)
+        assert await told_to_try_again(alone)
+        await connect(healthy[0])  # the others open sockets as ever
+        # The healthy workers take its silence for death and free its peers' ids.
+        wait_until(lambda: alone_name not in cluster.worker_names(), 5 * WORKER_TIMEOUT, "the lone worker to be reaped")
+        assert x.peer_id not in cluster.registered()
+        assert "reaped workers" in healthy[0].read_log() + healthy[1].read_log()
+        proxy.restore()
+        # Its database back, it finds itself reaped and closes its sockets: its peers reconnect elsewhere.
+        code, _ = await x.closed(timeout=5 * WORKER_TIMEOUT)
+        assert code == 4103
+        assert "was reaped while alive" in alone.read_log()
+        back = await connect(healthy[1], peer_id=x.peer_id, token=x.token)
+        await roundtrip(back, y)
+        await roundtrip(y, z)  # the healthy workers' sockets never closed
+        await roundtrip(z, y)
+    finally:
+        proxy.close()
+
+
+async def test_under_daphne_a_new_socket_is_told_to_try_again_with_4013(private_postgres):
+    """daphne lets applications send only 1000 and 3000-4999: 1013 arrives as 4013 (manage.py runserver)."""
+    database = Database(private_postgres.admin_url)
+    worker = Worker(database, TEST_ENV, server="daphne", name="daphne-outage")
+    try:
+        a, b = await connect(worker), await connect(worker)
+        private_postgres.stop()
+        try:
+            client = await connect(worker, expect_open=False)
+            code, frames = await client.closed()
+            assert [frame["type"] for frame in frames] == ["ERROR"] and "try again" in frames[0]["payload"]["msg"]
+            assert code == 4013
+            assert_unavailable(worker, f"{BASE}/peerjs/id")
+            await roundtrip(a, b)
+        finally:
+            private_postgres.start()
+        await opens_again(worker)
+    finally:
+        worker.stop()
+        database.drop()
 
 
 async def test_database_and_redis_down_together(outage_cluster):
