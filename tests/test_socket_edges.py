@@ -15,7 +15,6 @@ import pytest
 import websockets
 
 from tests.client import connect, roundtrip, socket_url, uid
-from tests.servers import BASE
 
 pytestmark = pytest.mark.db
 
