@@ -115,8 +115,10 @@ def _adapt_uvicorn():
 
     def answer_what_the_handshake_parser_refused(self, data):
         data_received(self, data)
+        if self.handshake_initiated:  # the usual case, every frame: one attribute read
+            return
         exc = self.conn.handshake_exc
-        if exc is None or self.handshake_initiated or self.transport.is_closing():
+        if exc is None or self.transport.is_closing():
             return
         cause = exc.__cause__
         if isinstance(cause, SecurityError) and len(data.split(b"\r\n", 1)[0]) > http11.MAX_LINE_LENGTH:
