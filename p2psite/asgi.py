@@ -9,10 +9,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from p2psite import asgi_servers  # noqa: E402
+from signaling.conf import options  # noqa: E402
 from signaling.health import refuse_sockets_while_draining  # noqa: E402
 from signaling.services import running_hub  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
+# Before the server builds any connection: no client is dropped without a
+# word by the WebSocket layer of daphne or uvicorn (p2psite/asgi_servers.py).
+asgi_servers.adapt(options())
 
 
 async def lifespan(scope, receive, send):

@@ -26,6 +26,7 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from signaling import conf
+from signaling.db import outage
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def _read(key):
     """The app ``key`` names, from the database; None for an unknown key."""
     from signaling.models import App
 
+    outage.reconnect_if_stale()
     row = App.objects.filter(key=key).first()
     if row is not None:
         return from_row(row)

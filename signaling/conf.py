@@ -83,7 +83,7 @@ SCHEMA = {
     "FLOOD_BURST": ("PEERJS_FLOOD_BURST", 2000, _positive),
     "FLOOD_CUTOFF": ("PEERJS_FLOOD_CUTOFF", 10000, _positive),
     # How often a worker tells the database it is alive, and after how long a
-    # silent worker's peers are reaped.
+    # silent worker's peers are reaped (at least four beats: signaling.services).
     "WORKER_BEAT": ("PEERJS_WORKER_BEAT", 2000, _positive),
     "WORKER_TIMEOUT": ("PEERJS_WORKER_TIMEOUT", 10000, _positive),
     # Who may read GET /metrics: client addresses or networks (CIDR), by the
@@ -228,8 +228,10 @@ def _validated(raw):
         fail("PATH", f"must start with '/', got {path!r}.")
     if values["ID_MAX_LENGTH"] > ID_COLUMN_LENGTH:
         fail("ID_MAX_LENGTH", f"must be at most {ID_COLUMN_LENGTH}, what the registry holds.")
-    if values["WORKER_TIMEOUT"] <= values["WORKER_BEAT"]:
-        fail("WORKER_TIMEOUT", "must be longer than PEERJS_WORKER_BEAT.")
+    if values["WORKER_TIMEOUT"] < 4 * values["WORKER_BEAT"]:
+        # A live worker's silence after an outage every worker saw can last
+        # about four beats (signaling.services): shorter, and it could be reaped.
+        fail("WORKER_TIMEOUT", "must be at least four times PEERJS_WORKER_BEAT.")
     if values["AUTH"] not in AUTH_MODES:
         fail("AUTH", f"must be one of {', '.join(AUTH_MODES)}, got {values['AUTH']!r}.")
     if values["AUTH"] == AUTH_TOKEN and len(values["TOKEN_SECRET"]) < MIN_TOKEN_SECRET_LENGTH:

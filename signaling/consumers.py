@@ -47,6 +47,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except OSError:
+            # The client went away while it was being answered (uvicorn's
+            # send raises ClientDisconnected): nothing failed but the socket.
+            logger.debug("socket %s: client gone", getattr(self, "connection_id", "?"))
         except Exception:
             # Whatever went wrong, the socket's end still runs its cleanup,
             # and the client hears of it (1011: the server failed).
@@ -324,10 +328,14 @@ class PeerConsumer(AsyncWebsocketConsumer):
                 try:
                     await self.base_send({"type": "websocket.send", "text": frame})
                 except Exception:
-                    # The socket closed under us (uvicorn raises once it knows).
+                    # The socket closed under us (uvicorn raises once it knows),
+                    # or the server refused the frame (autobahn's size limit).
+                    # Either way nothing more reaches this client: let its id go,
+                    # or frames for it would go round the queue and back for ever.
                     self.writing_since = None
                     self.closing = True
                     self._hand_back()
+                    self.hub.spawn(self.drop(codes.SERVER_ERROR, "Could not write to the socket"))
                     return
                 self.writing_since = None
                 self.outbox.popleft()

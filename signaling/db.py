@@ -8,6 +8,13 @@ A database that cannot be reached raises :class:`DatabaseUnavailable` to
 the caller, which answers its client plainly (try again, EXPIRE, HTTP 503).
 The outage is logged when it starts and when it ends, with how many calls
 failed meanwhile, instead of a traceback per call.
+
+Each thread keeps its connection between calls, and a connection that was
+open when the database went away is dead even once the database is back:
+its first use would fail and look like a second outage. So a thread drops
+a connection older than the last outage before it uses it
+(:meth:`Outage.reconnect_if_stale`): once per thread and outage, no round
+trip.
 """
 import concurrent.futures
 import functools
@@ -16,7 +23,7 @@ import threading
 import time
 
 from channels.db import database_sync_to_async
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,8 @@ class Outage:
         self.lock = threading.Lock()
         self.since = None
         self.failures = 0
+        self.count = 0  # outages so far
+        self._seen = threading.local()  # per thread: the outages its connection has been through
 
     def failed(self, exc):
         with self.lock:
@@ -43,6 +52,7 @@ class Outage:
             if self.since is not None:
                 return
             self.since = time.monotonic()
+            self.count += 1
         logger.error("database unreachable (%s); answering what needs it with 'try again', 503 or EXPIRE", exc)
 
     def succeeded(self):
@@ -54,6 +64,12 @@ class Outage:
             lasted, failures = time.monotonic() - self.since, self.failures
             self.since, self.failures = None, 0
         logger.warning("database reachable again after %.1f s; %d calls failed meanwhile", lasted, failures)
+
+    def reconnect_if_stale(self):
+        """In the calling thread, before it uses the database: drop a connection an outage may have broken."""
+        if getattr(self._seen, "count", 0) != self.count:
+            self._seen.count = self.count
+            connection.close()
 
 
 outage = Outage()
@@ -68,13 +84,18 @@ class Database:
 
     async def __call__(self, function, *args):
         try:
-            result = await database_sync_to_async(function, thread_sensitive=False, executor=self.executor)(*args)
+            result = await database_sync_to_async(_fresh, thread_sensitive=False, executor=self.executor)(function, *args)
         except UNREACHABLE as exc:
             self.stats["database_errors"] += 1
             outage.failed(exc)
             raise DatabaseUnavailable(str(exc)) from exc
         outage.succeeded()
         return result
+
+
+def _fresh(function, *args):
+    outage.reconnect_if_stale()
+    return function(*args)
 
 
 def unavailable_is_503(view):
@@ -84,6 +105,7 @@ def unavailable_is_503(view):
     @functools.wraps(view)
     def wrapper(request, *args, **kwargs):
         try:
+            outage.reconnect_if_stale()
             response = view(request, *args, **kwargs)
         except UNREACHABLE as exc:
             outage.failed(exc)

@@ -218,14 +218,8 @@ class Hub:
         for worker in self.workers:
             self.transport.send(worker, message)
 
-    def _directory_message(self, here, gone, hello=False):
-        return {"type": "peerjs.directory", "worker": self.name, "here": here, "gone": gone, "hello": hello}
-
-    def greet(self):
-        """A worker that starts says so to the others, which answer with the peers they hold."""
-        if self.transport is not None:
-            for worker in self.workers:
-                self.transport.send(worker, self._directory_message([], [], hello=True))
+    def _directory_message(self, here, gone):
+        return {"type": "peerjs.directory", "worker": self.name, "here": here, "gone": gone}
 
     # Delivery.
 
@@ -366,17 +360,30 @@ class Hub:
                 )
             elif kind == "peerjs.directory":
                 self.learn(message["worker"], message["here"], message["gone"])
-                if message.get("hello"):
-                    # A worker that just started: tell it every peer held here.
-                    self.transport.send(message["worker"], self._directory_message([list(p) for p in self.local], []))
             elif kind == "peerjs.drain":
                 self.drain_at(self.name, message["key"], message["dst"])
             elif kind == "peerjs.close":
                 self.close_connection(self.name, message["connection"], message["code"], message["reason"])
 
+    def introduce(self, workers):
+        """Tell ``workers``, new to this one, every peer it holds.
+
+        What this worker announced before it knew of them never reached
+        them, and without the database (its directory refresh) they would
+        not learn it: an empty list says hello, and their answer brings
+        theirs.
+        """
+        if self.transport is None:
+            return
+        message = self._directory_message([list(peer) for peer in self.local], [])
+        for worker in workers:
+            self.transport.send(worker, message)
+
     def learn(self, worker, here, gone):
         """Another worker's announcement: peers it now holds, peers it let go."""
-        self.workers.add(worker)
+        if worker not in self.workers:
+            self.workers.add(worker)
+            self.introduce([worker])
         for key, peer_id in here:
             if (key, peer_id) not in self.local:
                 self.directory[key, peer_id] = worker

@@ -83,7 +83,11 @@ class OfflineQueue:
                 try:
                     refused, registered = await self.hub.db(registry.enqueue, batch, self.limits)
                 except DatabaseUnavailable:
-                    refused, registered = range(len(batch)), []
+                    # Nothing was queued (the outage is logged once, by the
+                    # database link): each sender hears EXPIRE, once per peer.
+                    for key, src, dst in {(entry.key, entry.src, entry.dst) for entry in batch}:
+                        self.hub.tell_expire(key, dst, src)
+                    continue
                 self.hub.stats["frames_queued"] += len(batch) - len(refused)
                 if refused:
                     self.hub.stats["queue_full"] += len(refused)

@@ -6,11 +6,18 @@ Every worker runs these; the database makes sure each job is done once.
   worker that stayed silent for ``worker_timeout`` is presumed dead and its
   peers' rows are reaped, so their ids come free. Liveness a shared outage
   cannot fake: a worker reaps others only once its own beats have succeeded
-  without a gap for longer than ``worker_timeout``. When the database was
-  away for everyone, every worker's beats failed alike, and by the time any
-  of them may reap again every live worker has beaten again: nobody is
-  reaped, no socket is closed. A worker that really died meanwhile is reaped
-  ``worker_timeout`` (plus a beat) after the database came back.
+  without a gap for longer than ``worker_timeout``. A gap is a beat that
+  failed (the database refused or lost the connection), or two successful
+  beats more than ``BEAT_GAP`` beat intervals apart (the database hung, or
+  answered too slowly to tell anyone's silence from its own). When the
+  database was away for everyone, every worker's beats failed or stalled
+  alike, and by the time any of them may reap again every live worker has
+  beaten again: nobody is reaped, no socket is closed. That holds while
+  ``worker_timeout`` is at least four beat intervals (signaling.conf checks
+  it): a live worker is then never silent longer than the gap a reaper
+  could miss plus two of its own beat intervals. A worker that really died
+  meanwhile is reaped ``worker_timeout`` plus a beat or two after the
+  database came back.
 - **Expiry**: queued frames past their time, and frames for impossible ids,
   end as one EXPIRE per sender and destination.
 - **Liveness**: sockets silent for ``alive_timeout`` are closed, and so are
@@ -34,13 +41,15 @@ from signaling.hub import get_hub
 logger = logging.getLogger(__name__)
 
 DIRECTORY_REFRESH = 10.0  # seconds between re-reads of where every peer is (heals lost announcements)
+BEAT_GAP = 2  # successful beats further apart than this many beat intervals are a gap
 
 
 class Services:
     def __init__(self, hub):
         self.hub = hub
         self.tasks = []
-        self.beats_ok_since = None  # loop time since which every beat succeeded
+        self.beats_ok_since = None  # loop time since which every beat succeeded, without a gap
+        self.last_beat = None  # loop time the last successful beat ended
         self.beaten = False
 
     async def start(self):
@@ -49,7 +58,6 @@ class Services:
         if hub.transport is not None:
             await hub.transport.start()
         await self.beat()
-        hub.greet()
         try:
             await self.refresh_directory()
         except DatabaseUnavailable:
@@ -87,7 +95,17 @@ class Services:
             self.beats_ok_since = None
             return
         now = hub.loop.time()
+        gap = now - self.last_beat if self.last_beat is not None else 0.0
+        self.last_beat = now
         if self.beats_ok_since is None:
+            self.beats_ok_since = now
+        elif gap > BEAT_GAP * o.worker_beat / 1000:
+            # No beat failed, but one hung: the database stalled, for this
+            # worker and maybe for all. Others' beats may have stalled alike.
+            logger.warning(
+                "worker %s: %.1f s between beats (the database stalled); reaping no worker for %.1f s",
+                hub.name, gap, o.worker_timeout / 1000,
+            )
             self.beats_ok_since = now
         if self.beaten and not existed:
             # Another worker reaped us: it could, so the database was there
@@ -100,7 +118,9 @@ class Services:
         if hub.unreleased:
             unreleased, hub.unreleased = hub.unreleased, set()
             await hub.db(registry.release_connections, [connection for _k, _p, connection in unreleased])
-        hub.workers = set(await hub.db(registry.live_workers, o.worker_timeout)) - {hub.name}
+        live = set(await hub.db(registry.live_workers, o.worker_timeout)) - {hub.name}
+        hub.introduce(live - hub.workers)
+        hub.workers = live
         if now - self.beats_ok_since > o.worker_timeout / 1000:
             dead, freed = await hub.db(registry.reap, o.worker_timeout)
             if dead or freed:

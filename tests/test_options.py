@@ -107,3 +107,10 @@ def test_the_apps_tokens_turn_and_webhook_options_read_their_variables():
     assert "s" * 32 not in repr(o) and "turn-secret" not in repr(o)
     defaults = conf._validated(conf.from_environ({}))
     assert (defaults.app_cache, defaults.auth, defaults.turn_urls, defaults.turn_ttl) == (2000, "none", (), 86400)
+
+
+def test_the_worker_timeout_spans_at_least_four_beats():
+    """Shorter, a live worker's silence after an outage every worker saw could get it reaped."""
+    assert conf._validated(conf.from_environ({"PEERJS_WORKER_BEAT": "500", "PEERJS_WORKER_TIMEOUT": "2000"}))
+    with pytest.raises(ImproperlyConfigured, match="PEERJS_WORKER_TIMEOUT.*four times PEERJS_WORKER_BEAT"):
+        conf._validated(conf.from_environ({"PEERJS_WORKER_BEAT": "500", "PEERJS_WORKER_TIMEOUT": "1999"}))

@@ -1,0 +1,134 @@
+"""Adaptations of the ASGI servers' WebSocket layers, applied when the application loads.
+
+Both servers read WebSocket frames and handshakes before the application
+sees them, and each ended some connections without a word, which the
+protocol's rules forbid: whatever a client sends, it hears why it is refused
+(an HTTP status, an ERROR frame, or a close frame with a code). Neither
+server has a setting for what follows, so :func:`adapt` adjusts them, once,
+from ``p2psite.asgi`` (before the server builds a connection), whichever of
+them loaded the application. Each adaptation is checked by
+tests/test_socket_edges.py: recheck them when upgrading daphne, autobahn,
+uvicorn or websockets.
+
+daphne (autobahn), for ``manage.py runserver`` and ``ASGI_SERVER=daphne``
+    autobahn fails a connection on a protocol error -- a text frame that is
+    not UTF-8, a message over the size limit -- by dropping its TCP
+    connection, for servers by default (``failByDrop``): the client sees
+    1006 and no reason. With ``failByDrop`` off it sends a close frame with
+    the standard code (1007, 1009) and then closes.
+
+    Its size limits follow ``PEERJS_MAX_FRAME_BYTES`` (daphne's own
+    ``--websocket-max-message-size`` and ``DAPHNE_WEBSOCKET_MAX_*_SIZE``,
+    1 MiB by default, are replaced). autobahn holds what the server *sends*
+    to the same limit as what it receives, and a relayed frame is larger
+    than the one received: the server puts ``src`` in front, and a frame it
+    has to rebuild (extra top-level fields, lone surrogates) may write each
+    non-ASCII character as a ``\\uXXXX`` escape, up to three times its UTF-8
+    size. So the limit is :func:`daphne_message_limit`: three times the
+    frame cap plus an id. A frame over the cap but under that is read and
+    answered with ERROR, as under uvicorn; a larger one is closed with 1009
+    as it arrives, never buffered whole.
+
+    A request line or header line over Twisted's 16 KiB (a URL with an id
+    of 30 000 characters) dropped the connection with no response; it is
+    answered ``400 Bad Request`` and closed, as Twisted answers its other
+    malformed requests. (Under 16 KiB such an id reaches the server, whose
+    ERROR says the id is too long.)
+
+uvicorn (websockets-sansio), the production worker
+    A handshake whose request line or a header line is longer than
+    websockets' limit (8 KiB: the URL of an id of 10 000 characters) was
+    abandoned without a response, and the client waited for its own
+    timeout. It is answered ``414 URI Too Long`` (a long header line: ``431``,
+    anything else websockets cannot parse: ``400``) and closed. (A request
+    too large for uvicorn's HTTP parser, h11, is answered 400 by uvicorn.)
+
+    A text frame that is not UTF-8 is closed with 1007, as it should be, but
+    uvicorn logged a traceback for each (a client could fill the log): it is
+    logged as one line.
+"""
+import logging
+import sys
+
+_adapted = set()
+
+
+def daphne_message_limit(options):
+    """The largest WebSocket message daphne may receive or send: any frame the server relays fits."""
+    return 3 * options.max_frame_bytes + len('{"src":"",') + options.id_max_length
+
+
+def adapt(options):
+    """Adapt the servers loaded in this process (see the module's docstring); ``options``: signaling.conf's."""
+    if "daphne.server" in sys.modules and "daphne" not in _adapted:
+        _adapt_daphne(daphne_message_limit(options))
+        _adapted.add("daphne")
+    if "uvicorn" in sys.modules and "uvicorn" not in _adapted:
+        _adapt_uvicorn()
+        _adapted.add("uvicorn")
+
+
+_TOO_LONG_BODY = b"Request line or header too long"
+_TOO_LONG = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TOO_LONG_BODY), _TOO_LONG_BODY)
+)
+
+
+def _adapt_daphne(limit):
+    from daphne.ws_protocol import WebSocketFactory
+    from twisted.web.http import HTTPChannel
+
+    def lineLengthExceeded(self, line):
+        self.transport.write(_TOO_LONG)
+        self.transport.loseConnection()
+
+    HTTPChannel.lineLengthExceeded = lineLengthExceeded
+
+    set_options = WebSocketFactory.setProtocolOptions
+
+    def setProtocolOptions(self, *args, **kwargs):
+        set_options(self, *args, **kwargs)
+        set_options(self, failByDrop=False, maxMessagePayloadSize=limit, maxFramePayloadSize=limit)
+
+    WebSocketFactory.setProtocolOptions = setProtocolOptions
+
+
+_UTF8_MESSAGE = "Invalid UTF-8 sequence received from client."
+
+
+class _OneLineForInvalidUtf8(logging.Filter):
+    def filter(self, record):
+        if record.msg == _UTF8_MESSAGE and record.exc_info:
+            record.msg = "a client sent a text frame that is not UTF-8; closed it with 1007"
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _adapt_uvicorn():
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets import http11
+    from websockets.exceptions import SecurityError
+
+    data_received = WebSocketsSansIOProtocol.data_received
+
+    def answer_what_the_handshake_parser_refused(self, data):
+        data_received(self, data)
+        if self.handshake_initiated:  # the usual case, every frame: one attribute read
+            return
+        exc = self.conn.handshake_exc
+        if exc is None or self.transport.is_closing():
+            return
+        cause = exc.__cause__
+        if isinstance(cause, SecurityError) and len(data.split(b"\r\n", 1)[0]) > http11.MAX_LINE_LENGTH:
+            status, text = 414, "Request line too long"
+        elif isinstance(cause, SecurityError):
+            status, text = 431, "Request headers too large"
+        else:
+            status, text = 400, "Invalid WebSocket handshake"
+        self.transport.write(self.conn.reject(status, text).serialize())
+        self.transport.close()
+
+    WebSocketsSansIOProtocol.data_received = answer_what_the_handshake_parser_refused
+    logging.getLogger("uvicorn.error").addFilter(_OneLineForInvalidUtf8())

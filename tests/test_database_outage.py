@@ -1,0 +1,404 @@
+"""The database goes away under a cluster of production workers (uvicorn), and comes back.
+
+Real processes throughout: a private PostgreSQL server that the tests stop
+and start (never the machine's own), a private redis-server, and workers
+started as production starts them (deploy/worker-entrypoint.sh). The tests
+assert outcomes; how long anything takes is the benchmark's business.
+
+What must hold (README, "When the database or Redis is away"): sockets that
+are open stay open and keep relaying across workers (the directory is in
+memory); what needs the registry or the queue is answered plainly (a new
+socket hears ERROR "try again" and 1013, /id and /peers 503 with
+Retry-After, a frame for an offline peer EXPIRE); each worker logs the
+outage once and its end once; no worker is reaped and no socket closed
+because the database was away for everyone; everything recovers on its own.
+"""
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.client import connect, roundtrip, uid
+from tests.conftest import TEST_ENV
+from tests.servers import BASE, Database, RedisServer, Worker, wait_until
+
+pytestmark = [
+    pytest.mark.cluster,
+    # These tests bring their own PostgreSQL (the one they stop): the
+    # PostgreSQL pass of scripts/test.sh would only run them a second time.
+    pytest.mark.skipif(
+        bool(os.environ.get("PEERJS_TEST_DATABASE_URL")),
+        reason="runs on its own private PostgreSQL in the first pass",
+    ),
+]
+
+TRY_AGAIN = 1013  # uvicorn sends the standard code (daphne: 4013)
+UNREACHABLE = "database unreachable"
+REACHABLE = "database reachable again"
+WORKER_TIMEOUT = int(TEST_ENV["PEERJS_WORKER_TIMEOUT"]) / 1000
+WORKER_BEAT = int(TEST_ENV["PEERJS_WORKER_BEAT"]) / 1000
+
+
+class OutageCluster:
+    """Production workers on a database of the private PostgreSQL server, sharing ``redis``."""
+
+    def __init__(self, postgres, redis, count, env=None):
+        self.postgres = postgres
+        self.database = Database(postgres.admin_url)
+        env = {**TEST_ENV, "REDIS_URL": redis.url, "PEERJS_ALLOW_DISCOVERY": "1", **(env or {})}
+        self.workers = []
+        try:
+            for n in range(count):
+                self.workers.append(Worker(self.database, env, server="uvicorn", entrypoint=True, name=f"w{n}"))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        for worker in self.workers:
+            worker.stop()
+        self.database.drop()
+
+    @contextlib.contextmanager
+    def database_down(self):
+        """PostgreSQL stopped: connections are refused at once."""
+        self.postgres.stop()
+        try:
+            yield
+        finally:
+            self.postgres.start()
+
+    @contextlib.contextmanager
+    def database_frozen(self):
+        """PostgreSQL frozen (every process of it stopped): queries hang, as behind a dead link."""
+        pids = postgres_pids(self.postgres)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+    def worker_names(self):
+        return sorted(name for (name,) in self.database.query("SELECT name FROM signaling_worker"))
+
+    def registered(self):
+        return dict(self.database.query("SELECT peer_id, worker FROM signaling_peer"))
+
+
+def postgres_pids(pg):
+    """The postmaster of the private server and every process it started."""
+    postmaster = int(Path(pg.dir, "data", "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+@pytest.fixture
+def outage_cluster(private_postgres, redis_server):
+    clusters = []
+
+    def make(count, redis=None, env=None):
+        cluster = OutageCluster(private_postgres, redis or redis_server, count, env)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+
+
+async def told_to_try_again(worker):
+    """A new socket on ``worker`` hears ERROR 'try again' and is closed with 1013."""
+    client = await connect(worker, expect_open=False)
+    code, frames = await client.closed()
+    assert [frame["type"] for frame in frames] == ["ERROR"], frames
+    assert "try again" in frames[0]["payload"]["msg"]
+    assert code == TRY_AGAIN
+    return True
+
+
+async def opens_again(worker, timeout=30):
+    """Once the database is back, a new socket on ``worker`` gets OPEN (until then, 'try again')."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = await connect(worker, expect_open=False)
+        frame = await client.recv()
+        if frame["type"] == "OPEN":
+            return client
+        assert frame["type"] == "ERROR" and "try again" in frame["payload"]["msg"], frame
+        assert time.monotonic() < deadline, f"{worker.http} did not open sockets again"
+        await client.closed()
+        await asyncio.sleep(0.2)
+
+
+def assert_unavailable(worker, path):
+    status, headers, body = worker.get(path)
+    assert status == 503, (path, status, body)
+    assert int(headers["Retry-After"]) > 0
+    assert "try again" in body
+
+
+def assert_outage_logged_once(worker):
+    log = worker.read_log()
+    assert log.count(UNREACHABLE) == 1, log
+    assert log.count(REACHABLE) == 1, log
+    assert "Traceback" not in log, log
+
+
+async def test_with_the_database_down_every_path_answers_and_each_worker_logs_it_once(outage_cluster):
+    cluster = outage_cluster(3)
+    w1, w2, w3 = cluster.workers
+    a, a2, b, c = await connect(w1), await connect(w1), await connect(w2), await connect(w3)
+    await roundtrip(a, b)
+    with cluster.database_down():
+        # Sockets that need the registry: a plain 'try again', on every worker.
+        for worker in cluster.workers:
+            assert await told_to_try_again(worker)
+        # HTTP that needs it: 503 with Retry-After (an app never read before too).
+        for worker in cluster.workers:
+            assert_unavailable(worker, f"{BASE}/peerjs/id")
+            assert_unavailable(worker, f"{BASE}/peerjs/peers")
+            assert_unavailable(worker, f"{BASE}/never-read-before/peers")
+            assert worker.get(f"{BASE}/")[0] == 200  # what needs no database still answers
+        # Relaying needs no database, across workers and on one.
+        await roundtrip(a, b)
+        await roundtrip(b, a)
+        await roundtrip(c, a2)
+        await roundtrip(a, a2)
+        # A frame for a peer nobody holds needs the queue: its sender hears EXPIRE.
+        nobody = uid()
+        await a.relay("OFFER", nobody, "into the queue?")
+        assert await a.recv() == {"type": "EXPIRE", "src": nobody, "dst": a.peer_id}
+        await b.relay("CANDIDATE", nobody, "from another worker")
+        assert await b.recv() == {"type": "EXPIRE", "src": nobody, "dst": b.peer_id}
+        # Every worker has met the outage (its beats fail) before it ends.
+        for worker in cluster.workers:
+            wait_until(lambda worker=worker: UNREACHABLE in worker.read_log(), 10, "the outage to be logged")
+    # Everything comes back on its own.
+    for worker in cluster.workers:
+        await opens_again(worker)
+        # Every registry thread and the HTTP thread meet the database again:
+        # connections the outage broke must not count as a second outage.
+        clients = await asyncio.gather(*(connect(worker) for _ in range(12)))
+        await roundtrip(clients[0], a)
+        assert worker.get(f"{BASE}/peerjs/id")[0] == 200
+        assert worker.get(f"{BASE}/peerjs/peers")[0] == 200
+    later = uid()
+    await a.relay("OFFER", later, "queued again")
+    await roundtrip(a, a2)
+    late = await connect(w2, peer_id=later)
+    assert (await late.recv())["payload"] == "queued again"
+    for worker in cluster.workers:
+        wait_until(lambda worker=worker: REACHABLE in worker.read_log(), 10, "the recovery to be logged")
+        assert_outage_logged_once(worker)
+
+
+@pytest.mark.parametrize("how", ["stopped", "frozen"])
+async def test_an_outage_twice_the_worker_timeout_closes_no_socket_and_reaps_no_worker(outage_cluster, how):
+    """Stopped, the database refuses every beat; frozen, beats hang and end late, all at once."""
+    cluster = outage_cluster(3)
+    names = cluster.worker_names()
+    assert len(names) == 3
+    peers = [await connect(worker) for worker in cluster.workers for _ in range(2)]
+    leaver = await connect(cluster.workers[1])
+    with cluster.database_down() if how == "stopped" else cluster.database_frozen():
+        await leaver.close()  # its row cannot go now: it goes once the database is back
+        await asyncio.sleep(2 * WORKER_TIMEOUT)
+        await roundtrip(peers[0], peers[2])
+    for worker in cluster.workers:
+        await opens_again(worker)
+    # Long enough for any worker to reap: its beats have run without a gap
+    # for longer than the worker timeout.
+    await asyncio.sleep(WORKER_TIMEOUT + 4 * WORKER_BEAT)
+    # No socket was closed: every old peer relays to every other, both ways, across workers.
+    for sender in peers:
+        for receiver in peers:
+            if sender is not receiver:
+                await roundtrip(sender, receiver)
+    # No worker was reaped, nor believed it was; every row is still there.
+    assert cluster.worker_names() == names
+    registered = cluster.registered()
+    assert all(peer.peer_id in registered for peer in peers)
+    wait_until(lambda: leaver.peer_id not in cluster.registered(), 10, "the release missed in the outage")
+    for worker in cluster.workers:
+        log = worker.read_log()
+        assert "reaped" not in log and "Traceback" not in log, log
+        if how == "stopped":
+            assert log.count(UNREACHABLE) == 1 and log.count(REACHABLE) == 1, log
+        else:  # nothing failed: the beats stalled, and the worker said so
+            assert UNREACHABLE not in log and "between beats (the database stalled)" in log, log
+    # The id the leaver held is free again, for anyone.
+    await connect(cluster.workers[2], peer_id=leaver.peer_id, token="someone-else")
+
+
+class CuttableProxy:
+    """A TCP proxy to the database for one worker: cut it, and that worker alone loses the database."""
+
+    def __init__(self, port):
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut_off = False
+        self.open = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut_off:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.open.update({client, server})
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self):
+        self.cut_off = True
+        with self.lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.open.clear()
+
+    def restore(self):
+        self.cut_off = False
+
+    def close(self):
+        self.cut()
+        self.listener.close()
+
+
+async def test_a_worker_that_alone_loses_the_database_is_reaped_and_its_peers_reconnect(outage_cluster, private_postgres):
+    """What README says of it: it keeps relaying, the healthy workers reap it, and when it learns
+    that it was reaped it closes its sockets (4103) so that its peers reconnect elsewhere."""
+    proxy = CuttableProxy(private_postgres.port)
+    try:
+        cluster = outage_cluster(2)
+        healthy = list(cluster.workers)
+        url = cluster.database.url.replace(f":{private_postgres.port}/", f":{proxy.port}/")
+        alone = Worker(cluster.database, {**TEST_ENV, "REDIS_URL": healthy[0].env["REDIS_URL"], "DATABASE_URL": url},
+                       server="uvicorn", entrypoint=True, name="alone")
+        cluster.workers.append(alone)
+        ((alone_name,),) = cluster.database.query("SELECT name FROM signaling_worker WHERE pid = ?", (alone.proc.pid,))
+        x, y, z = await connect(alone), await connect(healthy[0]), await connect(healthy[1])
+        await roundtrip(x, y)
+        await roundtrip(z, x)
+        proxy.cut()
+        # Alone without its database: it relays on, with every worker, but opens nothing.
+        await roundtrip(x, y)
+        await roundtrip(y, x)
+        assert await told_to_try_again(alone)
+        await connect(healthy[0])  # the others open sockets as ever
+        # The healthy workers take its silence for death and free its peers' ids.
+        wait_until(lambda: alone_name not in cluster.worker_names(), 5 * WORKER_TIMEOUT, "the lone worker to be reaped")
+        assert x.peer_id not in cluster.registered()
+        assert "reaped workers" in healthy[0].read_log() + healthy[1].read_log()
+        proxy.restore()
+        # Its database back, it finds itself reaped and closes its sockets: its peers reconnect elsewhere.
+        code, _ = await x.closed(timeout=5 * WORKER_TIMEOUT)
+        assert code == 4103
+        assert "was reaped while alive" in alone.read_log()
+        back = await connect(healthy[1], peer_id=x.peer_id, token=x.token)
+        await roundtrip(back, y)
+        await roundtrip(y, z)  # the healthy workers' sockets never closed
+        await roundtrip(z, y)
+    finally:
+        proxy.close()
+
+
+async def test_under_daphne_a_new_socket_is_told_to_try_again_with_4013(private_postgres):
+    """daphne lets applications send only 1000 and 3000-4999: 1013 arrives as 4013 (manage.py runserver)."""
+    database = Database(private_postgres.admin_url)
+    worker = Worker(database, TEST_ENV, server="daphne", name="daphne-outage")
+    try:
+        a, b = await connect(worker), await connect(worker)
+        private_postgres.stop()
+        try:
+            client = await connect(worker, expect_open=False)
+            code, frames = await client.closed()
+            assert [frame["type"] for frame in frames] == ["ERROR"] and "try again" in frames[0]["payload"]["msg"]
+            assert code == 4013
+            assert_unavailable(worker, f"{BASE}/peerjs/id")
+            await roundtrip(a, b)
+        finally:
+            private_postgres.start()
+        await opens_again(worker)
+    finally:
+        worker.stop()
+        database.drop()
+
+
+async def test_database_and_redis_down_together(outage_cluster):
+    redis = RedisServer()
+    try:
+        cluster = outage_cluster(2, redis=redis)
+        w1, w2 = cluster.workers
+        a, a2, b = await connect(w1), await connect(w1), await connect(w2)
+        await roundtrip(a, b)
+        redis.stop()
+        try:
+            with cluster.database_down():
+                # On one worker, signaling needs neither.
+                await roundtrip(a, a2)
+                await roundtrip(a2, a)
+                # Across workers: EXPIRE to the sender, not silence.
+                await a.relay("OFFER", b.peer_id, "across, during the outage")
+                assert await a.recv() == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
+                await b.relay("ANSWER", a.peer_id, "back, during the outage")
+                assert await b.recv() == {"type": "EXPIRE", "src": a.peer_id, "dst": b.peer_id}
+                # To nobody: EXPIRE too (the queue is in the database).
+                nobody = uid()
+                await a2.relay("CANDIDATE", nobody, "queued?")
+                assert await a2.recv() == {"type": "EXPIRE", "src": nobody, "dst": a2.peer_id}
+                assert await told_to_try_again(w2)
+        finally:
+            redis.start()
+        # Both come back: new sockets open, and the old peers relay across workers again.
+        for worker in cluster.workers:
+            await opens_again(worker)
+        deadline = time.monotonic() + 30
+        while True:
+            await a.relay("CANDIDATE", b.peer_id, "back?")
+            try:
+                frame = await b.recv(timeout=1)
+                break
+            except asyncio.TimeoutError:
+                assert time.monotonic() < deadline, "cross-worker signaling did not resume"
+                assert (await a.recv())["type"] == "EXPIRE"  # the attempt that failed was answered
+        assert frame == {"type": "CANDIDATE", "src": a.peer_id, "dst": b.peer_id, "payload": "back?"}
+        await roundtrip(b, a)
+        c = await connect(w2)
+        await roundtrip(c, a)
+        await roundtrip(a, c)
+        for worker in cluster.workers:
+            wait_until(lambda worker=worker: REACHABLE in worker.read_log(), 10, "the recovery to be logged")
+            log = worker.read_log()
+            assert log.count(UNREACHABLE) == 1 and "reaped" not in log, log
+    finally:
+        redis.stop()
