@@ -14,7 +14,7 @@
 #                (default 262144, as the app's own limit): uvicorn refuses a
 #                bigger one at its header (close 1009), before buffering it.
 #   ASGI_HEADER_TIMEOUT  seconds a request (a WebSocket handshake too) may take
-#                to send its headers (uvicorn; default 10): see signaling/servers.py.
+#                to send its headers (uvicorn; default 10): see p2psite/asgi_servers.py.
 #   PEERJS_PROXIED          on (1/true/yes/on) behind a reverse proxy: uvicorn
 #                           then takes the client address and scheme from
 #                           X-Forwarded-For/-Proto, but only from...
@@ -70,7 +70,7 @@ case "${ASGI_SERVER:-uvicorn}" in
         ;;
     uvicorn)
         exec uvicorn "$app" --host "$host" --port "$port" \
-            --http signaling.servers:H11WithHeaderDeadline \
+            --http h11 \
             --ws websockets-sansio --ws-per-message-deflate false --ws-max-size "$max_frame" \
             --lifespan on "$@" --no-access-log --log-level warning
         ;;

@@ -46,8 +46,18 @@ uvicorn (websockets-sansio), the production worker
     A text frame that is not UTF-8 is closed with 1007, as it should be, but
     uvicorn logged a traceback for each (a client could fill the log): it is
     logged as one line.
+
+    uvicorn gives a request all the time it likes to arrive: a client that
+    opens connections and sends its request line and headers a byte at a
+    time (or nothing at all) holds each one for as long as it pleases. Behind
+    nginx, ``client_header_timeout`` ends that; a worker that faces clients
+    itself needs a deadline of its own: a request's line and headers (a
+    WebSocket handshake's too) must be complete within ``ASGI_HEADER_TIMEOUT``
+    seconds (default 10) of the connection or of the previous response, or
+    the connection is closed.
 """
 import logging
+import os
 import sys
 
 _adapted = set()
@@ -132,3 +142,49 @@ def _adapt_uvicorn():
 
     WebSocketsSansIOProtocol.data_received = answer_what_the_handshake_parser_refused
     logging.getLogger("uvicorn.error").addFilter(_OneLineForInvalidUtf8())
+    _header_deadline(float(os.environ.get("ASGI_HEADER_TIMEOUT") or 10))
+
+
+def _header_deadline(seconds):
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline for a request's line and headers."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    connection_made, data_received, connection_lost = (
+        H11Protocol.connection_made, H11Protocol.data_received, H11Protocol.connection_lost,
+    )
+
+    def arm(self):
+        if getattr(self, "header_deadline", None) is None:
+            self.header_deadline = self.loop.call_later(seconds, too_slow, self)
+
+    def disarm(self):
+        if getattr(self, "header_deadline", None) is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def too_slow(self):
+        self.header_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_connection_made(self, transport):
+        connection_made(self, transport)
+        arm(self)
+
+    def on_data_received(self, data):
+        data_received(self, data)
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            disarm(self)  # the headers are in (or the socket became a WebSocket)
+        elif self.conn.trailing_data[0]:
+            arm(self)  # a request begun and not finished
+        else:
+            disarm(self)  # quiet between requests: uvicorn's keep-alive timeout covers it
+
+    def on_connection_lost(self, exc):
+        disarm(self)
+        connection_lost(self, exc)
+
+    H11Protocol.connection_made = on_connection_made
+    H11Protocol.data_received = on_data_received
+    H11Protocol.connection_lost = on_connection_lost

@@ -460,7 +460,7 @@ class RedisCluster:
 
     def __init__(self, masters=3):
         self.dir = Path(tempfile.mkdtemp(prefix="peerjs-redis-cluster-"))
-        self.ports = [free_port() for _ in range(masters)]
+        self.ports = [self._free_node_port() for _ in range(masters)]
         self.procs = []
         for port in self.ports:
             node_dir = self.dir / str(port)
@@ -482,6 +482,20 @@ class RedisCluster:
         )
         wait_until(lambda: all("cluster_state:ok" in self._cli(p, "CLUSTER", "INFO") for p in self.ports), 20, "cluster_state:ok")
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    @staticmethod
+    def _free_node_port():
+        """A free port whose cluster bus port (the port + 10000) is a port, and free too."""
+        while True:
+            port = free_port()
+            if port + 10000 > 65535:
+                continue
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
 
     def _cli(self, port, *command, check=True):
         result = subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=10)

@@ -55,7 +55,7 @@ class OutageCluster:
         self.workers = []
         try:
             for n in range(count):
-                self.workers.append(Worker(self.database, env, server="uvicorn", entrypoint=True, name=f"w{n}"))
+                self.workers.append(Worker(self.database, env, server="uvicorn", name=f"w{n}"))
         except BaseException:
             self.stop()
             raise
@@ -303,7 +303,7 @@ async def test_a_worker_that_alone_loses_the_database_is_reaped_and_its_peers_re
         healthy = list(cluster.workers)
         url = cluster.database.url.replace(f":{private_postgres.port}/", f":{proxy.port}/")
         alone = Worker(cluster.database, {**TEST_ENV, "REDIS_URL": healthy[0].env["REDIS_URL"], "DATABASE_URL": url},
-                       server="uvicorn", entrypoint=True, name="alone")
+                       server="uvicorn", name="alone")
         cluster.workers.append(alone)
         ((alone_name,),) = cluster.database.query("SELECT name FROM signaling_worker WHERE pid = ?", (alone.proc.pid,))
         x, y, z = await connect(alone), await connect(healthy[0]), await connect(healthy[1])

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.admin_http import AdminSession, Apps, create_superuser
-from tests.client import connect, roundtrip, uid
+from tests.client import connect, roundtrip
 from tests.servers import Worker
 from tests.test_cluster import Cluster
 

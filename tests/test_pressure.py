@@ -22,7 +22,7 @@ async def test_a_burst_to_an_offline_peer_is_answered_from_memory_while_others_o
     so the burst neither costs the database a trip per frame nor holds the
     registry's threads: every other socket opens. The burster hears EXPIRE.
     """
-    worker = make_server({"PEERJS_FLOOD_LIMIT": "0"}, server="uvicorn", entrypoint=True)
+    worker = make_server({"PEERJS_FLOOD_LIMIT": "0"}, server="uvicorn")
     burster, nobody = await connect(worker), uid()
 
     async def burst():
@@ -53,7 +53,7 @@ async def test_the_concurrent_limit_is_exact_when_sockets_race_across_workers(re
     workers = []
     try:
         for n in range(3):
-            workers.append(Worker(database, env, server="uvicorn", entrypoint=True, name=f"w{n}"))
+            workers.append(Worker(database, env, server="uvicorn", name=f"w{n}"))
         count = lambda: database.query("SELECT COUNT(*) FROM signaling_peer")[0][0]  # noqa: E731
         for _round in range(3):
             clients = await asyncio.gather(
