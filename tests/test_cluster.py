@@ -344,6 +344,10 @@ async def test_a_worker_stopped_until_redis_drops_its_subscription_recovers_and_
         while (frame := await a.recv())["type"] == "EXPIRE":  # the last batches' timeouts may still come
             assert frame == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
         assert frame["payload"] == "back"
+    except BaseException:
+        for worker in cluster.workers:
+            print(f"----- log of {worker.log_path.name} -----\n{worker.read_log()[-4000:]}")
+        raise
     finally:
         cluster.stop()
         redis.stop()
