@@ -196,7 +196,7 @@ class Peer:
         first = orjson.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         if first.get("type") != "OPEN":
             await self.ws.close()
-            raise LoadError(f"{self.peer_id}: server answered {first!r} instead of OPEN")
+            raise LoadError(f"server answered {first!r} instead of OPEN")
         self.open = True
         self.generator.extensions[",".join(e.name for e in self.ws.protocol.extensions) or "none"] += 1
         self.reader = asyncio.create_task(self._read())

@@ -179,7 +179,6 @@ if REDIS_URL:
                 # Seconds a worker waits for another to acknowledge what it sent;
                 # then the senders of what is unacknowledged hear EXPIRE.
                 "ack_timeout": env.integer("REDIS_ACK_TIMEOUT", 5000, minimum=100) / 1000,
-                "max_connections": env.integer("REDIS_MAX_CONNECTIONS", 1000, minimum=4),
             },
         }
     }
