@@ -91,6 +91,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.key = None
         self.peer = None  # (key, id) once registered, kept after the socket closes
         self.buffer = []  # frames for this peer held back until it is open
+        self.held = None  # frames held back while its queue is drained (hub.drain), else None
+        self.drains = 0  # drains under way
+        self.drained = 0  # frames their drains took, at the front of held
         self.outbox = collections.deque()  # (frame, src, kind) accepted for the client, not yet written
         self.outbox_bytes = 0
         self.wake = None  # the writer waits on it for frames
@@ -299,6 +302,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
         """Accept a frame for the client; the socket's writer sends it. Never waits."""
         if self.buffer is not None:
             self.buffer.append((frame, src, kind))
+            return
+        if self.held is not None:
+            self.held.append((frame, src, kind))
             return
         if self.closing:
             self.hub.undeliverable(self, [(frame, src, kind)])

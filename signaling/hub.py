@@ -17,7 +17,9 @@ reference's realms.
 Connections are duck-typed (the consumer implements them): ``key``,
 ``peer_id`` (None once unregistered), ``connection_id``, ``address``,
 ``last_frame`` (loop time of the last frame received), ``buffer`` (frames
-held back until the peer is open, or None), ``deliver(frame, src, kind)``
+held back until the peer is open, or None), ``held`` and ``drains`` (frames
+held back while its queue is drained, and how many drains are under way),
+``deliver(frame, src, kind)``
 (never blocks), ``stalled_since()`` and ``drop(code, reason)``.
 """
 import asyncio
@@ -237,6 +239,11 @@ class Hub:
 
     def route(self, key, src, dst, kind, frame, hops=0):
         """Hand a frame (a peer's, or the server's EXPIRE) to ``dst``: here, on its worker, or into the queue."""
+        if self.offline.in_flight and (key, dst) in self.offline.in_flight and kind in protocol.QUEUED:
+            # Earlier frames for dst are on their way into the queue: this one
+            # follows them there, and the drain that takes them takes it too.
+            self.offline.put(key, src, dst, kind, frame)
+            return
         connection = self.local.get((key, dst))
         if connection is not None:
             connection.deliver(frame, src, kind)
@@ -330,12 +337,24 @@ class Hub:
         connection = self.local.get((key, dst))
         if connection is None:
             return
+        # A worker asks for a drain after it queued, and sends whatever comes
+        # next straight here: those frames wait until the queue is read, so
+        # that none overtakes what was queued before it.
+        if connection.held is None:
+            connection.held, connection.drained = [], 0
+        connection.drains += 1
         try:
             frames = await self.db(registry.take_queued, key, dst)
         except DatabaseUnavailable:
-            return  # still queued: it expires, or the next drain takes it
-        for frame, src, kind in frames:
-            connection.deliver(frame, src, kind)
+            frames = []  # still queued: it expires, or the next drain takes it
+        finally:
+            connection.drains -= 1
+        connection.held[connection.drained:connection.drained] = frames
+        connection.drained += len(frames)
+        if connection.drains == 0:
+            held, connection.held = connection.held, None
+            for frame, src, kind in held:
+                connection.deliver(frame, src, kind)
 
     def close_connection(self, worker, connection_id, code, reason):
         """Close a socket wherever it is."""

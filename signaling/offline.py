@@ -37,6 +37,9 @@ class OfflineQueue:
         self.writer = None
         self.by_sender = {}  # (key, src) -> deque of (loop time, bytes) queued within expire_timeout
         self.refused = set()  # (key, src, dst) refused since the last EXPIREs went out
+        # (key, dst) -> frames accepted for it and not yet written: the hub
+        # sends what follows them the same way, so nothing overtakes them.
+        self.in_flight = collections.Counter()
 
     def put(self, key, src, dst, kind, frame):
         """Queue ``frame`` for the offline peer ``dst``; LEAVE and EXPIRE for one mean nothing."""
@@ -47,6 +50,7 @@ class OfflineQueue:
             self._refuse(key, src, dst)
             return
         self.pending.append(registry.Entry(key, dst, src, frame))
+        self.in_flight[key, dst] += 1
         if self.writer is None:
             self.writer = self.hub.spawn(self._write())
 
@@ -88,6 +92,8 @@ class OfflineQueue:
                     for key, src, dst in {(entry.key, entry.src, entry.dst) for entry in batch}:
                         self.hub.tell_expire(key, dst, src)
                     continue
+                finally:
+                    self._landed(batch)
                 self.hub.stats["frames_queued"] += len(batch) - len(refused)
                 if refused:
                     self.hub.stats["queue_full"] += len(refused)
@@ -100,6 +106,13 @@ class OfflineQueue:
                     self.hub.drain_at(worker, key, dst)
         finally:
             self.writer = None
+
+    def _landed(self, batch):
+        for entry in batch:
+            place = (entry.key, entry.dst)
+            self.in_flight[place] -= 1
+            if not self.in_flight[place]:
+                del self.in_flight[place]
 
     def forget_idle_senders(self):
         """Drop the windows of senders that queued nothing lately (called by the expiry sweep)."""
