@@ -308,3 +308,27 @@ async def test_disconnect_of_a_peer_whose_worker_is_dead_warns_instead_of_failin
     assert "Asked to disconnect 1 peer(s)." in page.body
     assert f"Could not reach the worker of 1 peer(s): {ghost} (worker dead-worker-1" in page.body
     assert (await live.closed())[0] == 4102
+
+
+async def test_opens_are_counted_on_a_redis_cluster_too():
+    """REDIS_CLUSTER=1: one key per command keeps each count on one slot, and two workers count together."""
+    from tests.servers import RedisCluster
+
+    redis_cluster = RedisCluster()
+    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    env = {**TEST_ENV, **LIMITS, "REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"}
+    workers = []
+    try:
+        workers = [Worker(database, env, name=f"c{n}") for n in range(2)]
+        crowded = address()
+        for worker in (*workers, *workers):
+            await (await opens(worker, crowded)).close()
+        code, frames = await refused(workers[0], crowded)
+        assert "opens too many sockets" in frames[0]["payload"]["msg"]
+        for worker in workers:  # counted in Redis, not each worker alone
+            assert "rate limits: Redis unreachable" not in worker.read_log()
+    finally:
+        for worker in workers:
+            worker.stop()
+        database.drop()
+        redis_cluster.stop()
