@@ -16,7 +16,7 @@ import pytest
 from tests.admin_http import AdminSession, create_superuser
 from tests.client import connect, roundtrip, uid
 from tests.conftest import TEST_ENV
-from tests.servers import BASE, Database, RedisServer, Worker, wait_until
+from tests.servers import BASE, Database, RedisServer, Worker
 
 pytestmark = pytest.mark.cluster
 
