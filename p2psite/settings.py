@@ -166,13 +166,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # REDIS_CLUSTER=1: REDIS_URL names one node of a Redis Cluster; inboxes
 # spread over its shards.
 REDIS_URL = env.string("REDIS_URL", "")
+REDIS_CLUSTER = env.boolean("REDIS_CLUSTER", False)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "signaling.layer.RedisBatchLayer",
             "CONFIG": {
                 "url": REDIS_URL,
-                "cluster": env.boolean("REDIS_CLUSTER", False),
+                "cluster": REDIS_CLUSTER,
                 # Messages to one worker in flight (sent, not yet acknowledged)
                 # before further sends to it are refused (and answered EXPIRE).
                 "capacity": env.integer("REDIS_INBOX_CAPACITY", 10000, minimum=100),

@@ -1,14 +1,19 @@
+import datetime
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.contrib.admin import helpers
+from django.db import transaction
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
 from django.db.models.constants import LOOKUP_SEP
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from signaling import hub
+from signaling import bans, hub, registry
 from signaling.conf import options
 from signaling.http import request_address
-from signaling.models import App, Peer, QueuedMessage, Worker, new_token_secret
+from signaling.models import App, Ban, Peer, QueuedMessage, Worker, new_token_secret
 
 # Down to the second, in the site's zone (named in the column headers).
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -79,7 +84,7 @@ class PeerAdmin(ReadOnlyAdmin):
     # reconnections (see ReadOnlyAdmin.lookup_allowed).
     exclude = ["token_hash"]
     date_hierarchy = "connected_at"
-    actions = ["disconnect"]
+    actions = ["disconnect", "disconnect_and_ban"]
 
     class Media:
         css = {"all": ["signaling/admin.css"]}
@@ -105,13 +110,204 @@ class PeerAdmin(ReadOnlyAdmin):
     @admin.action(description="Disconnect the selected peers", permissions=["disconnect"])
     def disconnect(self, request, queryset):
         """Close the peers' sockets on whichever worker holds them; their rows go as they close."""
-        peers = list(queryset)
-        for peer in peers:
-            hub.request_disconnect(peer)
-        self.message_user(request, f"Asked to disconnect {len(peers)} peer(s).", messages.SUCCESS)
+        asked, missed = 0, []
+        for peer in queryset:
+            try:
+                hub.request_disconnect(peer)
+            except Exception as exc:
+                # Its worker died (nobody reads its inbox) or the channel layer
+                # is away: say so, rather than fail the whole page.
+                missed.append(f"{peer.peer_id} (worker {peer.worker}: {type(exc).__name__})")
+            else:
+                asked += 1
+        if asked:
+            self.message_user(request, f"Asked to disconnect {asked} peer(s).", messages.SUCCESS)
+        if missed:
+            self.message_user(
+                request,
+                f"Could not reach the worker of {len(missed)} peer(s): {', '.join(missed)}. "
+                "If that worker is dead, its rows are removed within PEERJS_WORKER_TIMEOUT "
+                f"({options().worker_timeout / 1000:g} s); else try again once the channel layer (Redis) is back.",
+                messages.WARNING,
+            )
 
     def has_disconnect_permission(self, request):
         return request.user.has_perm("signaling.delete_peer")
+
+    @admin.action(description="Disconnect and ban the selected peers", permissions=["ban"])
+    def disconnect_and_ban(self, request, queryset):
+        """Ban the peers' ids (and, if asked, their addresses) for a while; every worker closes their sockets.
+
+        An intermediate page first, as the admin's delete confirmation: how
+        long, whether the addresses too, and why.
+        """
+        peers = list(queryset)
+        form = PeerBanForm(request.POST if "post" in request.POST else None)
+        if form.is_valid():
+            expires_at = form.expires_at()
+            rows, addresses = [], set()
+            for peer in peers:
+                common = {"key": peer.key, "reason": form.cleaned_data["reason"], "expires_at": expires_at,
+                          "created_by": request.user.get_username()}
+                rows.append(Ban(peer_id=peer.peer_id, **common))
+                if form.cleaned_data["ban_address"] and peer.address and (peer.key, peer.address) not in addresses:
+                    addresses.add((peer.key, peer.address))
+                    rows.append(Ban(address=peer.address, **common))
+            Ban.objects.bulk_create(rows)
+            until = moment(expires_at) + f" {settings.TIME_ZONE}" if expires_at else "it is lifted"
+            self.message_user(
+                request,
+                f"Banned {len(peers)} peer(s)" + (f" and {len(addresses)} address(es)" if addresses else "")
+                + f" until {until}; their sockets are being closed.",
+                messages.SUCCESS,
+            )
+            announce_bans(request)
+            return None  # back to the list
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Disconnect and ban",
+            "opts": self.model._meta,
+            "peers": peers,
+            "form": form,
+            "media": self.media + form.media,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/signaling/peer/ban_confirmation.html", context)
+
+    def has_ban_permission(self, request):
+        return request.user.has_perm("signaling.add_ban")
+
+
+DURATIONS = [
+    (600, "10 minutes"),
+    (3600, "1 hour"),
+    (86400, "1 day"),
+    (7 * 86400, "1 week"),
+    (0, "Until lifted"),
+]
+
+
+class DurationField(forms.TypedChoiceField):
+    def __init__(self, **kwargs):
+        super().__init__(choices=DURATIONS, coerce=int, **kwargs)
+
+
+def ends_after(seconds):
+    """When a ban of ``seconds`` made now ends; None (0 seconds) until it is lifted."""
+    return timezone.now() + datetime.timedelta(seconds=seconds) if seconds else None
+
+
+class PeerBanForm(forms.Form):
+    duration = DurationField(initial=3600, label="Ban for")
+    ban_address = forms.BooleanField(
+        required=False,
+        label="Ban their client addresses too",
+        help_text="Refuses everyone behind each address: behind a NAT (a school, a theatre), that is many people.",
+    )
+    reason = forms.CharField(max_length=200, required=False, help_text="Shown to the banned client.")
+
+    def expires_at(self):
+        return ends_after(self.cleaned_data["duration"])
+
+
+def announce_bans(request):
+    """Once the change is committed, have every live worker re-read the bans (and close what they now name)."""
+
+    def announce():
+        missed = bans.announce(registry.live_workers(options().worker_timeout))
+        if missed:
+            messages.warning(
+                request,
+                f"{len(missed)} worker(s) could not be told at once (dead, or Redis away): they apply the change "
+                f"within PEERJS_BAN_REFRESH ({options().ban_refresh / 1000:g} s).",
+            )
+
+    transaction.on_commit(announce)
+
+
+class BanForm(forms.ModelForm):
+    duration = DurationField(label="Ban for", initial=3600, required=False)
+
+    class Meta:
+        model = Ban
+        fields = ["key", "peer_id", "address", "reason"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is None:
+            self.fields["duration"].required = True  # shown when a ban is added, not when one is edited
+
+
+class ActiveFilter(admin.SimpleListFilter):
+    title = "in force"
+    parameter_name = "active"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "In force"), ("no", "Ended")]
+
+    def queryset(self, request, queryset):
+        current = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        if self.value() == "yes":
+            return queryset.filter(current)
+        if self.value() == "no":
+            return queryset.exclude(current)
+        return queryset
+
+
+@admin.register(Ban)
+class BanAdmin(admin.ModelAdmin):
+    """Bans: listed, searchable by peer id and address, and lifted (deleted) here; every worker hears of it."""
+
+    form = BanForm
+    list_display = ["target", "key", "reason", "created", "until", "in_force", "created_by"]
+    list_filter = [ActiveFilter, "key"]
+    search_fields = ["peer_id", "address"]
+    actions = ["lift"]
+
+    def get_fields(self, request, obj=None):
+        fields = ["key", "peer_id", "address", "reason"]
+        return fields + (["until", "created_by"] if obj else ["duration"])
+
+    def get_readonly_fields(self, request, obj=None):
+        # What a ban names is fixed once made: lift it and make another.
+        return ["key", "peer_id", "address", "until", "created_by"] if obj else []
+
+    @admin.display(description="banned")
+    def target(self, ban):
+        return f"peer {ban.peer_id}" if ban.peer_id else f"address {ban.address}"
+
+    @admin.display(description=f"created ({settings.TIME_ZONE})", ordering="created_at")
+    def created(self, ban):
+        return moment(ban.created_at)
+
+    @admin.display(description=f"until ({settings.TIME_ZONE})", ordering="expires_at")
+    def until(self, ban):
+        return moment(ban.expires_at) if ban.expires_at else "lifted by hand"
+
+    @admin.display(description="in force", boolean=True)
+    def in_force(self, ban):
+        return ban.active
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user.get_username()
+            obj.expires_at = ends_after(form.cleaned_data["duration"])
+        super().save_model(request, obj, form, change)
+        announce_bans(request)
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        announce_bans(request)
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        announce_bans(request)
+
+    @admin.action(description="Lift the selected bans", permissions=["delete"])
+    def lift(self, request, queryset):
+        count, _ = queryset.delete()
+        announce_bans(request)
+        self.message_user(request, f"Lifted {count} ban(s).", messages.SUCCESS)
 
 
 @admin.register(Worker)

@@ -16,3 +16,4 @@ TIMEOUT = 4101  # no frame at all within alive_timeout
 DISCONNECTED = 4102  # an operator disconnected the peer (admin action)
 WORKER_LOST = 4103  # this worker's registrations were reaped; reconnect
 TOO_SLOW = 4104  # the client did not read what it was sent
+BANNED = 4105  # the peer id or client address is banned (after an ERROR saying until when)

@@ -71,6 +71,17 @@ SCHEMA = {
     # Sockets one client address may hold open on one worker (a school's or
     # a theatre's NAT puts everyone behind one address); 0 turns it off.
     "MAX_SOCKETS_PER_ADDRESS": ("PEERJS_MAX_SOCKETS_PER_ADDRESS", 1000, _non_negative),
+    # Socket opens and /id requests one client address may make per window
+    # (ms), counted across the cluster through Redis when REDIS_URL is set,
+    # else per worker. Generous: a school or a theatre behind one NAT reloads
+    # and reconnects without meeting them. 0 turns a limit off.
+    "RATE_LIMIT_OPENS": ("PEERJS_RATE_LIMIT_OPENS", 1200, _non_negative),
+    "RATE_LIMIT_IDS": ("PEERJS_RATE_LIMIT_IDS", 1200, _non_negative),
+    "RATE_LIMIT_WINDOW": ("PEERJS_RATE_LIMIT_WINDOW", 60000, _non_negative),
+    # How often (ms) each worker re-reads the bans (signaling.models.Ban). A
+    # ban created or lifted in the admin reaches every worker at once through
+    # the channel layer; this re-read covers a message that was lost.
+    "BAN_REFRESH": ("PEERJS_BAN_REFRESH", 5000, _positive),
     # Bad frames (garbage, unknown types, oversize) a socket may send before it
     # is closed. Each one is answered with an ERROR frame.
     "BAD_FRAME_LIMIT": ("PEERJS_BAD_FRAME_LIMIT", 10, _positive),
@@ -172,6 +183,10 @@ class Options:
     outbox_max_bytes: int
     write_timeout: int
     max_sockets_per_address: int
+    rate_limit_opens: int
+    rate_limit_ids: int
+    rate_limit_window: int
+    ban_refresh: int
     bad_frame_limit: int
     flood_limit: int
     flood_burst: int

@@ -11,19 +11,21 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from signaling import codes, metrics, protocol, registry, tokens
+from signaling import codes, limits, metrics, protocol, registry, tokens
 from signaling import hub as hubs
 from signaling.applications import aget_app
 from signaling.auth import LOGIN_REQUIRED, session_user
 from signaling.conf import options
 from signaling.db import UNREACHABLE
 from signaling.http import client_address
+from signaling.limits import limiter
 from signaling.services import running_hub
 
 logger = logging.getLogger(__name__)
 
 MSG_TRY_AGAIN = "The server cannot register peers right now (its database is unavailable); try again in a moment"
 MSG_TOO_MANY_SOCKETS = "Too many connections from your address"
+MSG_RATE_LIMITED = "Your address opens too many sockets; try again in {} s"
 MSG_INTERNAL = "Internal error: the server could not handle this message"
 CLOSE_WAIT = 5.0  # seconds a close may take before the socket is given up on
 
@@ -105,6 +107,14 @@ class PeerConsumer(AsyncWebsocketConsumer):
         stats = self.hub.stats
         query = _query(self.scope)
 
+        # Counted first, before anything costs a query: a client that opens
+        # sockets in a loop is answered from memory or one Redis command.
+        verdict = await limiter.ahit(limits.OPEN, self.address)
+        if verdict.over:
+            stats["sockets_opened:limited"] += 1
+            await self.accept()
+            await self.refuse(protocol.error_frame(MSG_RATE_LIMITED.format(verdict.retry_after)))
+            return
         try:
             app = await aget_app(query["key"]) if query.get("key") else None
         except UNREACHABLE:
@@ -127,6 +137,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
         except protocol.ProtocolError as exc:
             stats["sockets_opened:error"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
+            return
+        # The worker's copy of the bans: no query (see signaling.bans).
+        ban = self.hub.bans.find(request.key, request.peer_id, self.address)
+        if ban is not None:
+            stats["sockets_opened:banned"] += 1
+            await self.send(text_data=protocol.error_frame(ban.message()))
+            await self.close_with(codes.BANNED)
             return
         try:
             request = await self.admitted(app, request)
@@ -361,6 +378,16 @@ class PeerConsumer(AsyncWebsocketConsumer):
             self.outbox.clear()
             self.outbox_bytes = 0
             self.hub.undeliverable(self, frames)
+
+    async def expel(self, message, code, reason):
+        """An ERROR frame saying why (the PeerJS client reports it as a server-error), then :meth:`drop`."""
+        if self.closing:
+            return
+        try:
+            await asyncio.wait_for(self.send(text_data=protocol.error_frame(message)), CLOSE_WAIT)
+        except Exception:
+            logger.debug("socket %s did not take its ERROR", self.connection_id)
+        await self.drop(code, reason)
 
     async def drop(self, code, reason):
         """Forget this socket's registration, then close it from the server side.

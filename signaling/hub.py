@@ -19,8 +19,9 @@ Connections are duck-typed (the consumer implements them): ``key``,
 ``last_frame`` (loop time of the last frame received), ``buffer`` (frames
 held back until the peer is open, or None), ``held`` and ``drains`` (frames
 held back while its queue is drained, and how many drains are under way),
-``deliver(frame, src, kind)``
-(never blocks), ``stalled_since()`` and ``drop(code, reason)``.
+``deliver(frame, src, kind)`` (never blocks), ``stalled_since()``,
+``drop(code, reason)`` and ``expel(message, code, reason)`` (an ERROR frame
+saying why, then ``drop``).
 """
 import asyncio
 import collections
@@ -35,7 +36,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from signaling import codes, protocol, registry, signals
+from signaling import bans, codes, protocol, registry, signals
 from signaling.conf import options
 from signaling.db import Database, DatabaseUnavailable
 from signaling.offline import OfflineQueue
@@ -79,6 +80,7 @@ class Hub:
         self.unknown = {}  # (key, sender, impossible dst) -> (loop time of its EXPIRE, the EXPIRE frame)
         self.unreleased = set()  # (key, id, connection id) whose release the database missed
         self.stats = collections.Counter()
+        self.bans = bans.BanList()  # active bans, re-read by refresh_bans
         self.stopping = False
         self.opening = asyncio.Semaphore(MAX_OPENING)
         self._connection_ids = itertools.count()
@@ -383,6 +385,30 @@ class Hub:
                 self.drain_at(self.name, message["key"], message["dst"])
             elif kind == "peerjs.close":
                 self.close_connection(self.name, message["connection"], message["code"], message["reason"])
+            elif kind == bans.MESSAGE_TYPE:
+                self.spawn(self.refresh_bans())
+
+    # Bans.
+
+    async def refresh_bans(self):
+        """Re-read the active bans, and close this worker's sockets that one now names.
+
+        While the database is away the bans known so far stay in force.
+        """
+        try:
+            rows = await self.db(bans.active_rows)
+        except DatabaseUnavailable:
+            return
+        self.bans = bans.BanList(rows)
+        if not self.bans:
+            return
+        for connection in list(self.connections.values()):
+            if connection.peer_id is None:
+                continue  # not past its open's checks yet: they look at the bans themselves
+            ban = self.bans.find(connection.key, connection.peer_id, connection.address)
+            if ban is not None:
+                self.stats["banned_closed"] += 1
+                self.spawn(connection.expel(ban.message(), codes.BANNED, "Banned"))
 
     def introduce(self, workers):
         """Tell ``workers``, new to this one, every peer it holds.

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from signaling import limits
 from signaling.conf import options
 from signaling.http import request_address
 
@@ -77,7 +78,7 @@ HISTOGRAMS = (OPEN_LATENCY, CROSS_WORKER_DELIVERY)
 # hub.stats keys with a label: "sockets_opened:<outcome>", "frames_relayed:<path>".
 # The values listed are exported even at 0, so that rate() and alerts see a
 # series from the worker's start; a value the core adds later shows up too.
-SOCKET_OUTCOMES = ("open", "taken", "full", "error", "refused", "retry")
+SOCKET_OUTCOMES = ("open", "taken", "full", "error", "refused", "limited", "banned", "retry")
 RELAY_PATHS = ("same_worker", "other_worker")
 
 # hub.stats key -> help text; exported as peerjs_<key>_total.
@@ -97,6 +98,7 @@ COUNTERS = {
     "queue_full": "Frames refused because a queue was full: the sender's, the peer's or the whole queue's (senders got EXPIRE).",
     "timed_out": "Sockets closed because they sent nothing within alive_timeout.",
     "internal_errors": "Sockets whose handling failed unexpectedly (their cleanup still ran).",
+    "banned_closed": "Open sockets closed because a ban created since names their peer id or address.",
 }
 
 
@@ -120,8 +122,16 @@ class HubCollector:
             stats, "sockets_opened", "peerjs_sockets_opened", "outcome", SOCKET_OUTCOMES,
             "Signaling sockets by how their opening ended: open (OPEN sent), taken (ID-TAKEN), "
             "full (concurrent limit), error (ERROR: bad id, key or parameters), "
-            "refused (origin, rate limit or ban), retry (closed for the client to retry: database unavailable).",
+            "refused (origin, too many sockets, the app's token or login), limited (the address's rate limit), "
+            "banned (a ban), retry (closed for the client to retry: database unavailable).",
         )
+        limited = CounterMetricFamily(
+            "peerjs_rate_limited", "Requests refused by the rate limit per client address, by kind: socket opens, /id requests.",
+            labels=["kind"],
+        )
+        for kind in limits.KINDS:
+            limited.add_metric([kind], limits.refused[kind])
+        yield limited
         yield _labelled(
             stats, "frames_relayed", "peerjs_frames_relayed", "path", RELAY_PATHS,
             "Relayed frames handed on, to a peer of this worker (same_worker) or to the worker holding it (other_worker).",

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils import timezone
 
 from signaling.conf import AUTH_NONE, AUTH_SESSION, AUTH_TOKEN, ICE_URL_SCHEMES, TURN_URL_SCHEMES
 
@@ -79,6 +80,42 @@ class QueuedMessage(models.Model):
 
     def __str__(self):
         return f"{self.src} -> {self.dst}"
+
+
+class Ban(models.Model):
+    """A peer id or a client address that may not open a socket until the ban ends.
+
+    One row bans one thing: a peer id, or an address (a whole NAT, use with
+    care). Workers keep the active bans in memory (signaling.bans), so a
+    socket's open costs no query for them.
+    """
+
+    key = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The app's key (PeerJS's <code>key</code> option). Blank: every app.",
+    )
+    peer_id = models.CharField("peer id", max_length=255, blank=True, db_index=True)
+    address = models.GenericIPAddressField("client address", null=True, blank=True, db_index=True)
+    reason = models.CharField(max_length=200, blank=True, help_text="Shown to the banned client.")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=150, blank=True, editable=False)
+    expires_at = models.DateTimeField("until", null=True, blank=True, db_index=True, help_text="Empty: until lifted.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        what = f"peer {self.peer_id}" if self.peer_id else f"address {self.address}"
+        return f"{what} ({self.key})" if self.key else what
+
+    def clean(self):
+        if bool(self.peer_id) == bool(self.address):
+            raise ValidationError("Ban either a peer id or a client address (one ban each).")
+
+    @property
+    def active(self):
+        return self.expires_at is None or self.expires_at > timezone.now()
 
 
 KEY_RULE = r"[A-Za-z0-9][A-Za-z0-9._~-]*"

@@ -24,6 +24,8 @@ Every worker runs these; the database makes sure each job is done once.
   sockets whose client stopped reading what it is sent.
 - **Directory**: where every peer of the cluster is, re-read from the
   registry now and then in case an announcement was lost.
+- **Bans**: the active bans, re-read every ``ban_refresh`` (and at once when
+  the admin says so), so that checking a socket's open costs no query.
 - **Drain**: on SIGTERM every socket is closed with 1001 and the worker's
   rows are removed before the ASGI server stops.
 """
@@ -62,12 +64,14 @@ class Services:
             await self.refresh_directory()
         except DatabaseUnavailable:
             pass  # the next refresh fills it; until then frames take the registry's way
+        await hub.refresh_bans()
         o = hub.options
         self.tasks = [
             hub.loop.create_task(self._every(o.worker_beat / 1000, self.beat)),
             hub.loop.create_task(self._every(o.cleanup_out_msgs / 1000, self.expire)),
             hub.loop.create_task(self._every(min(o.alive_timeout / 4, 5000) / 1000, self.check_liveness)),
             hub.loop.create_task(self._every(DIRECTORY_REFRESH, self.refresh_directory)),
+            hub.loop.create_task(self._every(o.ban_refresh / 1000, hub.refresh_bans)),
         ]
         self._drain_on_sigterm()
         logger.info("worker %s started", hub.name)

@@ -4,11 +4,12 @@ import functools
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
-from signaling import registry, tokens, turn
+from signaling import limits, registry, tokens, turn
 from signaling.applications import get_app
 from signaling.auth import LOGIN_REQUIRED
 from signaling.conf import options
 from signaling.db import UNREACHABLE, unavailable_is_503
+from signaling.http import request_address
 from signaling.protocol import MSG_INVALID_KEY, check_id
 
 INFO = {
@@ -57,6 +58,29 @@ def _text(body, status=200):
     return HttpResponse(body, status=status, content_type="text/plain; charset=utf-8")
 
 
+def rate_limited(kind):
+    """Count the request against its client address's limit for ``kind``; over it, 429 with Retry-After.
+
+    Inside ``cors``, so that a page on another origin can read the 429.
+    """
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(request, *args, **kwargs):
+            verdict = limits.limiter.hit(kind, request_address(request, options().proxied))
+            if verdict.over:
+                response = _text(
+                    f"Too many requests from your address; try again in {verdict.retry_after} s", status=429
+                )
+                response["Retry-After"] = str(verdict.retry_after)
+                return response
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
 @require_http_methods(["GET", "HEAD", "OPTIONS"])
 @cors
 def info(request):
@@ -65,6 +89,7 @@ def info(request):
 
 @require_http_methods(["GET", "HEAD", "OPTIONS"])
 @cors
+@rate_limited(limits.ID)
 @unavailable_is_503
 def new_id(request, key):
     """A fresh id, for any key, as the reference answers.

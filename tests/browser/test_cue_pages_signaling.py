@@ -102,3 +102,43 @@ def test_a_refusal_from_the_server_is_shown_with_its_reason_and_retried(make_ser
     first.close()  # the place is free again
     expect(page.locator("#status")).to_have_text("Ready: waiting for a sender")
     expect(page.locator("#banner")).to_be_hidden()
+
+
+def operator_bans(admin, server, peer_id, reason):
+    row = server.database.peer_row(peer_id)
+    answer = admin.post(
+        "/admin/signaling/peer/",
+        {"action": "disconnect_and_ban", "_selected_action": [row], "post": "yes", "duration": "3600", "reason": reason},
+    )
+    assert "Banned 1 peer(s) until" in answer.body
+
+
+def lift_bans(admin, server, peer_id):
+    rows = [str(pk) for (pk,) in server.database.query("SELECT id FROM signaling_ban WHERE peer_id = ?", (peer_id,))]
+    assert "Lifted" in admin.post("/admin/signaling/ban/", {"action": "lift", "_selected_action": rows}).body
+
+
+BANNED = re.compile(r"Banned: this peer id may not connect to the server until \S+ \S+ UTC \(too many cues\)")
+
+
+def test_a_banned_page_shows_the_ban_and_comes_back_once_it_is_lifted(make_server, machines):
+    worker = make_server(private=True)
+    admin = AdminSession(worker)
+    admin.login(create_superuser(worker, PASSWORD), PASSWORD)
+    receiver, receiver_id = open_receiver(machines("receiver"), worker)
+    sender = open_sender(machines("sender"), worker)
+    sender_status = sender.locator("#status").text_content()
+    sender_id = sender_status.removeprefix("Ready. Your ID: ")
+
+    for page, peer_id in ((receiver, receiver_id), (sender, sender_id)):
+        operator_bans(admin, worker, peer_id, "too many cues")
+        expect(page.locator("#status")).to_have_text(re.compile(r"^Refused by the signaling server: " + BANNED.pattern + "$"))
+        expect(page.locator("#banner")).to_contain_text(BANNED)
+        # A ban ends: the page keeps trying, and each try hears the ban again.
+        expect(page.locator("#reconnect")).to_be_hidden()
+
+    lift_bans(admin, worker, receiver_id)
+    expect(receiver.locator("#status")).to_have_text("Ready: waiting for a sender", timeout=25_000)
+    expect(receiver.locator("#receiver-id")).to_have_text(receiver_id)
+    lift_bans(admin, worker, sender_id)
+    expect(sender.locator("#status")).to_have_text(sender_status, timeout=25_000)
