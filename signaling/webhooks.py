@@ -138,11 +138,12 @@ class Sender:
                 return
             if problem.endswith("(final)"):
                 break
-        webhook_stats["webhooks_failed"] += 1
         logger.warning(
             "webhooks: %s for %s to %s failed after %d attempt(s): %s",
             event["event"], event["key"], app.webhook_url, attempt + 1, problem,
         )
+        # Counted once said: whoever sees the count can read why.
+        webhook_stats["webhooks_failed"] += 1
 
     def _post(self, url, body, headers):
         """None when the receiver took the event; else what went wrong, ending "(final)" if retrying is pointless."""
