@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
+from django.template.defaultfilters import pluralize
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
@@ -112,7 +113,7 @@ def cluster_totals(rows):
     row.update({column: round(sum(r[column] for r in rows), 2) for column in ("opens", "relays_same", "relays_other")})
     stale = sum(r["stale"] for r in rows)
     text = {
-        "name": f"all {len(rows)} workers" + (f" ({stale} stale)" if stale else ""),
+        "name": f"{len(rows)} worker{pluralize(len(rows))}" + (f" ({stale} stale)" if stale else ""),
         "host": "", "pid": "", "last_beat": "", "beat_age": "",
     }
     row["cells"] = [(column, text[column] if column in text else _number(row[column])) for column, _label in COLUMNS]

@@ -113,14 +113,14 @@ async def test_the_overview_shows_what_each_worker_holds_and_relayed(cluster):
 
     figures = await asyncio.to_thread(overview, admin)
     totals = dict(figures["totals"]["cells"])
-    assert figures["totals"]["peers"] == 3 and totals["name"] == "all 2 workers"
+    assert figures["totals"]["peers"] == 3 and totals["name"] == "2 workers"
 
     # The page itself, as a staff member sees it: a row per worker, the totals.
     page = (await asyncio.to_thread(admin.get, PAGE)).body
     for name in (first, second):
         row = re.search(rf'<tr data-worker="{re.escape(name)}">(.*?)</tr>', page, re.S).group(1)
         assert re.search(r'class="column-peers">\d+</td>', row)
-    assert re.search(r'<tfoot>\s*<tr><td class="column-name">all 2 workers</td>', page)
+    assert re.search(r'<tfoot>\s*<tr><td class="column-name">2 workers</td>', page)
     assert 'src="/static/signaling/overview.js"' in page and "<script>" not in page  # no inline script
     assert '<a href="/admin/">Home</a>' in page  # the admin's breadcrumbs
     # The admin's index leads there.
@@ -176,4 +176,4 @@ async def test_a_worker_that_stopped_beating_is_flagged_stale(make_server):
     page = (await asyncio.to_thread(admin.get, PAGE)).body
     assert f'<tr data-worker="{silent}" class="stale">' in page
     assert f'<tr data-worker="{live}">' in page
-    assert "all 2 workers (1 stale)" in page
+    assert "2 workers (1 stale)" in page
