@@ -117,9 +117,8 @@ class Recent:
 
     def __init__(self, hub):
         self.hub = hub
-        # The counters as the beat begins to watch them: a worker starting
-        # up has counted what it did before, and its first minute must not
-        # lose that.
+        # The counters as the beat begins to watch them: what the worker
+        # counted before is in its totals, not in a minute nobody timed.
         self.beats = collections.deque([(hub.loop.time(), dict(hub.stats))])
 
     def snapshot(self):

@@ -59,7 +59,8 @@ def _per_second(count, seconds):
 
 
 def _number(value):
-    return f"{value:g}"
+    """``12,710.5``, ``3``: thousands apart, at most two decimals, none that say nothing."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def worker_figures(worker, now, timeout):
