@@ -19,6 +19,7 @@ Connections are duck-typed (the consumer implements them): ``key``,
 ``last_frame`` (loop time of the last frame received), ``buffer`` (frames
 held back until the peer is open, or None), ``held`` and ``drains`` (frames
 held back while its queue is drained, and how many drains are under way),
+``outbox`` (frames accepted for the client and not written yet),
 ``deliver(frame, src, kind)`` (never blocks), ``stalled_since()``,
 ``drop(code, reason)`` and ``expel(message, code, reason)`` (an ERROR frame
 saying why, then ``drop``).
@@ -224,6 +225,14 @@ class Hub:
 
     def _directory_message(self, here, gone):
         return {"type": "peerjs.directory", "worker": self.name, "here": here, "gone": gone}
+
+    def waiting(self):
+        """Frames this worker holds that have not gone on yet, by where they wait (the admin's queue depth)."""
+        return {
+            "outboxes": sum(len(connection.outbox) for connection in self.connections.values()),
+            "offline": len(self.offline.pending),
+            "other_workers": self.transport.in_flight() if self.transport is not None else 0,
+        }
 
     # Delivery.
 

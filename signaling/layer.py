@@ -131,6 +131,14 @@ class RedisBatchLayer(BaseChannelLayer):
         link = await self._link()
         return await link.receive(channel, many=True)
 
+    def in_flight(self):
+        """Messages this event loop sent with ``send_nowait`` that are not acknowledged yet (or not even sent)."""
+        link = self._links.get(asyncio.get_running_loop())
+        if link is None:
+            return 0
+        waiting = sum(len(batch) for (_channel, tracked), batch in link.outgoing.items() if tracked)
+        return waiting + sum(link.in_flight.values())
+
     async def new_channel(self, prefix="specific"):
         return f"{prefix}.{secrets.token_hex(6)}"
 

@@ -14,6 +14,7 @@ Each worker answers for itself; Prometheus scrapes every worker, and sums
 across them with ``sum without (instance)``.
 """
 import bisect
+import collections
 import hmac
 import math
 import sys
@@ -100,6 +101,46 @@ COUNTERS = {
     "internal_errors": "Sockets whose handling failed unexpectedly (their cleanup still ran).",
     "banned_closed": "Open sockets closed because a ban created since names their peer id or address.",
 }
+
+
+RECENT_SECONDS = 60  # what the admin's overview calls "per second": over the last minute
+
+
+class Recent:
+    """What a worker counted lately, for the admin's overview: written at each beat.
+
+    The overview reads one row per worker, holding one snapshot. So each
+    worker remembers its counters as they stood at each beat of the last
+    minute, and writes, beside its totals, what it counted since the oldest
+    of them and over how many seconds: a rate is then a division, exact over
+    a minute (or over the worker's life while that is shorter), and neither
+    the database nor the admin has to keep a history.
+    """
+
+    def __init__(self, hub):
+        self.hub = hub
+        # The counters as the beat begins to watch them: what the worker
+        # counted before is in its totals, not in a minute nobody timed.
+        self.beats = collections.deque([(hub.loop.time(), dict(hub.stats))])
+
+    def snapshot(self):
+        """What this beat writes to the worker's row (``Worker.stats``): JSON-ready, small."""
+        hub = self.hub
+        now, counts = hub.loop.time(), dict(hub.stats)
+        self.beats.append((now, counts))
+        while now - self.beats[0][0] > RECENT_SECONDS:
+            self.beats.popleft()
+        since, before = self.beats[0]
+        return {
+            "peers": len(hub.local),
+            "sockets": len(hub.connections),
+            "waiting": hub.waiting(),
+            "totals": counts,
+            "recent": {
+                "seconds": round(now - since, 3),
+                "counts": {key: n - before.get(key, 0) for key, n in counts.items() if n != before.get(key, 0)},
+            },
+        }
 
 
 def _server():

@@ -24,6 +24,9 @@ class Worker(models.Model):
     pid = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     last_beat = models.DateTimeField(db_index=True)
+    # What the worker counted, as of its last beat (signaling.metrics.Recent):
+    # written in the beat's own UPDATE, read by the admin's overview.
+    stats = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -282,12 +282,12 @@ def take_expired():
 # Workers announce they are alive; the rows of silent ones are reaped.
 
 
-def worker_beat(name, host, pid, started_at):
-    """Record that worker ``name`` is alive. False if its row had been reaped."""
+def worker_beat(name, host, pid, started_at, stats):
+    """Record that worker ``name`` is alive, with its ``stats``. False if its row had been reaped."""
     now = timezone.now()
-    if Worker.objects.filter(name=name).update(last_beat=now):
+    if Worker.objects.filter(name=name).update(last_beat=now, stats=stats):
         return True
-    Worker.objects.create(name=name, host=host, pid=pid, started_at=started_at, last_beat=now)
+    Worker.objects.create(name=name, host=host, pid=pid, started_at=started_at, last_beat=now, stats=stats)
     return False
 
 

@@ -36,7 +36,7 @@ import signal
 import threading
 import weakref
 
-from signaling import codes, registry, webhooks
+from signaling import codes, metrics, registry, webhooks
 from signaling.db import DatabaseUnavailable
 from signaling.hub import get_hub
 
@@ -53,6 +53,7 @@ class Services:
         self.beats_ok_since = None  # loop time since which every beat succeeded, without a gap
         self.last_beat = None  # loop time the last successful beat ended
         self.beaten = False
+        self.recent = metrics.Recent(hub)
 
     async def start(self):
         """Listen for other workers, announce this one, and start the periodic jobs."""
@@ -93,8 +94,11 @@ class Services:
     async def beat(self):
         """Tell the cluster this worker lives; reap workers that do not."""
         hub, o = self.hub, self.hub.options
+        # Taken whether or not the database answers, so that the minute the
+        # overview shows stays a minute; written in the beat's own UPDATE.
+        stats = self.recent.snapshot()
         try:
-            existed = await hub.db_aside(registry.worker_beat, hub.name, hub.host, hub.pid, hub.started_at)
+            existed = await hub.db_aside(registry.worker_beat, hub.name, hub.host, hub.pid, hub.started_at, stats)
         except DatabaseUnavailable:
             self.beats_ok_since = None
             return

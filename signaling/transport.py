@@ -71,6 +71,10 @@ class Transport:
         if self.batching:
             await self.layer.flushed()
 
+    def in_flight(self):
+        """Messages for other workers that have not been acknowledged yet (0 on a plain layer, which does not say)."""
+        return self.layer.in_flight() if self.batching else 0
+
     def send(self, worker, message):
         """Hand ``message`` to ``worker``'s inbox. False if it was refused at once (counted)."""
         channel = inbox_name(worker)

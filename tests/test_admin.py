@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.db, pytest.mark.django_db]
 
 @pytest.fixture
 def peers():
-    registry.worker_beat("worker-a", "host-a", 10, timezone.now())
+    registry.worker_beat("worker-a", "host-a", 10, timezone.now(), {})
     registry.claim("peerjs", "stage-left", "tok-secret-1", "worker-a", "c1", "192.0.2.1", 100)
     registry.claim("peerjs", "stage-right", "tok-secret-2", "worker-a", "c2", "192.0.2.2", 100)
 
@@ -45,7 +45,7 @@ def test_the_registry_is_read_only_in_the_admin(admin_client, peers):
 
 
 def test_workers_list_counts_their_peers(admin_client, peers):
-    registry.worker_beat("worker-b", "host-b", 11, timezone.now())
+    registry.worker_beat("worker-b", "host-b", 11, timezone.now(), {})
     registry.claim("peerjs", "booth", "t", "worker-b", "c3", None, 100)
     page = admin_client.get("/admin/signaling/worker/").content.decode()
     import re

@@ -6,9 +6,11 @@ across two sharing a private redis-server. The scraped text is checked by the
 real promtool. Access is checked from the test's own address, which the
 worker is told is not allowed.
 """
+import collections
 import json
 import re
 import subprocess
+import types
 import urllib.parse
 from pathlib import Path
 
@@ -352,3 +354,29 @@ async def test_a_real_prometheus_scrapes_a_worker_with_the_token(guarded_worker,
     assert query(api, 'peerjs_frames_relayed_total{path="same_worker"}') == [1]
     assert query(api, "peerjs_connected_peers") == [2]
     assert query(api, "peerjs_open_latency_seconds_count") == [2]
+
+
+def test_what_a_worker_writes_at_its_beat_counts_the_last_minute_beside_its_totals():
+    """The admin overview's rates (signaling.metrics.Recent): counts over at most a minute of beats."""
+    clock = [100.0]
+    hub = types.SimpleNamespace(
+        loop=types.SimpleNamespace(time=lambda: clock[0]),
+        stats=collections.Counter({"frames_relayed:same_worker": 7}),  # before the beat watched: in the totals only
+        local={("peerjs", "a"): None},
+        connections={"c1": None, "c2": None},
+        waiting=lambda: {"outboxes": 1, "offline": 0, "other_workers": 2},
+    )
+    recent = metrics.Recent(hub)
+    snapshots = []
+    for _beat in range(10):  # a beat every 10 s, 30 frames between beats
+        clock[0] += 10
+        hub.stats["frames_relayed:same_worker"] += 30
+        snapshots.append(recent.snapshot())
+    young, old = snapshots[2], snapshots[-1]
+    # 30 s in: everything since the beat began to watch.
+    assert young["recent"] == {"seconds": 30, "counts": {"frames_relayed:same_worker": 90}}
+    # 100 s in: the last minute only, and the totals since the start.
+    assert old["recent"] == {"seconds": 60, "counts": {"frames_relayed:same_worker": 180}}
+    assert old["totals"] == {"frames_relayed:same_worker": 307}
+    assert (old["peers"], old["sockets"], old["waiting"]) == (1, 2, {"outboxes": 1, "offline": 0, "other_workers": 2})
+    json.dumps(old)  # what the beat writes to a JSONField

@@ -139,7 +139,7 @@ def test_expiry_reports_each_pair_once_and_takes_its_whole_queue():
 
 def test_reaping_frees_the_ids_of_silent_workers_only():
     long_ago = timezone.now() - datetime.timedelta(minutes=5)
-    registry.worker_beat("alive", "h", 1, timezone.now())
+    registry.worker_beat("alive", "h", 1, timezone.now(), {})
     Worker.objects.create(name="dead", host="h", pid=2, started_at=long_ago, last_beat=long_ago)
     claim("on-alive", worker="alive")
     claim("on-dead", worker="dead")
@@ -151,7 +151,7 @@ def test_reaping_frees_the_ids_of_silent_workers_only():
 
 def test_a_reaped_worker_learns_it_on_its_next_beat():
     started = timezone.now()
-    assert registry.worker_beat("w", "h", 1, started) is False  # first beat: announced
-    assert registry.worker_beat("w", "h", 1, started) is True
+    assert registry.worker_beat("w", "h", 1, started, {}) is False  # first beat: announced
+    assert registry.worker_beat("w", "h", 1, started, {}) is True
     Worker.objects.filter(name="w").delete()
-    assert registry.worker_beat("w", "h", 1, started) is False
+    assert registry.worker_beat("w", "h", 1, started, {}) is False
