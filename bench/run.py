@@ -320,8 +320,10 @@ OUR_ENV = {
     "DJANGO_DEBUG": "0",
     "PEERJS_FLOOD_LIMIT": "0",
     "PEERJS_CONCURRENT_LIMIT": "100000",
-    # Every load-generator socket comes from 127.0.0.1.
+    # Every load-generator socket comes from 127.0.0.1: no per-address caps.
     "PEERJS_MAX_SOCKETS_PER_ADDRESS": "0",
+    "PEERJS_RATE_LIMIT_OPENS": "0",
+    "PEERJS_RATE_LIMIT_IDS": "0",
     "DJANGO_LOG_LEVEL": "WARNING",
 }
 
