@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from signaling import limits
+from signaling import limits, webhooks
 from signaling.conf import options
 from signaling.http import request_address
 
@@ -173,6 +173,14 @@ class HubCollector:
         for kind in limits.KINDS:
             limited.add_metric([kind], limits.refused[kind])
         yield limited
+        posted = CounterMetricFamily(
+            "peerjs_webhooks", "Apps' webhook events by outcome: sent (the receiver answered 2xx), "
+            "failed (refused, or every try failed), dropped (the queue of events to send was full).",
+            labels=["outcome"],
+        )
+        for outcome in ("sent", "failed", "dropped"):
+            posted.add_metric([outcome], webhooks.webhook_stats[f"webhooks_{outcome}"])
+        yield posted
         yield _labelled(
             stats, "frames_relayed", "peerjs_frames_relayed", "path", RELAY_PATHS,
             "Relayed frames handed on, to a peer of this worker (same_worker) or to the worker holding it (other_worker).",
@@ -249,5 +257,5 @@ def allowed(request):
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), o.metrics_token.encode()):
             return True
-    address = request_address(request, o.proxied)
+    address = request_address(request, o)
     return address is not None and o.metrics_address_allowed(address)

@@ -18,6 +18,14 @@ Arguments, besides ``sender`` (the worker's name):
              one's end is sent; match them by this
     at       when, an aware datetime (UTC)
 
+``peer_message`` is the reference's ``message`` event: sent for every
+frame a registered peer sends that the server accepts
+(HEARTBEAT, OFFER, ANSWER, CANDIDATE, LEAVE, …), before the server acts on
+it, on the worker that holds the peer, with the same arguments plus
+``message``, the frame as a dict. It costs the relay nothing until a
+receiver is connected; once one is, it runs for every frame of every peer,
+so keep it cheap.
+
 They are sent from the worker's event loop with ``send_robust()``:
 receivers run right there, so a receiver must be synchronous, quick and
 never block (no database query, no HTTP); hand slow work to a thread or a
@@ -35,3 +43,4 @@ from django.dispatch import Signal
 
 peer_connected = Signal()
 peer_disconnected = Signal()
+peer_message = Signal()

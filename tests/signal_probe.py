@@ -1,4 +1,4 @@
-"""A Django app for test workers: writes down every peer_connected and peer_disconnected signal.
+"""A Django app for test workers: writes down every peer_connected, peer_disconnected and peer_message signal.
 
 A worker started with DJANGO_SETTINGS_MODULE=tests.probe_settings has it
 installed; it appends one JSON line per signal to the file named by
@@ -25,10 +25,10 @@ class SignalProbeConfig(AppConfig):
     label = "signal_probe"
 
     def ready(self):
-        from signaling.signals import peer_connected, peer_disconnected
+        from signaling.signals import peer_connected, peer_disconnected, peer_message
 
         path = os.environ["PEERJS_SIGNAL_PROBE"]
-        names = {peer_connected: "peer_connected", peer_disconnected: "peer_disconnected"}
+        names = {peer_connected: "peer_connected", peer_disconnected: "peer_disconnected", peer_message: "peer_message"}
 
         def record(signal, sender, **kwargs):
             at = kwargs.get("at")
@@ -42,6 +42,8 @@ class SignalProbeConfig(AppConfig):
                 "on_event_loop": _on_event_loop(),
                 "pid": os.getpid(),
             }
+            if "message" in kwargs:
+                line["message"] = kwargs["message"]
             with open(path, "a") as probe:  # one short append per line: lines of two workers never mix
                 probe.write(json.dumps(line) + "\n")
 

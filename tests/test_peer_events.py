@@ -79,9 +79,12 @@ class Probe:
         self.path = Path(tempfile.mkdtemp(prefix="peerjs-signals-")) / "signals.jsonl"
         self.path.touch()
 
-    def of(self, peer_id):
-        lines = self.path.read_text().splitlines()
-        return [line for line in map(json.loads, lines) if line["peer_id"] == peer_id]
+    def of(self, peer_id, signal=None):
+        """Connects and disconnects of ``peer_id`` (or its lines of ``signal``), in order."""
+        lines = map(json.loads, self.path.read_text().splitlines())
+        if signal is None:
+            return [line for line in lines if line["peer_id"] == peer_id and line["signal"] != "peer_message"]
+        return [line for line in lines if line["peer_id"] == peer_id and line["signal"] == signal]
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +278,27 @@ async def test_a_worker_drained_by_sigterm_posts_every_disconnect_before_it_exit
         await roundtrip(await connect(w1, key=app, peer_id=peers[0].peer_id), staying)
     finally:
         leaving.stop()
+
+
+async def test_every_frame_a_peer_sends_is_signalled_as_a_message_by_its_worker(cluster, probe):
+    """The reference's 'message' event: each accepted frame, as the worker holding its sender parsed it."""
+    w1, w2 = cluster.workers
+    a, b = await connect(w1), await connect(w2)
+    await a.send({"type": "HEARTBEAT"})
+    await a.relay("OFFER", b.peer_id, {"sdp": "v=0", "type": "offer"})
+    assert (await b.expect("OFFER"))["payload"] == {"sdp": "v=0", "type": "offer"}
+    await a.send({"type": "NOT-A-TYPE"})  # refused with an ERROR: not a message
+    assert (await a.expect("ERROR"))
+    await b.relay("ANSWER", a.peer_id, "answer")
+    await a.expect("ANSWER")
+    await until(lambda: len(probe.of(b.peer_id, "peer_message")) == 1, "b's message")
+    sent = probe.of(a.peer_id, "peer_message")
+    assert [line["message"] for line in sent] == [
+        {"type": "HEARTBEAT"},
+        {"type": "OFFER", "dst": b.peer_id, "payload": {"sdp": "v=0", "type": "offer"}},
+    ]
+    for line in sent:
+        assert line["arguments"] == sorted([*ARGUMENTS, "message"])
+        assert line["worker"] == registration(cluster, "peerjs", a.peer_id)[0] and line["on_event_loop"]
+    (answer,) = probe.of(b.peer_id, "peer_message")
+    assert answer["message"]["type"] == "ANSWER" and answer["worker"] == registration(cluster, "peerjs", b.peer_id)[0]

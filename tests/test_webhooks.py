@@ -18,7 +18,7 @@ import time
 import pytest
 from django.test import override_settings
 
-from signaling import applications, conf, webhooks
+from signaling import applications, conf, metrics, webhooks
 from signaling.models import App
 from signaling.signals import peer_connected, peer_disconnected
 from signaling.webhooks import webhook_stats
@@ -159,6 +159,8 @@ def test_a_backend_that_keeps_failing_is_tried_a_bounded_number_of_times_then_co
     assert backend.received.empty()  # counted only after the last try: there was no fourth
     assert webhook_stats["webhooks_sent"] == 0
     assert "failed after 3 attempt(s): HTTP 500" in caplog.text
+    # Operators see it where they look: the worker's /metrics.
+    assert 'peerjs_webhooks_total{outcome="failed"} 1.0' in metrics.exposition(None).decode()
 
 
 def test_a_refusal_is_final(backend):
