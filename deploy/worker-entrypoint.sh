@@ -15,12 +15,8 @@
 #                bigger one at its header (close 1009), before buffering it.
 #   ASGI_HEADER_TIMEOUT  seconds a request (a WebSocket handshake too) may take
 #                to send its headers (uvicorn; default 10): see p2psite/asgi_servers.py.
-#   PEERJS_PROXIED          on (1/true/yes/on) behind a reverse proxy: uvicorn
-#                           then takes the client address and scheme from
-#                           X-Forwarded-For/-Proto, but only from...
-#   PEERJS_TRUSTED_PROXIES  ...these addresses or networks (comma-separated;
-#                           default 127.0.0.1, the proxy of make cluster).
-#                           Off: the headers are ignored, whoever sends them.
+#   PEERJS_PROXIED, PEERJS_TRUSTED_PROXIES  read by the app itself (README,
+#                "Options"): the servers never rewrite the client address.
 #
 # With arguments (docker compose's "migrate" service, "docker run IMAGE sh")
 # the arguments are run instead, so one image serves every role.
@@ -36,15 +32,11 @@ port=${ASGI_PORT:-8000}
 max_frame=${PEERJS_MAX_FRAME_BYTES:-262144}
 app=p2psite.asgi:application
 
-# uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: a
-# worker that is not behind our proxy must not believe anyone's header.
-# The options go in "$@" (free now), so that a "*" stays a word, not a glob.
-case "$(printf '%s' "${PEERJS_PROXIED:-0}" | tr '[:upper:]' '[:lower:]')" in
-    1|true|yes|on)
-        set -- --proxy-headers --forwarded-allow-ips "${PEERJS_TRUSTED_PROXIES:-127.0.0.1}" ;;
-    *)
-        set -- --no-proxy-headers ;;
-esac
+# uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, and
+# then hides the connection's own address from the app, which decides whose
+# header to believe (PEERJS_TRUSTED_PROXIES): so it is told otherwise. The
+# options go in "$@" (free now).
+set -- --no-proxy-headers
 
 tls=
 if [ -n "${ASGI_TLS_CERT:-}${ASGI_TLS_KEY:-}" ]; then

@@ -47,7 +47,7 @@ def login_client_address(request):
     behind our proxy it is the address the proxy saw, and a client cannot
     earn fresh tries by writing its own X-Forwarded-For.
     """
-    return request_address(request, options().proxied)
+    return request_address(request, options())
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -18,8 +18,31 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.http.cookie import parse_cookie
 from django.utils.crypto import constant_time_compare
 
+from signaling.http import header
+
 # What a socket (ERROR frame) or request (401) of a "session" app without a logged-in user is told.
 LOGIN_REQUIRED = "Login required"
+# What a socket of a "session" app opened by a page of another origin is told.
+FOREIGN_ORIGIN = "This app's peers sign in with the site's login: sockets from pages of other origins are refused"
+
+
+def origin_may_use_session(scope, app):
+    """Whether a socket's page may ride the browser's session cookie to a "session" app.
+
+    A browser sends the cookie with the handshake of any page of the same
+    *site* (another port, a sibling subdomain): such a page could take over
+    the user's peer id and read what is sent to it. So the page must be of
+    this server's own origin (its host as the Host header says), one the app
+    names, or one of CSRF_TRUSTED_ORIGINS. Without an Origin header the
+    client is no browser and has the cookie only if it is the user.
+    """
+    origin = header(scope, b"origin")
+    if origin is None:
+        return True
+    if origin in app.origins or origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    _scheme, _, host = origin.partition("://")
+    return bool(host) and host.lower() == (header(scope, b"host") or "").lower()
 
 
 def session_key(scope):

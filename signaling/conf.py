@@ -40,6 +40,10 @@ SCHEMA = {
     "ALLOW_DISCOVERY": ("PEERJS_ALLOW_DISCOVERY", False, env.boolean),
     # Behind a reverse proxy: take the client address from X-Forwarded-For.
     "PROXIED": ("PEERJS_PROXIED", False, env.boolean),
+    # With PROXIED: the proxies whose X-Forwarded-For is believed (addresses or
+    # networks; "*" any sender, for a network only the proxy can reach). A
+    # client that reaches a worker past the proxy is known by its own address.
+    "TRUSTED_PROXIES": ("PEERJS_TRUSTED_PROXIES", ["127.0.0.1", "::1"], env.string_list),
     # Origins allowed to call the HTTP API and open sockets; "*" allows any.
     "CORS_ORIGINS": ("PEERJS_CORS_ORIGINS", ["*"], env.string_list),
     # Largest frame accepted from a client, in bytes of UTF-8.
@@ -194,6 +198,7 @@ class Options:
     worker_beat: int
     worker_timeout: int
     metrics_allow: tuple  # of ipaddress networks
+    trusted_proxies: tuple  # of ipaddress networks; empty with "*" (any)
     metrics_token: str
     app_cache: int
     auth: str
@@ -220,11 +225,32 @@ class Options:
 
     def metrics_address_allowed(self, address):
         """Whether a client at ``address`` (an IP address string) may read /metrics."""
-        ip = ipaddress.ip_address(address)
-        # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d.
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.metrics_allow)
+        return _within(address, self.metrics_allow)
+
+    def proxy_trusted(self, address):
+        """Whether X-Forwarded-For from a connection at ``address`` is believed."""
+        if not self.proxied or not address:
+            return False
+        return not self.trusted_proxies or _within(address, self.trusted_proxies)
+
+
+def _within(address, networks):
+    ip = ipaddress.ip_address(address)
+    # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d.
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
+
+
+def _networks(values, name, fail):
+    networks = []
+    for item in values[name]:
+        try:
+            # strict=False: 10.1.2.3/8 means the network 10.0.0.0/8.
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            fail(name, f"has {item!r}, which is no IP address or network (e.g. 10.0.0.0/8).")
+    return tuple(networks)
 
 
 def _validated(raw):
@@ -261,14 +287,13 @@ def _validated(raw):
     except ImportError as exc:
         fail("GENERATE_CLIENT_ID", f"cannot be imported: {exc}")
     values["GENERATE_CLIENT_ID"] = generator
-    networks = []
-    for item in values["METRICS_ALLOW"]:
-        try:
-            # strict=False: 10.1.2.3/8 means the network 10.0.0.0/8.
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            fail("METRICS_ALLOW", f"has {item!r}, which is no IP address or network (e.g. 10.0.0.0/8).")
-    values["METRICS_ALLOW"] = tuple(networks)
+    values["METRICS_ALLOW"] = _networks(values, "METRICS_ALLOW", fail)
+    if "*" in values["TRUSTED_PROXIES"]:
+        values["TRUSTED_PROXIES"] = ()  # any sender
+    elif not values["TRUSTED_PROXIES"]:
+        fail("TRUSTED_PROXIES", "is empty: name the proxy's address, or '*' for any sender.")
+    else:
+        values["TRUSTED_PROXIES"] = _networks(values, "TRUSTED_PROXIES", fail)
     token = values["METRICS_TOKEN"]
     if token and (len(token) < METRICS_TOKEN_MIN_LENGTH or token != token.strip()):
         fail(

@@ -11,13 +11,13 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from signaling import codes, limits, metrics, protocol, registry, tokens
+from signaling import codes, limits, metrics, protocol, registry, signals, tokens
 from signaling import hub as hubs
 from signaling.applications import aget_app
-from signaling.auth import LOGIN_REQUIRED, session_user
+from signaling.auth import FOREIGN_ORIGIN, LOGIN_REQUIRED, origin_may_use_session, session_user
 from signaling.conf import options
 from signaling.db import UNREACHABLE
-from signaling.http import client_address
+from signaling.http import client_address, header
 from signaling.limits import limiter
 from signaling.services import running_hub
 
@@ -89,13 +89,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
     async def open_socket(self, started):
         self.options = options()
         self.connection_id = self.hub.new_connection_id()
-        self.address = client_address(self.scope, self.options.proxied)
+        self.address = client_address(self.scope, self.options)
         self.key = None
         self.peer = None  # (key, id) once registered, kept after the socket closes
         self.buffer = []  # frames for this peer held back until it is open
         self.held = None  # frames held back while its queue is drained (hub.drain), else None
-        self.drains = 0  # drains under way
-        self.drained = 0  # frames their drains took, at the front of held
+        self.drain_again = False  # a drain was asked for while one was under way
         self.outbox = collections.deque()  # (frame, src, kind) accepted for the client, not yet written
         self.outbox_bytes = 0
         self.wake = None  # the writer waits on it for frames
@@ -122,7 +121,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.try_again()
             return
-        if not (app or self.options).origin_allowed(_header(self.scope, b"origin")):
+        if not (app or self.options).origin_allowed(header(self.scope, b"origin")):
             stats["sockets_opened:refused"] += 1
             await self.close()  # before accept: the client gets HTTP 403
             return
@@ -197,6 +196,8 @@ class PeerConsumer(AsyncWebsocketConsumer):
                 raise protocol.ProtocolError(problem)
             return dataclasses.replace(request, token=f"signed:{request.peer_id}")
         if app.requires_session:
+            if not origin_may_use_session(self.scope, app):
+                raise protocol.ProtocolError(FOREIGN_ORIGIN)
             user = await session_user(self.scope)
             if user is None:
                 raise protocol.ProtocolError(LOGIN_REQUIRED)
@@ -234,6 +235,8 @@ class PeerConsumer(AsyncWebsocketConsumer):
         except protocol.ProtocolError as exc:
             await self.bad_frame(str(exc))
             return
+        if signals.peer_message.receivers:  # the reference's 'message' event, for whoever listens
+            self.hub.received(self, message)
         if action is protocol.HEARTBEAT_ACTION:
             return
         try:
@@ -401,13 +404,6 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self._hand_back()
         await self.hub.unregister(self)
         await self.close_with(code, reason)
-
-
-def _header(scope, name):
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _query(scope):

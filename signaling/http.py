@@ -9,24 +9,34 @@ def _valid_ip(text):
         return None
 
 
-def client_address(scope, proxied):
-    """The client's IP address for an ASGI scope.
+def header(scope, name):
+    """The first value of header ``name`` (lowercase bytes) in an ASGI scope, as text; None if absent."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
-    Behind a proxy (``proxied``) the last X-Forwarded-For entry is the one our
-    own proxy added; earlier entries come from the client and can be forged.
-    A client may also send header lines of its own, and a proxy that appends
-    a line instead of extending one puts its entry in the last line: so the
-    last line's last entry counts.
+
+def client_address(scope, options):
+    """The client's IP address for an ASGI scope, by ``options``' proxy rules.
+
+    The connection's own address, unless PEERJS_PROXIED is on and the
+    connection comes from a trusted proxy (PEERJS_TRUSTED_PROXIES): then the
+    last X-Forwarded-For entry, the one our proxy added; earlier entries come
+    from the client and can be forged. A client may also send header lines
+    of its own, and a proxy that appends a line instead of extending one puts
+    its entry in the last line: so the last line's last entry counts.
     """
-    if proxied:
+    client = scope.get("client")
+    peer = _valid_ip(client[0]) if client else None
+    if options.proxy_trusted(peer):
         forwarded = [value for key, value in scope.get("headers", ()) if key == b"x-forwarded-for"]
         if forwarded:
             return _valid_ip(forwarded[-1].decode("latin-1").split(",")[-1])
-    client = scope.get("client")
-    return _valid_ip(client[0]) if client else None
+    return peer
 
 
-def request_address(request, proxied):
+def request_address(request, options):
     """The client's IP address for a Django request, by :func:`client_address`'s rule.
 
     Under an ASGI server the request carries its scope; a WSGI request
@@ -40,4 +50,4 @@ def request_address(request, proxied):
             "client": (remote, 0) if remote else None,
             "headers": [(b"x-forwarded-for", forwarded.encode("latin-1"))] if forwarded else [],
         }
-    return client_address(scope, proxied)
+    return client_address(scope, options)

@@ -67,7 +67,7 @@ def rate_limited(kind):
     def decorator(view):
         @functools.wraps(view)
         def wrapper(request, *args, **kwargs):
-            verdict = limits.limiter.hit(kind, request_address(request, options().proxied))
+            verdict = limits.limiter.hit(kind, request_address(request, options()))
             if verdict.over:
                 response = _text(
                     f"Too many requests from your address; try again in {verdict.retry_after} s", status=429

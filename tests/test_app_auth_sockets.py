@@ -14,6 +14,7 @@ import jwt
 import pytest
 
 from tests.admin_http import AdminSession, Apps, create_superuser
+from signaling.auth import FOREIGN_ORIGIN
 from tests.client import connect, roundtrip, uid
 from signaling.consumers import MSG_TRY_AGAIN
 from tests.conftest import TEST_ENV
@@ -186,6 +187,25 @@ async def test_a_session_app_admits_the_sites_logged_in_users_only(cluster, apps
     assert answered.status == 200 and not alice_browser.logged_in
     assert await refusal(w2, app.key, peer_id=uid(), additional_headers={"Cookie": alice}) == ("Login required", POLICY)
     await roundtrip(other, second)
+
+
+async def test_a_session_app_refuses_a_page_of_another_origin_that_rides_the_users_cookie(cluster, apps):
+    """A page of the same site but another origin (another port, a sibling subdomain) gets
+    the user's cookie sent with its handshake; it must not take over the user's peer."""
+    w1, w2 = cluster.workers
+    app = apps.add(new_key(), auth="session")
+    _, alice = logged_in(w1, create_superuser(w1, PASSWORD))
+    peer_id = uid()
+    own = f"http://127.0.0.1:{w2.port}"
+    mine = await connect(w2, peer_id=peer_id, key=app.key, additional_headers={"Cookie": alice, "Origin": own})
+    foreign = {"Cookie": alice, "Origin": "http://127.0.0.1:9"}  # same host, another port: same site
+    assert await refusal(w2, app.key, peer_id=peer_id, additional_headers=foreign) == (FOREIGN_ORIGIN, POLICY)
+    # The user's own socket is untouched, and an origin the app names is welcome.
+    trusted = apps.add(new_key(), auth="session", allowed_origins="http://127.0.0.1:9")
+    other = await connect(w1, key=trusted.key, additional_headers=foreign)
+    await mine.send({"type": "HEARTBEAT"})
+    assert (await answer(w2, app.key, peer_id=peer_id, additional_headers={"Cookie": alice, "Origin": own}))[0]["type"] == "OPEN"
+    await other.close()
 
 
 async def test_a_session_app_during_a_database_outage_tells_its_users_to_try_again(private_postgres):

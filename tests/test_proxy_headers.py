@@ -6,6 +6,7 @@ the registry row (what the admin shows operators).
 """
 import pytest
 
+from signaling.conf import _validated
 from signaling.http import client_address
 from tests.client import connect
 from tests.conftest import TEST_ENV
@@ -37,6 +38,23 @@ def proxied_worker(database):
     worker.stop()
 
 
+@pytest.fixture(scope="module")
+def worker_behind_another_proxy(database):
+    """PEERJS_PROXIED on, but the trusted proxy is elsewhere: these test sockets come past it."""
+    env = {**TEST_ENV, "PEERJS_PROXIED": "1", "PEERJS_TRUSTED_PROXIES": "192.0.2.1"}
+    worker = Worker(database, env, server="uvicorn", name="elsewhere")
+    yield worker
+    worker.stop()
+
+
+async def test_a_client_that_comes_past_the_proxy_is_known_by_its_own_address(worker_behind_another_proxy, database):
+    peer = await connect(worker_behind_another_proxy, additional_headers={"X-Forwarded-For": FORGED})
+    try:
+        assert address_of(database, peer.peer_id) == "127.0.0.1"
+    finally:
+        await peer.close()
+
+
 async def test_without_a_proxy_a_forged_forwarded_for_is_ignored(direct_worker, database):
     # The request comes from 127.0.0.1, which uvicorn trusts by default.
     peer = await connect(direct_worker, additional_headers={"X-Forwarded-For": FORGED})
@@ -61,11 +79,17 @@ async def test_behind_the_proxy_the_last_line_s_last_entry_counts(proxied_worker
 
 
 def test_client_address_rules():
-    def scope(*lines):
-        return {"client": ("10.0.0.5", 4000), "headers": [(b"x-forwarded-for", line) for line in lines]}
+    def scope(*lines, peer="10.0.0.5"):
+        return {"client": (peer, 4000), "headers": [(b"x-forwarded-for", line) for line in lines]}
 
-    assert client_address(scope(b"1.1.1.1"), proxied=False) == "10.0.0.5"
-    assert client_address(scope(b"1.1.1.1, 2.2.2.2"), proxied=True) == "2.2.2.2"
-    assert client_address(scope(b"1.1.1.1, 2.2.2.2", b"3.3.3.3 , 4.4.4.4 "), proxied=True) == "4.4.4.4"
-    assert client_address(scope(), proxied=True) == "10.0.0.5"  # reached without the proxy
-    assert client_address(scope(b"1.1.1.1, not-an-address"), proxied=True) is None
+    direct = _validated({})
+    proxied = _validated({"PROXIED": True, "TRUSTED_PROXIES": ["10.0.0.0/24"]})
+    assert client_address(scope(b"1.1.1.1"), direct) == "10.0.0.5"
+    assert client_address(scope(b"1.1.1.1, 2.2.2.2"), proxied) == "2.2.2.2"
+    assert client_address(scope(b"1.1.1.1, 2.2.2.2", b"3.3.3.3 , 4.4.4.4 "), proxied) == "4.4.4.4"
+    assert client_address(scope(), proxied) == "10.0.0.5"  # no header: the proxy's own request
+    assert client_address(scope(b"1.1.1.1, not-an-address"), proxied) is None
+    # A client that reaches the worker past the proxy is known by its own address.
+    assert client_address(scope(b"2.2.2.2", peer="198.51.100.7"), proxied) == "198.51.100.7"
+    anyone = _validated({"PROXIED": True, "TRUSTED_PROXIES": ["*"]})
+    assert client_address(scope(b"2.2.2.2", peer="198.51.100.7"), anyone) == "2.2.2.2"
