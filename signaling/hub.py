@@ -17,8 +17,9 @@ reference's realms.
 Connections are duck-typed (the consumer implements them): ``key``,
 ``peer_id`` (None once unregistered), ``connection_id``, ``address``,
 ``last_frame`` (loop time of the last frame received), ``buffer`` (frames
-held back until the peer is open, or None), ``held`` and ``drains`` (frames
-held back while its queue is drained, and how many drains are under way),
+held back until the peer is open, or None), ``held`` and ``drain_again``
+(frames held back while its queue is drained, or None; whether to read it
+once more),
 ``outbox`` (frames accepted for the client and not written yet),
 ``deliver(frame, src, kind)`` (never blocks), ``stalled_since()``,
 ``drop(code, reason)`` and ``expel(message, code, reason)`` (an ERROR frame
@@ -50,6 +51,7 @@ RETRY = "retry"  # register() outcome while the database is away
 
 MAX_UNKNOWN = 10_000  # frames for impossible ids awaiting their EXPIRE; past it, EXPIRE at once
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
+DEPARTED_KEPT = 60.0  # seconds a dead worker's last routes are remembered, past any acknowledgement timeout
 MAX_OPENING = 16  # sockets a worker opens at once; more wait their turn (see PeerConsumer.connect)
 
 
@@ -77,6 +79,8 @@ class Hub:
         self.connections = {}  # connection id -> every open socket on this worker
         self.addresses = collections.Counter()  # client address -> open sockets on this worker
         self.directory = {}  # (key, id) -> the other worker that holds it
+        self.moving = {}  # (key, id) -> _Held: frames for a peer that moved, until its old route settles
+        self.departed = {}  # (key, id) -> (worker whose inbox was gone, loop time): its last route
         self.workers = set()  # the other live workers
         self.unknown = {}  # (key, sender, impossible dst) -> (loop time of its EXPIRE, the EXPIRE frame)
         self.unreleased = set()  # (key, id, connection id) whose release the database missed
@@ -188,11 +192,15 @@ class Hub:
         except DatabaseUnavailable:
             self.unreleased.add((connection.key, peer_id, connection.connection_id))
 
-    def _signal(self, signal, connection, peer_id):
+    def _signal(self, signal, connection, peer_id, **extra):
         signal.send_robust(
             sender=self.name, key=connection.key, peer_id=peer_id, address=connection.address,
-            worker=self.name, connection=connection.connection_id, at=timezone.now(),
+            worker=self.name, connection=connection.connection_id, at=timezone.now(), **extra,
         )
+
+    def received(self, connection, message):
+        """Send peer_message for a frame from ``connection``'s peer (the caller checks for receivers first)."""
+        self._signal(signals.peer_message, connection, connection.peer_id, message=message)
 
     def _announce(self, peer, what):
         """Tell the other workers where a peer is (or that it left), at the end of this iteration."""
@@ -250,6 +258,9 @@ class Hub:
 
     def route(self, key, src, dst, kind, frame, hops=0):
         """Hand a frame (a peer's, or the server's EXPIRE) to ``dst``: here, on its worker, or into the queue."""
+        if self.moving and (key, dst) in self.moving:
+            self.moving[key, dst].frames.append((src, kind, frame, hops))
+            return
         if self.offline.in_flight and (key, dst) in self.offline.in_flight and kind in protocol.QUEUED:
             # Earlier frames for dst are on their way into the queue: this one
             # follows them there, and the drain that takes them takes it too.
@@ -348,21 +359,26 @@ class Hub:
         connection = self.local.get((key, dst))
         if connection is None:
             return
+        if connection.held is not None:
+            # A drain is under way: it reads the queue once more when done,
+            # so that what one read takes never overtakes what another took.
+            connection.drain_again = True
+            return
         # A worker asks for a drain after it queued, and sends whatever comes
         # next straight here: those frames wait until the queue is read, so
         # that none overtakes what was queued before it.
-        if connection.held is None:
-            connection.held, connection.drained = [], 0
-        connection.drains += 1
+        connection.held, drained = [], 0
         try:
-            frames = await self.db(registry.take_queued, key, dst)
-        except DatabaseUnavailable:
-            frames = []  # still queued: it expires, or the next drain takes it
+            connection.drain_again = True
+            while connection.drain_again:
+                connection.drain_again = False
+                try:
+                    frames = await self.db(registry.take_queued, key, dst)
+                except DatabaseUnavailable:
+                    break  # still queued: it expires, or the next drain takes it
+                connection.held[drained:drained] = frames
+                drained += len(frames)
         finally:
-            connection.drains -= 1
-        connection.held[connection.drained:connection.drained] = frames
-        connection.drained += len(frames)
-        if connection.drains == 0:
             held, connection.held = connection.held, None
             for frame, src, kind in held:
                 connection.deliver(frame, src, kind)
@@ -439,12 +455,37 @@ class Hub:
             self.workers.add(worker)
             self.introduce([worker])
         for key, peer_id in here:
-            if (key, peer_id) not in self.local:
-                self.directory[key, peer_id] = worker
+            peer = (key, peer_id)
+            if peer in self.local:
+                continue
+            previous = self.directory.get(peer)
+            if previous is None:
+                previous, _ = self.departed.pop(peer, (None, None))
+            self.directory[peer] = worker
+            if previous not in (None, worker) and peer not in self.moving:
+                # It moved (its old worker died or let it go) while frames for
+                # it may still be on their way there: what comes next waits
+                # until those are settled, so that none overtakes them.
+                self.moving[peer] = _Held()
+                self.spawn(self._moved(peer, previous))
         for key, peer_id in gone:
             # Only if it still says so: the peer may have moved on meanwhile.
             if self.directory.get((key, peer_id)) == worker:
                 del self.directory[key, peer_id]
+
+    def forget_departed(self):
+        """Drop old routes nothing can be on its way to any more (called by the expiry sweep)."""
+        cutoff = self.loop.time() - DEPARTED_KEPT
+        for peer in [peer for peer, (_worker, since) in self.departed.items() if since < cutoff]:
+            del self.departed[peer]
+
+    async def _moved(self, peer, previous):
+        try:
+            await self.transport.settled(previous)
+        finally:
+            held = self.moving.pop(peer)
+            for src, kind, frame, hops in held.frames:
+                self.route(peer[0], src, peer[1], kind, frame, hops)
 
     def undelivered(self, worker, messages, reason):
         """Messages for ``worker`` that did not arrive.
@@ -461,12 +502,32 @@ class Hub:
             key, src, dst, kind = message["key"], message["src"], message["dst"], message["kind"]
             if reason == GONE and self.directory.get((key, dst)) == worker:
                 del self.directory[key, dst]  # nobody reads that worker's inbox: forget the route
+                # Other frames may still be on their way there: if the peer
+                # turns up elsewhere, those go first (see learn).
+                self.departed[key, dst] = (worker, self.loop.time())
             if reason == GONE or kind == protocol.EXPIRE:
                 # Where the peer is now; the server's own EXPIRE tries that too.
-                self.route(key, src, dst, kind, message["frame"], message["hops"])
+                held = self.moving.get((key, dst))
+                if held is not None:  # ahead of what was held back behind it
+                    held.put_back(src, kind, message["frame"], message["hops"])
+                else:
+                    self.route(key, src, dst, kind, message["frame"], message["hops"])
             elif kind in protocol.QUEUED and (key, src, dst) not in told:
                 told.add((key, src, dst))
                 self.tell_expire(key, dst, src)
+
+
+class _Held:
+    """Frames for a peer that moved, held until what was sent to its old worker is settled."""
+
+    def __init__(self):
+        self.frames = []  # (src, kind, frame, hops), in the order they are to go
+        self.returned = 0  # frames handed back by the old worker's inbox, at the front
+
+    def put_back(self, src, kind, frame, hops):
+        """A frame the old worker never got: older than anything held since."""
+        self.frames.insert(self.returned, (src, kind, frame, hops))
+        self.returned += 1
 
 
 def request_disconnect(peer):

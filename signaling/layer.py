@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 ACK_DELAY = 0.005
 PUBLISH_TIMEOUT = 10.0  # seconds a Redis server may take to answer a flush
 RECONNECT_PAUSE = 0.05  # before sending a flush again on a fresh connection
+# A batch older than the acknowledgement timeout less this is dropped on
+# arrival: its acknowledgement could not reach the sender in time.
+LATE_MARGIN = 0.5  # seconds
 
 
 class NotDelivered(Exception):
@@ -130,6 +133,11 @@ class RedisBatchLayer(BaseChannelLayer):
     async def receive_many(self, channel):
         link = await self._link()
         return await link.receive(channel, many=True)
+
+    async def settled(self, channel):
+        """Return once what this event loop sent to ``channel`` so far is acknowledged or handed back as undelivered."""
+        link = await self._link()
+        await link.settled(channel)
 
     def in_flight(self):
         """Messages this event loop sent with ``send_nowait`` that are not acknowledged yet (or not even sent)."""
@@ -202,6 +210,12 @@ class _Link:
         self.in_flight = collections.Counter()  # channel -> messages not yet acknowledged
         self.batch_ids = itertools.count()
         self.inboxes = {}  # channel -> _Inbox
+        self.settling = collections.defaultdict(list)  # batch id -> futures of settled()
+        # (channel, sender's reply channel) -> the last batch id taken: a flush
+        # sent again after a lost reply may bring a batch twice. A sender's
+        # batches for one channel go out one round trip after another, so
+        # their ids only grow. One entry per sending process ever seen.
+        self.last_batch = {}
         self.readers = {}  # (host, port) -> (task, channels)
         self._ready = None
 
@@ -366,6 +380,7 @@ class _Link:
             logger.warning("%d messages for %s were not delivered: %s", len(messages), channel, reason)
         else:
             self.layer.on_undelivered(channel, messages, reason)
+        self._settle(batch_id)
 
     def _acknowledged(self, batch_id):
         entry = self.pending.pop(batch_id, None)
@@ -373,6 +388,23 @@ class _Link:
             channel, messages, timer = entry
             timer.cancel()
             self.in_flight[channel] -= len(messages)
+            self._settle(batch_id)
+
+    async def settled(self, channel):
+        """Return once what was sent to ``channel`` so far is acknowledged, or given up on and handed back."""
+        await self.flushed()
+        waiting = []
+        for batch_id, (pending_channel, _messages, _timer) in self.pending.items():
+            if pending_channel == channel:
+                waiting.append(self.loop.create_future())
+                self.settling[batch_id].append(waiting[-1])
+        if waiting:
+            await asyncio.gather(*waiting)
+
+    def _settle(self, batch_id):
+        for future in self.settling.pop(batch_id, ()):
+            if not future.done():
+                future.set_result(None)
 
     # Receiving.
 
@@ -489,11 +521,18 @@ class _Link:
         if inbox is None:
             return
         age = time.time() - payload["t"]
-        if "b" in payload and age > self.layer.ack_timeout:
-            # Its sender has given up on it (and told whoever it tells): drop it.
-            self.layer.stats["late"] += len(messages)
-            logger.warning("dropped %d messages for %s that arrived %.1f s late", len(messages), channel, age)
-            return
+        if "b" in payload:
+            # Taken only while its acknowledgement can still beat the sender's
+            # deadline: else the sender tells of it as lost, and it must be.
+            if age > self.layer.ack_timeout - min(LATE_MARGIN, self.layer.ack_timeout / 2):
+                self.layer.stats["late"] += len(messages)
+                logger.warning("dropped %d messages for %s that arrived %.1f s late", len(messages), channel, age)
+                return
+            sender = (channel, payload["s"])
+            if payload["b"] <= self.last_batch.get(sender, -1):
+                self.layer.stats["duplicates"] += len(messages)
+                return
+            self.last_batch[sender] = payload["b"]
         if self.layer.on_arrival is not None:
             self.layer.on_arrival(age, len(messages))
         ack = (payload["s"], payload["b"]) if "b" in payload else None

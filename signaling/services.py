@@ -157,6 +157,7 @@ class Services:
         hub = self.hub
         hub.expire_unknown()
         hub.offline.forget_idle_senders()
+        hub.forget_departed()
         for key, src, dst in await hub.db(registry.take_expired):
             hub.stats["frames_expired"] += 1
             hub.tell_expire(key, dst, src)

@@ -71,6 +71,14 @@ class Transport:
         if self.batching:
             await self.layer.flushed()
 
+    async def settled(self, worker):
+        """Return once what was sent to ``worker`` so far arrived or came back through ``on_undelivered``.
+
+        (At once on a plain layer, which does not say.)
+        """
+        if self.batching:
+            await self.layer.settled(inbox_name(worker))
+
     def in_flight(self):
         """Messages for other workers that have not been acknowledged yet (0 on a plain layer, which does not say)."""
         return self.layer.in_flight() if self.batching else 0
