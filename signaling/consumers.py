@@ -16,7 +16,7 @@ from signaling import hub as hubs
 from signaling.applications import aget_app
 from signaling.auth import LOGIN_REQUIRED, session_user
 from signaling.conf import options
-from signaling.db import UNREACHABLE
+from signaling.db import UNREACHABLE, DatabaseUnavailable
 from signaling.http import client_address
 from signaling.limits import limiter
 from signaling.services import running_hub
@@ -117,7 +117,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         try:
             app = await aget_app(query["key"]) if query.get("key") else None
-        except UNREACHABLE:
+        except (DatabaseUnavailable, *UNREACHABLE):
             # An app never read before, and the database away: nobody can say.
             await self.accept()
             await self.try_again()
@@ -151,7 +151,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             stats["sockets_opened:refused"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
             return
-        except UNREACHABLE:
+        except (DatabaseUnavailable, *UNREACHABLE):
             # A site session is read from the database: while it is away,
             # nobody can say whose socket this is.
             await self.try_again()
