@@ -329,6 +329,11 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.outbox.append((frame, src, kind))
         self.outbox_bytes += len(frame)
         if self.outbox_bytes > self.options.outbox_max_bytes:
+            # Closing from now on, not once the drop below has started: the
+            # frames that follow in this iteration (a batch from another
+            # worker) go back to the hub above, and the socket is counted
+            # and dropped once, not once per frame.
+            self.closing = True
             self.hub.stats["slow_consumers"] += 1
             self.hub.spawn(self.drop(codes.TOO_SLOW, "Too slow: the client does not read"))
         elif self.wake is not None:
