@@ -132,6 +132,9 @@ TEMPLATES = [
     },
 ]
 
+# The PeerServer; every option is documented in signaling/conf.py and README.md.
+PEERJS = peerjs_conf.from_environ()
+
 # DATABASE_URL: any dj-database-url URL, e.g. postgres://user@db:5432/peers.
 # Default: a SQLite file beside manage.py.
 DATABASES = {
@@ -155,6 +158,31 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests use a file too (not SQLite's in-memory database), so that
     # concurrent claims from several threads behave as in production.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that hangs (a frozen server, a dead link) must free the
+    # threads waiting on it, not hold them for ever. The workers answer their
+    # clients after PEERJS_DATABASE_TIMEOUT whatever happens (signaling.db);
+    # these bound how long a thread stays in the call after that:
+    # connecting gives up after the timeout (libpq counts whole seconds, 2 at
+    # least); an idle-looking connection whose peer is gone is found dead by
+    # TCP keepalives within about twice the timeout, and one whose writes
+    # go unacknowledged by tcp_user_timeout; a statement the server runs for
+    # longer than the timeout is cancelled by the server (nobody waits for
+    # its answer any more; it applies to manage.py migrate too: raise the
+    # timeout for that command if a migration needs longer). Values a
+    # DATABASE_URL sets itself (?connect_timeout=...) win.
+    _timeout_ms = PEERJS["DATABASE_TIMEOUT"]
+    _timeout_s = max(2, -(-_timeout_ms // 1000))
+    for _name, _value in {
+        "connect_timeout": _timeout_s,
+        "keepalives": 1,
+        "keepalives_idle": _timeout_s,
+        "keepalives_interval": max(1, _timeout_s // 3),
+        "keepalives_count": 3,
+        "tcp_user_timeout": 2 * _timeout_ms,
+        "options": f"-c statement_timeout={_timeout_ms}",
+    }.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(_name, _value)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -185,9 +213,6 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-
-# The PeerServer; every option is documented in signaling/conf.py and README.md.
-PEERJS = peerjs_conf.from_environ()
 
 # DJANGO_HTTPS: the site is served over HTTPS, by nginx (PEERJS_PROXIED on) or
 # by the worker itself (ASGI_TLS_CERT/ASGI_TLS_KEY, deploy/worker-entrypoint.sh).

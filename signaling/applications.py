@@ -22,11 +22,10 @@ import logging
 import threading
 import time
 
-from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from signaling import conf
-from signaling.db import outage
+from signaling.db import Database, DatabaseUnavailable, outage
 
 logger = logging.getLogger(__name__)
 
@@ -177,17 +176,48 @@ def _refresh(key):
 def get_app(key):
     """The settings of the app ``key`` names, or None for an unknown key (synchronous code)."""
     fresh, answer = _cached(key)
-    return answer if fresh else _refresh(key)
+    if fresh:
+        return answer
+    known, answer = _known_in_outage(key)
+    return answer if known else _refresh(key)
 
 
-# On a thread of its own, not the one Django's synchronous views share.
-_arefresh = database_sync_to_async(_refresh, thread_sensitive=False)
+def _known_in_outage(key):
+    """(True, the last answer for ``key``) while the database is away (or hung), else (False, None).
+
+    Every request and socket would wait for the database in turn (a hung
+    one for its whole timeout), only to be served that answer after all.
+    """
+    known, answer = peek(key)
+    if known and outage.since is not None:
+        return True, answer
+    return False, None
+
+
+# On threads of their own, not the one Django's synchronous views share,
+# nor the registry's; within PEERJS_DATABASE_TIMEOUT (signaling.db).
+_database = Database(None, threads=2, name="apps")
 
 
 async def aget_app(key):
-    """The settings of the app ``key`` names, or None (async code: no thread hop while cached)."""
+    """The settings of the app ``key`` names, or None (async code: no thread hop while cached).
+
+    A database that does not answer in time is one that is away: the last
+    known answer serves, and without one DatabaseUnavailable is raised.
+    """
     fresh, answer = _cached(key)
-    return answer if fresh else await _arefresh(key)
+    if fresh:
+        return answer
+    known, answer = _known_in_outage(key)
+    if known:
+        return answer
+    try:
+        return await _database(_refresh, key)
+    except DatabaseUnavailable:
+        known, answer = peek(key)
+        if known:
+            return answer
+        raise
 
 
 def forget():

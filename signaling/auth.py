@@ -12,12 +12,12 @@ socket of every app.
 """
 from importlib import import_module
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.http.cookie import parse_cookie
 from django.utils.crypto import constant_time_compare
 
+from signaling.db import Database
 from signaling.http import header
 
 # What a socket (ERROR frame) or request (401) of a "session" app without a logged-in user is told.
@@ -86,8 +86,9 @@ def user_for_session(key):
     return user
 
 
-# On a thread of its own, not the one Django's synchronous views share.
-_user_for_session = database_sync_to_async(user_for_session, thread_sensitive=False)
+# On threads of their own, not the one Django's synchronous views share;
+# within PEERJS_DATABASE_TIMEOUT, else DatabaseUnavailable (signaling.db).
+_user_for_session = Database(None, threads=2, name="sessions")
 
 
 async def session_user(scope):
@@ -98,4 +99,4 @@ async def session_user(scope):
     key = session_key(scope)
     if not key:
         return None
-    return await _user_for_session(key)
+    return await _user_for_session(user_for_session, key)

@@ -101,6 +101,12 @@ SCHEMA = {
     # silent worker's peers are reaped (at least four beats: signaling.services).
     "WORKER_BEAT": ("PEERJS_WORKER_BEAT", 2000, _positive),
     "WORKER_TIMEOUT": ("PEERJS_WORKER_TIMEOUT", 10000, _positive),
+    # How long (ms) a worker waits for the database to answer one call before
+    # it answers the client as for a database that is away (try again, 503,
+    # EXPIRE): a hung database is answered, not waited on. PostgreSQL
+    # connections also give up connecting, and notice a dead link, within
+    # about this time (p2psite.settings).
+    "DATABASE_TIMEOUT": ("PEERJS_DATABASE_TIMEOUT", 5000, _positive),
     # Who may read GET /metrics: client addresses or networks (CIDR), by the
     # rule PROXIED sets (behind our proxy, the address the proxy saw). The
     # counters tell how busy the server is and how it fails, which is not for
@@ -197,6 +203,7 @@ class Options:
     flood_cutoff: int
     worker_beat: int
     worker_timeout: int
+    database_timeout: int
     metrics_allow: tuple  # of ipaddress networks
     trusted_proxies: tuple  # of ipaddress networks; empty with "*" (any)
     metrics_token: str

@@ -16,7 +16,7 @@ from signaling import hub as hubs
 from signaling.applications import aget_app
 from signaling.auth import FOREIGN_ORIGIN, LOGIN_REQUIRED, origin_may_use_session, session_user
 from signaling.conf import options
-from signaling.db import UNREACHABLE
+from signaling.db import UNREACHABLE, DatabaseUnavailable
 from signaling.http import client_address, header
 from signaling.limits import limiter
 from signaling.services import running_hub
@@ -116,7 +116,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         try:
             app = await aget_app(query["key"]) if query.get("key") else None
-        except UNREACHABLE:
+        except (DatabaseUnavailable, *UNREACHABLE):
             # An app never read before, and the database away: nobody can say.
             await self.accept()
             await self.try_again()
@@ -150,7 +150,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             stats["sockets_opened:refused"] += 1
             await self.refuse(protocol.error_frame(str(exc)))
             return
-        except UNREACHABLE:
+        except (DatabaseUnavailable, *UNREACHABLE):
             # A site session is read from the database: while it is away,
             # nobody can say whose socket this is.
             await self.try_again()
@@ -332,6 +332,11 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.outbox.append((frame, src, kind))
         self.outbox_bytes += len(frame)
         if self.outbox_bytes > self.options.outbox_max_bytes:
+            # Closing from now on, not once the drop below has started: the
+            # frames that follow in this iteration (a batch from another
+            # worker) go back to the hub above, and the socket is counted
+            # and dropped once, not once per frame.
+            self.closing = True
             self.hub.stats["slow_consumers"] += 1
             self.hub.spawn(self.drop(codes.TOO_SLOW, "Too slow: the client does not read"))
         elif self.wake is not None:

@@ -15,15 +15,23 @@ its first use would fail and look like a second outage. So a thread drops
 a connection older than the last outage before it uses it
 (:meth:`Outage.reconnect_if_stale`): once per thread and outage, no round
 trip.
+
+A database that hangs instead of refusing (a frozen server, a dead network
+link) must be answered too, not waited on: every call made from the event
+loop has a deadline, ``PEERJS_DATABASE_TIMEOUT``, past which it fails with
+:class:`DatabaseUnavailable` like a refused one (see :meth:`Database.__call__`
+for what becomes of the thread still in the call).
 """
+import asyncio
 import concurrent.futures
 import functools
 import logging
 import threading
 import time
 
-from channels.db import database_sync_to_async
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
+
+from signaling.conf import options
 
 logger = logging.getLogger(__name__)
 
@@ -76,26 +84,83 @@ outage = Outage()
 
 
 class Database:
-    """Runs registry functions on a pool of threads, for an event loop."""
+    """Runs registry functions on a pool of threads, for an event loop, each within a deadline."""
 
     def __init__(self, stats, threads, name):
-        self.stats = stats
+        self.stats = stats  # a Counter the failures are counted in (the hub's), or None
         self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self.stuck = 0  # calls past their deadline whose thread is still in them
 
-    async def __call__(self, function, *args):
+    async def __call__(self, function, *args, late=None):
+        """``function(*args)`` on a thread of the pool; DatabaseUnavailable if the database cannot answer in time.
+
+        A thread cannot be interrupted inside a database driver, so a call
+        past its deadline is abandoned, not stopped: the caller answers its
+        client (try again, 503, EXPIRE) and the thread stays in the call
+        until the database answers or its connection breaks (PostgreSQL's
+        keepalives and timeouts, p2psite.settings). What it did then still
+        counts: ``late(result)`` runs on the event loop with the result of
+        a call that completed after all, for callers whose call took
+        something (a claim, queued frames) that must not be lost.
+
+        Calls must not pile up behind stuck ones, nor each wait out its own
+        deadline: a call still waiting for a thread at its deadline is
+        cancelled (it never runs), and while a call of the pool is stuck a
+        new one fails at once, without queueing. A healthy database answers
+        within the deadline (PostgreSQL cancels a longer statement itself),
+        so a stuck call means it hangs, and the stuck call is the probe: it
+        comes back when the database does (or its connection breaks), and
+        calls go through again.
+        """
+        if self.stuck:
+            self._failed(TimeoutError(f"no answer yet to {self.stuck} earlier call(s)"))
+        timeout = options().database_timeout / 1000
+        call = self.executor.submit(_fresh, function, *args)
+        future = asyncio.wrap_future(call)
+        done, _ = await asyncio.wait((future,), timeout=timeout)
+        if not done:
+            # cancel() succeeds only for a call no thread has started.
+            if not call.cancel():
+                self.stuck += 1
+                future.add_done_callback(functools.partial(self._returned, function, late))
+            self._failed(TimeoutError(f"no answer within {timeout:g} s"))
         try:
-            result = await database_sync_to_async(_fresh, thread_sensitive=False, executor=self.executor)(function, *args)
+            result = future.result()
         except UNREACHABLE as exc:
-            self.stats["database_errors"] += 1
-            outage.failed(exc)
-            raise DatabaseUnavailable(str(exc)) from exc
+            self._failed(exc)
         outage.succeeded()
         return result
 
+    def _failed(self, exc):
+        if self.stats is not None:
+            self.stats["database_errors"] += 1
+        outage.failed(exc)
+        raise DatabaseUnavailable(str(exc)) from exc
+
+    def _returned(self, function, late, future):
+        """An abandoned call came back: its thread is free again, and what it did is handed to ``late``."""
+        self.stuck -= 1
+        exc = future.exception()
+        if exc is not None:
+            if not isinstance(exc, UNREACHABLE):
+                logger.error("a late %s failed", function.__name__, exc_info=exc)
+            return  # nothing happened to undo or hand on
+        if late is not None:
+            try:
+                late(future.result())
+            except Exception:
+                logger.exception("what a late %s returned could not be handled", function.__name__)
+
 
 def _fresh(function, *args):
-    outage.reconnect_if_stale()
-    return function(*args)
+    # As Channels' database_sync_to_async does: a connection past its
+    # CONN_MAX_AGE, or broken, is closed before and after the call.
+    close_old_connections()
+    try:
+        outage.reconnect_if_stale()
+        return function(*args)
+    finally:
+        close_old_connections()
 
 
 def unavailable_is_503(view):

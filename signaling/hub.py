@@ -27,6 +27,7 @@ saying why, then ``drop``).
 """
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import os
@@ -147,7 +148,8 @@ class Hub:
             return STOPPING
         try:
             claim, queued = await self.db(
-                _claim_and_take_queue, request, self.name, connection.connection_id, connection.address, limit
+                _claim_and_take_queue, request, self.name, connection.connection_id, connection.address, limit,
+                late=functools.partial(self._claimed_late, request.key, request.peer_id, connection.connection_id),
             )
         except DatabaseUnavailable:
             return RETRY
@@ -164,6 +166,36 @@ class Hub:
                 "Replaced by a newer connection with the same id",
             )
         return claim.outcome
+
+    def _claimed_late(self, key, peer_id, connection_id, result):
+        """A claim the database carried out after its socket heard 'try again' (signaling.db).
+
+        Its row would hold the id for a socket that is gone, and the frames
+        it took from the queue would be lost: do what register does for a
+        replaced socket, let the id go, and send the frames on as for a peer
+        that has just left (queued again, or delivered if it is back).
+        """
+        claim, queued = result
+        if claim.outcome not in (registry.CLAIMED, registry.REPLACED):
+            return
+        if claim.outcome == registry.REPLACED:
+            self.close_connection(
+                claim.previous_worker, claim.previous_connection, codes.REPLACED,
+                "Replaced by a newer connection with the same id",
+            )
+        self.spawn(self._release_late(key, peer_id, connection_id, queued))
+
+    async def _release_late(self, key, peer_id, connection_id, queued):
+        try:
+            await self.db(registry.release, key, peer_id, connection_id)
+        except DatabaseUnavailable:
+            self.unreleased.add((key, peer_id, connection_id))
+        self._took_late(key, peer_id, queued)
+
+    def _took_late(self, key, dst, frames):
+        """Frames a late call took from the queue for ``dst``: on to wherever it is now, or back into the queue."""
+        for frame, src, kind in frames:
+            self.route(key, src, dst, kind, frame)
 
     def open(self, connection):
         """Deliver what was queued for a newly registered peer, then go live."""
@@ -281,10 +313,14 @@ class Hub:
             self.offline.put(key, src, dst, kind, frame)
 
     async def _locate_and_send(self, key, src, dst, kind, frame, hops):
+        send = functools.partial(self._send_located, key, src, dst, kind, frame, hops)
         try:
-            where = await self.db(registry.locate, key, dst, self.options.worker_timeout)
+            where = await self.db(registry.locate, key, dst, self.options.worker_timeout, late=send)
         except DatabaseUnavailable:
             return
+        send(where)
+
+    def _send_located(self, key, src, dst, kind, frame, hops, where):
         if where is None or not where.worker_alive:
             return  # the sender is gone too: nobody to tell
         if where.worker == self.name:
@@ -373,7 +409,9 @@ class Hub:
             while connection.drain_again:
                 connection.drain_again = False
                 try:
-                    frames = await self.db(registry.take_queued, key, dst)
+                    frames = await self.db(
+                        registry.take_queued, key, dst, late=functools.partial(self._took_late, key, dst)
+                    )
                 except DatabaseUnavailable:
                     break  # still queued: it expires, or the next drain takes it
                 connection.held[drained:drained] = frames

@@ -85,7 +85,7 @@ class OfflineQueue:
             while self.pending:
                 batch, self.pending = self.pending, []
                 try:
-                    refused, registered = await self.hub.db(registry.enqueue, batch, self.limits)
+                    refused, registered = await self.hub.db(registry.enqueue, batch, self.limits, late=self._queued_late)
                 except DatabaseUnavailable:
                     # Nothing was queued (the outage is logged once, by the
                     # database link): each sender hears EXPIRE, once per peer.
@@ -106,6 +106,16 @@ class OfflineQueue:
                     self.hub.drain_at(worker, key, dst)
         finally:
             self.writer = None
+
+    def _queued_late(self, result):
+        """A batch the database queued after its senders heard EXPIRE (signaling.db): drain it where its peers are.
+
+        A second word to the senders would add nothing; the frames may
+        still reach peers that are connected.
+        """
+        _refused, registered = result
+        for key, dst, worker in set(registered):
+            self.hub.drain_at(worker, key, dst)
 
     def _landed(self, batch):
         for entry in batch:

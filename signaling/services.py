@@ -158,9 +158,13 @@ class Services:
         hub.expire_unknown()
         hub.offline.forget_idle_senders()
         hub.forget_departed()
-        for key, src, dst in await hub.db(registry.take_expired):
-            hub.stats["frames_expired"] += 1
-            hub.tell_expire(key, dst, src)
+        # A late answer (signaling.db) still tells the senders: the rows are gone.
+        self._expired(await hub.db(registry.take_expired, late=self._expired))
+
+    def _expired(self, pairs):
+        for key, src, dst in pairs:
+            self.hub.stats["frames_expired"] += 1
+            self.hub.tell_expire(key, dst, src)
 
     async def check_liveness(self):
         """Close sockets silent for alive_timeout, and those whose client does not read."""

@@ -205,10 +205,12 @@ async def test_with_the_database_down_every_path_answers_and_each_worker_logs_it
         assert_outage_logged_once(worker)
 
 
-@pytest.mark.parametrize("how", ["stopped", "frozen"])
+@pytest.mark.parametrize("how", ["stopped", "frozen", "stalled"])
 async def test_an_outage_twice_the_worker_timeout_closes_no_socket_and_reaps_no_worker(outage_cluster, how):
-    """Stopped, the database refuses every beat; frozen, beats hang and end late, all at once."""
-    cluster = outage_cluster(3)
+    """Stopped, the database refuses every beat; frozen, beats hang until their deadline, then fail
+    alike; stalled (frozen for less than the deadline), beats hang and end late, all at once."""
+    timeout = "20000" if how == "stalled" else "2000"
+    cluster = outage_cluster(3, env={"PEERJS_DATABASE_TIMEOUT": timeout})
     names = cluster.worker_names()
     assert len(names) == 3
     peers = [await connect(worker) for worker in cluster.workers for _ in range(2)]
@@ -235,12 +237,129 @@ async def test_an_outage_twice_the_worker_timeout_closes_no_socket_and_reaps_no_
     for worker in cluster.workers:
         log = worker.read_log()
         assert "reaped" not in log and "Traceback" not in log, log
-        if how == "stopped":
-            assert log.count(UNREACHABLE) == 1 and log.count(REACHABLE) == 1, log
-        else:  # nothing failed: the beats stalled, and the worker said so
+        if how == "stalled":  # nothing failed: the beats stalled, and the worker said so
             assert UNREACHABLE not in log and "between beats (the database stalled)" in log, log
+            continue
+        # Frozen, the database is not waited on: its calls fail at their deadline.
+        assert log.count(UNREACHABLE) == 1 and log.count(REACHABLE) == 1, log
+        if how == "frozen":
+            assert "no answer within 2 s" in log, log
     # The id the leaver held is free again, for anyone.
     await connect(cluster.workers[2], peer_id=leaver.peer_id, token="someone-else")
+
+
+async def test_a_frozen_database_is_answered_within_the_deadline_and_what_it_did_late_is_undone(outage_cluster):
+    """PostgreSQL frozen mid-test (SIGSTOP): its sockets accept and never answer, as behind a dead link.
+
+    Every call a worker makes has a deadline (PEERJS_DATABASE_TIMEOUT), so
+    nothing waits for ever: not the opening sockets (more than the registry
+    has threads and a worker opens at once), not /id, not a frame for the
+    queue. Once the server resumes (SIGCONT), the claims it carried out for
+    sockets long told to try again are undone, and the frames they took from
+    the queue reach their peer after all.
+    """
+    deadline = 1.5
+    cluster = outage_cluster(2, env={
+        "PEERJS_DATABASE_TIMEOUT": str(int(deadline * 1000)),
+        # Queued frames must outlive the freeze: their fate is the test's point.
+        "PEERJS_EXPIRE_TIMEOUT": "60000",
+    })
+    w1, w2 = cluster.workers
+    a, a2, b, sender = await connect(w1), await connect(w1), await connect(w2), await connect(w1)
+    await roundtrip(a, b)
+    # A frame waits in the queue for x, who opens during the freeze.
+    x = uid("x")
+    await sender.relay("OFFER", x, "queued before the freeze")
+    wait_until(lambda: cluster.database.query("SELECT count(*) FROM signaling_queuedmessage")[0][0] == 1,
+               10, "the frame to be queued")
+    opened_in_freeze = [x]
+    with cluster.database_frozen():
+        # x's claim reaches the database and hangs there: x hears 'try again'.
+        started = time.monotonic()
+        assert await told_to_try_again_as(w1, x)
+        # An open waits at most for the app's settings and for its claim.
+        assert time.monotonic() - started < 2 * deadline + 2
+        # More sockets than the registry's threads and the opening slots
+        # (16): each is answered, none waits for ever.
+        wave = [uid("w") for _ in range(24)]
+        opened_in_freeze += wave
+        started = time.monotonic()
+        assert all(await asyncio.gather(*(told_to_try_again_as(w1, peer_id) for peer_id in wave)))
+        assert time.monotonic() - started < 2 * deadline + 3
+        # Now the worker knows its database hangs: a socket is answered at
+        # once, and so is one refused from memory (a bad id).
+        started = time.monotonic()
+        assert await told_to_try_again_as(w2, uid())
+        assert await told_to_try_again_as(w1, uid())
+        bad = await connect(w1, peer_id="bad--id", expect_open=False)
+        code, frames = await bad.closed()
+        assert code == 1008 and frames[0]["type"] == "ERROR" and "id" in frames[0]["payload"]["msg"].lower(), frames
+        assert time.monotonic() - started < deadline, "sockets waited behind the hung database"
+        # /id and /peers: 503 with Retry-After, once the connection timeout
+        # (the deadline, 2 s at least) has passed.
+        for worker, path in ((w1, "id"), (w2, "peers"), (w1, "peers"), (w2, "id")):
+            started = time.monotonic()
+            assert_unavailable(worker, f"{BASE}/peerjs/{path}")
+            assert time.monotonic() - started < max(2, deadline) + 1.5
+        # A frame for the queue: EXPIRE, not silence.
+        nobody = uid()
+        await a.relay("OFFER", nobody, "into a frozen queue?")
+        assert await a.recv(timeout=deadline + 5) == {"type": "EXPIRE", "src": nobody, "dst": a.peer_id}
+        # Relaying needs no database, on one worker and across workers.
+        await roundtrip(a, a2)
+        await roundtrip(a2, a)
+        await roundtrip(a, b)
+        await roundtrip(b, a)
+    # Back by itself.
+    for worker in cluster.workers:
+        await opens_again(worker)
+    # Every id opened in the freeze is free again, for anyone: the claims the
+    # database carried out on resuming were let go. x gets the frame its late
+    # claim took from the queue.
+    for peer_id in opened_in_freeze:
+        client = await claims_when_free(w2, peer_id)
+        if peer_id == x:
+            frame = await client.recv()
+            assert frame == {"type": "OFFER", "src": sender.peer_id, "dst": x, "payload": "queued before the freeze"}
+        await client.close()
+    # Queued signaling works again.
+    later = uid()
+    await a.relay("OFFER", later, "queued after the freeze")
+    await roundtrip(a, a2)
+    late = await connect(w2, peer_id=later)
+    assert (await late.recv())["payload"] == "queued after the freeze"
+    # Every frame accounted for: nobody heard anything more.
+    for client in (a, a2, b, sender):
+        with pytest.raises(asyncio.TimeoutError):
+            await client.recv(timeout=0.5)
+    for worker in cluster.workers:
+        wait_until(lambda worker=worker: REACHABLE in worker.read_log(), 10, "the recovery to be logged")
+        log = worker.read_log()
+        assert log.count(UNREACHABLE) == 1 and "no answer within" in log, log
+        assert "Traceback" not in log and "reaped" not in log, log
+
+
+async def told_to_try_again_as(worker, peer_id):
+    client = await connect(worker, peer_id=peer_id, expect_open=False)
+    code, frames = await client.closed(timeout=30)
+    assert [frame["type"] for frame in frames] == ["ERROR"], frames
+    assert "try again" in frames[0]["payload"]["msg"]
+    assert code == TRY_AGAIN
+    return True
+
+
+async def claims_when_free(worker, peer_id, timeout=15):
+    """A stranger (a new token) opens ``peer_id`` once its row is gone; 'ID-TAKEN' until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = await connect(worker, peer_id=peer_id, expect_open=False)
+        frame = await client.recv()
+        if frame["type"] == "OPEN":
+            return client
+        assert frame["type"] == "ID-TAKEN", frame
+        assert time.monotonic() < deadline, f"{peer_id} stayed taken after the database came back"
+        await client.closed()
+        await asyncio.sleep(0.2)
 
 
 class CuttableProxy:

@@ -6,6 +6,7 @@ would refuse to misbehave (half a frame, a client that never reads).
 """
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import struct
@@ -65,9 +66,32 @@ class RawSocket:
             except EOFError as closed:
                 return closed.args[0]
 
-    def start_message(self, announced, sent):
-        """A masked text frame that announces ``announced`` bytes; ``sent`` of them follow."""
-        self.writer.write(bytes([0x81, 0x80 | 127]) + struct.pack("!Q", announced) + os.urandom(4) + b"x" * sent)
+    def start_message(self, announced, sent, mask=None):
+        """A masked text frame that announces ``announced`` bytes; ``sent`` of them follow.
+
+        A random mask makes the payload random bytes; a zero mask keeps it
+        valid UTF-8 (daphne checks a text frame's UTF-8 as it arrives).
+        """
+        mask = os.urandom(4) if mask is None else mask
+        self.writer.write(bytes([0x81, 0x80 | 127]) + struct.pack("!Q", announced) + mask + b"x" * sent)
+
+    def send_text(self, text):
+        """A whole masked text frame; the mask is zero, so the payload goes as it is."""
+        data = text.encode()
+        if len(data) < 126:
+            length = bytes([0x80 | len(data)])
+        else:
+            length = bytes([0x80 | 126]) + struct.pack("!H", len(data))
+        self.writer.write(b"\x81" + length + b"\0\0\0\0" + data)
+
+    async def closed_by_server(self, timeout):
+        """True once the server has closed the TCP connection (EOF or reset); reads and discards until then."""
+        try:
+            while await asyncio.wait_for(self.reader.read(65536), timeout):
+                pass
+        except ConnectionError:
+            pass
+        return True
 
     def close(self):
         self.writer.close()
@@ -103,6 +127,80 @@ async def test_a_message_over_the_cap_is_refused_at_its_header(production):
     await roundtrip(await connect(production), await connect(production))
 
 
+@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+async def test_an_unfinished_message_is_bounded_by_the_alive_timeout_and_its_id_comes_free(make_server, server):
+    """A frame header announces 100 KB (under the cap), 10 KB follow, then nothing:
+    the frame never completes, so the socket shows no sign of life. It is closed
+    within the alive timeout (4101), the TCP connection goes, and its id is free."""
+    alive = 1.0
+    worker = make_server(server=server, env={"PEERJS_ALIVE_TIMEOUT": str(int(alive * 1000))})
+    peer_id = uid("unfinished")
+    raw = await RawSocket.open(worker, peer_id)
+    raw.start_message(100_000, 10_000, mask=b"\0\0\0\0")
+    await raw.writer.drain()
+    started = asyncio.get_running_loop().time()
+    assert await raw.close_code(timeout=alive + 5) == 4101  # ours on both servers (no 4000+ mapping)
+    assert await raw.closed_by_server(timeout=15)
+    assert asyncio.get_running_loop().time() - started < alive + 15
+    raw.close()
+    # Its id is free, for anyone, and the worker serves others as ever.
+    stranger = await connect(worker, peer_id=peer_id, token="someone-else")
+    await roundtrip(stranger, await connect(worker))
+    log = worker.read_log()
+    assert "Traceback" not in log and "Unexpected ASGI message" not in log, log
+
+
+async def test_a_socket_closed_for_flooding_that_keeps_sending_hurts_nobody(production_flood):
+    """After its close for flooding (1008), a raw client keeps sending frames: the
+    worker logs no traceback and writes nothing to the closed socket, and the
+    other peers on that worker relay as ever."""
+    worker = production_flood
+    a, b = await connect(worker), await connect(worker)
+    raw = await RawSocket.open(worker, uid("flooder"))
+    heartbeat = json.dumps({"type": "HEARTBEAT"})
+    frames, sending = [], True
+
+    async def read_until_close():
+        try:
+            while True:
+                frames.append(json.loads(await raw.frame(timeout=15)))
+        except EOFError as closed:
+            return closed.args[0]
+
+    async def flood():
+        # Before the close and long after it; the server may cut TCP meanwhile.
+        with contextlib.suppress(ConnectionError):
+            while sending:
+                for _ in range(50):
+                    raw.send_text(heartbeat)
+                await raw.writer.drain()
+                await asyncio.sleep(0.001)
+            for _ in range(200):
+                raw.send_text(json.dumps({"type": "CANDIDATE", "dst": a.peer_id, "payload": "after the close"}))
+                await raw.writer.drain()
+
+    flooding = asyncio.create_task(flood())
+    code = await read_until_close()
+    sending = False
+    await asyncio.wait_for(flooding, 15)
+    assert code == 1008
+    assert frames == [{"type": "ERROR", "payload": {"msg": "Too many messages: slow down"}}]
+    raw.close()
+    # Others on the worker relay as ever; nothing the flooder sent reached a.
+    await roundtrip(a, b)
+    await roundtrip(b, a)
+    wait_until(lambda: counter(scrape(worker), "peerjs_floods_total") == 1, 10, "the flood to be counted")
+    log = worker.read_log()
+    assert "Traceback" not in log and "Unexpected ASGI message" not in log, log
+
+
+@pytest.fixture
+def production_flood(make_server):
+    return make_server(server="uvicorn", env={
+        "PEERJS_FLOOD_LIMIT": "50", "PEERJS_FLOOD_BURST": "20", "PEERJS_FLOOD_CUTOFF": "300",
+    })
+
+
 async def test_payloads_nested_deeper_than_any_parser_follows_get_an_error_and_every_socket_cleans_up(make_server, database):
     worker = make_server(private=True, env={"PEERJS_CONCURRENT_LIMIT": "30"})
     receiver = await connect(worker)
@@ -134,7 +232,10 @@ async def test_a_client_that_never_reads_is_closed_and_nobody_else_waits_for_it(
         stuck = await RawSocket.open(w2, stuck_id, read_open=False)  # it reads nothing, not even OPEN
         sender, b1, b2 = await connect(w1), await connect(w1), await connect(w2)
         await roundtrip(b2, b1)  # the workers know each other's peers
-        big = "x" * 200_000
+        slow_before = counter(scrape(w2), "peerjs_slow_consumers_total")
+        # Many small frames: they cross between workers in batches, so that
+        # several arrive in one go once the outbox passes its cap.
+        small = "x" * 2_000
 
         async def bystanders():
             for n in range(50):
@@ -144,13 +245,15 @@ async def test_a_client_that_never_reads_is_closed_and_nobody_else_waits_for_it(
                 assert (await b1.expect("CANDIDATE"))["payload"] == n
 
         async def flood_the_stuck_peer():
-            for _ in range(40):  # 8 MB: more than the kernel's buffers and the outbox's cap
-                await sender.relay("CANDIDATE", stuck_id, big)
+            for _ in range(4000):  # 8 MB: more than the kernel's buffers and the outbox's cap
+                await sender.relay("CANDIDATE", stuck_id, small)
 
         await asyncio.gather(bystanders(), flood_the_stuck_peer())
         assert await sender.recv(timeout=15) == {"type": "EXPIRE", "src": stuck_id, "dst": sender.peer_id}
         wait_until(lambda: not cluster.rows(stuck_id), 10, "the stuck peer's registration to go")
-        assert counter(scrape(w2), "peerjs_slow_consumers_total") >= 1
+        # One slow socket, counted (and dropped) once, however many frames
+        # arrived for it after it passed the cap.
+        assert counter(scrape(w2), "peerjs_slow_consumers_total") == slow_before + 1
         await roundtrip(b1, b2)
         stuck.close()
     finally:
