@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from tests.servers import Database, PrivatePostgres, RedisServer, TurnServer, Worker
+from tests.cluster_command import ClusterCommand
+from tests.servers import Certificates, Database, PrivatePostgres, RedisServer, TurnServer, Worker
 
 # Timers short enough for tests, still in the reference's proportions.
 TEST_ENV = {
@@ -81,3 +82,21 @@ def turn_server():
     turn = TurnServer(TURN_SECRET)
     yield turn
     turn.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(tmp_path_factory):
+    """`make cluster` with TLS, once for the session: nginx serves HTTPS and WSS
+    on ``tls_port`` with a certificate from the tests' own CA (``tls``), in
+    front of two uvicorn workers on a private Redis; plain HTTP on ``port``
+    redirects there. Shared by tests/test_cluster_command.py and the browser
+    tests, because it takes a while to start. A test that may be the first to
+    use it needs a timeout of CLUSTER_TEST_TIMEOUT (tests/cluster_command.py).
+    """
+    root = tmp_path_factory.mktemp("tls-cluster")
+    command = ClusterCommand(root, tls=Certificates(root / "certificates"))
+    try:
+        command.wait_ready()
+        yield command
+    finally:
+        command.kill_leftovers()
