@@ -28,15 +28,9 @@ from tests.client import connect, roundtrip, uid
 from tests.conftest import TEST_ENV
 from tests.servers import BASE, Database, RedisServer, Worker, wait_until
 
-pytestmark = [
-    pytest.mark.cluster,
-    # These tests bring their own PostgreSQL (the one they stop): the
-    # PostgreSQL pass of scripts/test.sh would only run them a second time.
-    pytest.mark.skipif(
-        bool(os.environ.get("PEERJS_TEST_DATABASE_URL")),
-        reason="runs on its own private PostgreSQL in the first pass",
-    ),
-]
+# These tests bring their own PostgreSQL (the one they stop): the PostgreSQL
+# pass of scripts/test.sh leaves them out (own_postgres) rather than run them twice.
+pytestmark = [pytest.mark.cluster, pytest.mark.own_postgres]
 
 TRY_AGAIN = 1013  # uvicorn sends the standard code (daphne: 4013)
 UNREACHABLE = "database unreachable"
