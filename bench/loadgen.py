@@ -366,10 +366,12 @@ class Generator:
         """When the server drops the idle peers (their worker died), reconnect each at once
         with its id and token to ``bases``, as PeerJS apps do on 'disconnected'.
 
-        Returns when every dropped peer is open again or ``timeout`` s after
-        the first drop: seconds from the first drop to the last OPEN, peers
-        refused (ERROR, ID-TAKEN) or failed, and reconnect latencies.
+        Returns when every idle peer (all on the doomed worker) has dropped
+        and is open again or refused, or ``timeout`` s after the first drop:
+        seconds from the first drop to the last OPEN, peers refused (ERROR,
+        ID-TAKEN) or failed, and reconnect latencies.
         """
+        expected = len(self.idle)
         for base in bases:
             check_loopback(base)
         pending, tasks = set(), []
@@ -392,7 +394,9 @@ class Generator:
                     latency[bucket((time.monotonic_ns() - started) / 1000)] += 1
                 finally:
                     pending.discard(peer.peer_id)
-                    if not pending:
+                    # Not merely "nothing pending": drops are noticed one by
+                    # one, and a lull between them is not the end.
+                    if not pending and len(tasks) >= expected:
                         done.set()
 
         def on_drop(peer):

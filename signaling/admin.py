@@ -333,7 +333,7 @@ class WorkerAdmin(ReadOnlyAdmin):
 
 @admin.register(QueuedMessage)
 class QueuedMessageAdmin(ReadOnlyAdmin):
-    list_display = ["src", "dst", "size", "queued_at", "expires_at"]
+    list_display = ["key", "src", "dst", "size", "queued_at", "expires_at"]
     search_fields = ["src", "dst"]
     exclude = ["frame"]  # signaling payloads (SDP, candidates) are the peers' business
 

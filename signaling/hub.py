@@ -27,6 +27,7 @@ saying why, then ``drop``).
 """
 import asyncio
 import collections
+import contextlib
 import functools
 import itertools
 import logging
@@ -53,6 +54,7 @@ RETRY = "retry"  # register() outcome while the database is away
 MAX_UNKNOWN = 10_000  # frames for impossible ids awaiting their EXPIRE; past it, EXPIRE at once
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
 DEPARTED_KEPT = 60.0  # seconds a dead worker's last routes are remembered, past any acknowledgement timeout
+ANNOUNCE_WAIT = 0.5  # seconds a new peer waits for its announcement to reach Redis
 MAX_OPENING = 16  # sockets a worker opens at once; more wait their turn (see PeerConsumer.connect)
 
 
@@ -253,7 +255,11 @@ class Hub:
             return
         if self._announcements:
             self._send_announcements()
-        await self.transport.flushed()
+        # Bounded: with Redis slow or away the peer opens anyway (inside the
+        # opening slots, a long wait would hold up every other open), and a
+        # frame for it takes the registry's way meanwhile.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.transport.flushed()), ANNOUNCE_WAIT)
 
     def _send_announcements(self):
         announcements, self._announcements = self._announcements, {}
@@ -428,9 +434,7 @@ class Hub:
             if connection is not None:
                 self.spawn(connection.drop(code, reason))
         elif self.transport is not None:
-            self.transport.send(
-                worker, {"type": "peerjs.close", "connection": connection_id, "code": code, "reason": reason}
-            )
+            self.transport.send(worker, close_message(connection_id, code, reason))
 
     # What other workers send.
 
@@ -570,13 +574,13 @@ class _Held:
 
 def request_disconnect(peer):
     """Ask the worker holding ``peer`` (a Peer row) to close its socket; for sync code (the admin)."""
-    message = {
-        "type": "peerjs.close",
-        "connection": peer.connection,
-        "code": codes.DISCONNECTED,
-        "reason": "Disconnected by an operator",
-    }
+    message = close_message(peer.connection, codes.DISCONNECTED, "Disconnected by an operator")
     async_to_sync(get_channel_layer().send)(inbox_name(peer.worker), message)
+
+
+def close_message(connection_id, code, reason):
+    """What asks a worker to close one of its sockets."""
+    return {"type": "peerjs.close", "connection": connection_id, "code": code, "reason": reason}
 
 
 _hub = None

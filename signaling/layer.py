@@ -564,10 +564,6 @@ def _redis_name(channel):
     return "{" + channel + "}"
 
 
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def _quietly(awaitable):
     try:
         await awaitable

@@ -1,13 +1,9 @@
 """Several daphne workers sharing one Redis and one database behave as one PeerServer."""
 import asyncio
 import contextlib
-import http.cookiejar
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,10 +11,11 @@ import urllib.request
 import pytest
 import websockets
 
+from tests.admin_http import AdminSession, create_superuser
 from tests.client import connect, roundtrip, uid
 from tests.conftest import TEST_ENV
 from signaling.transport import inbox_name
-from tests.servers import BASE, ROOT, Database, RedisCluster, RedisServer, Worker, wait_until
+from tests.servers import BASE, Database, RedisCluster, RedisServer, Worker, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -206,48 +203,17 @@ async def test_redis_outage_keeps_what_does_not_need_it_and_recovers(redis_serve
         cluster.stop()
 
 
-class AdminSession:
-    """An operator logged in to the admin of one worker, over real HTTP."""
-
-    def __init__(self, worker, username, password):
-        self.base = worker.http
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-        self.post("/admin/login/?next=/admin/", {"username": username, "password": password, "next": "/admin/"})
-
-    def get(self, path):
-        with self.opener.open(self.base + path, timeout=10) as response:
-            return response.read().decode()
-
-    def post(self, path, fields):
-        page = self.get(path)
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-        data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}, doseq=True).encode()
-        request = urllib.request.Request(self.base + path, data=data, headers={"Referer": self.base + path})
-        with self.opener.open(request, timeout=10) as response:
-            return response.read().decode()
-
-
-def create_superuser(worker, username, password):
-    """A superuser in ``worker``'s database, made as an operator would."""
-    env = {**worker.env, "DJANGO_SUPERUSER_PASSWORD": password}
-    subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", username, "--email", f"{username}@example.com"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
-    )
-
-
 async def test_admin_disconnect_reaches_a_peer_on_another_worker(cluster):
     w1, w2 = cluster.workers
-    create_superuser(w1, "sm", "stage-manager-pw")
     target, other = await connect(w2), await connect(w2)
-    admin = AdminSession(w1, "sm", "stage-manager-pw")
-    listing = admin.get("/admin/signaling/peer/")
+    admin = AdminSession(w1)
+    assert admin.login(create_superuser(w1, "stage-manager-pw"), "stage-manager-pw").status == 200
+    listing = admin.get("/admin/signaling/peer/").body
     assert target.peer_id in listing and other.peer_id in listing
     page = await asyncio.to_thread(
         admin.post, "/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [cluster.database.peer_row(target.peer_id)]}
     )
-    assert "Asked to disconnect 1 peer" in page
+    assert "Asked to disconnect 1 peer" in page.body
     code, _ = await target.closed(timeout=10)
     assert code == 4102
     wait_until(lambda: not cluster.rows(target.peer_id), 10, "the disconnected peer's row to go")

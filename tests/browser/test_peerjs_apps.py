@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM_ARGS, Machine
-from tests.servers import BASE, Database, Worker
-from tests.test_cluster import AdminSession, Cluster, create_superuser
+from tests.browser.conftest import Machine
+from tests.servers import Database, Worker
+from tests.admin_http import AdminSession, create_superuser
+from tests.test_cluster import Cluster
 
 pytestmark = [pytest.mark.browser, pytest.mark.cluster]
 
@@ -226,8 +227,8 @@ def signaling_in_flight(tx, tx_id, rx):
 
 def test_an_operator_disconnect_leaves_the_peers_connections_alone(machines, topology):
     tx, tx_id, rx, rx_id, rx_key = connected_pair(machines, topology)
-    create_superuser(topology.a, "sm", "stage-manager-pw")
-    operator = AdminSession(topology.a, "sm", "stage-manager-pw")
+    operator = AdminSession(topology.a)
+    assert operator.login(create_superuser(topology.a, "stage-manager-pw"), "stage-manager-pw").status == 200
     signaling_in_flight(tx, tx_id, rx)
     operator.post("/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [topology.database.peer_row(rx_id)]})
     rx.wait_for_function("() => record.peers.rx.disconnected")
