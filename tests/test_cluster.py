@@ -54,6 +54,37 @@ async def test_signaling_crosses_workers_both_ways(cluster):
     assert [(await b.expect("CANDIDATE"))["payload"] for _ in range(20)] == list(range(20))
 
 
+async def test_under_load_every_frame_crosses_both_ways_once_and_in_order(redis_server):
+    """Ten pairs split over two production workers stream at once, both ways, as fast as
+    they can: what each peer gets from its partner is everything, once, in order."""
+    cluster = Cluster(redis_server, server="uvicorn")
+    try:
+        w1, w2 = cluster.workers
+        pairs = [(await connect(w1), await connect(w2)) for _ in range(10)]
+        count, candidate = 200, "candidate:1 1 UDP 2122252543 192.0.2.1 54321 typ host " + "x" * 1400
+
+        async def stream_to(sender, receiver):
+            for n in range(count):
+                await sender.relay("CANDIDATE", receiver.peer_id, [n, candidate])
+
+        async def take(receiver, sender):
+            got = []
+            while len(got) < count:
+                frame = await receiver.expect("CANDIDATE")
+                assert frame["src"] == sender.peer_id
+                got.append(frame["payload"][0])
+            return got
+
+        flows = [(a, b) for a, b in pairs] + [(b, a) for a, b in pairs]
+        results = await asyncio.gather(
+            *(stream_to(s, r) for s, r in flows), *(take(r, s) for s, r in flows)
+        )
+        for got in results[len(flows):]:
+            assert got == list(range(count))
+    finally:
+        cluster.stop()
+
+
 async def test_id_held_on_another_worker_is_taken(cluster):
     w1, w2 = cluster.workers
     holder = await connect(w1)
@@ -349,8 +380,13 @@ async def test_workers_on_a_redis_cluster_relay_across_shards():
             assert redis_cluster.subscribers(shard[w], "{" + inbox_name(names[w.proc.pid]) + "}") == 1
         w1 = cluster.workers[0]
         w2 = next((w for w in cluster.workers[1:] if shard[w] != shard[w1]), None)
-        if w2 is None:  # all three hashed to one shard (1 chance in 9): any two will do
-            w2 = cluster.workers[1]
+        while w2 is None:  # all hashed to one shard (1 chance in 9): one more worker until one differs
+            assert len(cluster.workers) < 12, "no worker's inbox hashed to another shard"
+            extra = Worker(cluster.database, cluster.env, server="uvicorn", name=f"w{len(cluster.workers)}")
+            cluster.workers.append(extra)
+            names = dict(cluster.database.query("SELECT pid, name FROM signaling_worker"))
+            shard[extra] = redis_cluster.shard_of("{" + inbox_name(names[extra.proc.pid]) + "}")
+            w2 = extra if shard[extra] != shard[w1] else None
         a, b = await connect(w1), await connect(w2)
         await b.relay("OFFER", a.peer_id, {"sdp": "offer"})
         assert (await a.expect("OFFER"))["payload"] == {"sdp": "offer"}
