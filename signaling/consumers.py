@@ -95,6 +95,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.buffer = []  # frames for this peer held back until it is open
         self.held = None  # frames held back while its queue is drained (hub.drain), else None
         self.drain_again = False  # a drain was asked for while one was under way
+        self.held_front = 0  # where in held the next frames a drain takes go (behind older ones)
         self.outbox = collections.deque()  # (frame, src, kind) accepted for the client, not yet written
         self.outbox_bytes = 0
         self.wake = None  # the writer waits on it for frames
@@ -320,11 +321,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
 
     def deliver(self, frame, src, kind):
         """Accept a frame for the client; the socket's writer sends it. Never waits."""
-        if self.buffer is not None:
-            self.buffer.append((frame, src, kind))
-            return
+        # Behind a drain first: its frames, when it ends, join the buffer of a
+        # socket still opening ahead of these.
         if self.held is not None:
             self.held.append((frame, src, kind))
+            return
+        if self.buffer is not None:
+            self.buffer.append((frame, src, kind))
             return
         if self.closing:
             self.hub.undeliverable(self, [(frame, src, kind)])

@@ -17,9 +17,9 @@ reference's realms.
 Connections are duck-typed (the consumer implements them): ``key``,
 ``peer_id`` (None once unregistered), ``connection_id``, ``address``,
 ``last_frame`` (loop time of the last frame received), ``buffer`` (frames
-held back until the peer is open, or None), ``held`` and ``drain_again``
-(frames held back while its queue is drained, or None; whether to read it
-once more),
+held back until the peer is open, or None), ``held``, ``held_front`` and
+``drain_again`` (frames held back while its queue is drained, or None; where
+the drain's frames go in it; whether to read the queue once more),
 ``outbox`` (frames accepted for the client and not written yet),
 ``deliver(frame, src, kind)`` (never blocks), ``stalled_since()``,
 ``drop(code, reason)`` and ``expel(message, code, reason)`` (an ERROR frame
@@ -202,8 +202,14 @@ class Hub:
     def open(self, connection):
         """Deliver what was queued for a newly registered peer, then go live."""
         frames, connection.buffer = connection.buffer, None
-        for frame, src, kind in frames:
-            connection.deliver(frame, src, kind)
+        if connection.held is not None:
+            # A drain is under way: what the socket was sent while it opened
+            # is older than what the drain takes and holds back.
+            connection.held[:0] = frames
+            connection.held_front += len(frames)
+        else:
+            for frame, src, kind in frames:
+                connection.deliver(frame, src, kind)
         self._signal(signals.peer_connected, connection, connection.peer_id)
 
     async def unregister(self, connection):
@@ -258,8 +264,9 @@ class Hub:
         # Bounded: with Redis slow or away the peer opens anyway (inside the
         # opening slots, a long wait would hold up every other open), and a
         # frame for it takes the registry's way meanwhile.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.transport.flushed()), ANNOUNCE_WAIT)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ANNOUNCE_WAIT):  # no task per open, unlike wait_for
+                await self.transport.flushed()
 
     def _send_announcements(self):
         announcements, self._announcements = self._announcements, {}
@@ -392,26 +399,28 @@ class Hub:
     def drain_at(self, worker, key, dst):
         """Have whoever holds ``dst`` take its queue again."""
         if worker == self.name:
-            self.spawn(self.drain(key, dst))
+            self.drain(key, dst)
         elif self.transport is not None:
             self.transport.send(worker, {"type": "peerjs.drain", "key": key, "dst": dst})
 
-    async def drain(self, key, dst):
-        """Deliver to a peer of this worker whatever is queued for it now."""
+    def drain(self, key, dst):
+        """Deliver to a peer of this worker whatever is queued for it now.
+
+        A worker asks for a drain after it queued, and sends whatever comes
+        next straight here: from this call on (not from when the queue is
+        read) those frames wait until the queue is read, so that none
+        overtakes what was queued before it.
+        """
         connection = self.local.get((key, dst))
         if connection is None:
             return
-        if connection.held is not None:
-            # A drain is under way: it reads the queue once more when done,
-            # so that what one read takes never overtakes what another took.
-            connection.drain_again = True
-            return
-        # A worker asks for a drain after it queued, and sends whatever comes
-        # next straight here: those frames wait until the queue is read, so
-        # that none overtakes what was queued before it.
-        connection.held, drained = [], 0
+        connection.drain_again = True
+        if connection.held is None:  # else the drain under way reads the queue once more
+            connection.held, connection.held_front = [], 0
+            self.spawn(self._drain(connection, key, dst))
+
+    async def _drain(self, connection, key, dst):
         try:
-            connection.drain_again = True
             while connection.drain_again:
                 connection.drain_again = False
                 try:
@@ -420,8 +429,10 @@ class Hub:
                     )
                 except DatabaseUnavailable:
                     break  # still queued: it expires, or the next drain takes it
-                connection.held[drained:drained] = frames
-                drained += len(frames)
+                # One read after another, so what one took never overtakes what another took.
+                front = connection.held_front
+                connection.held[front:front] = frames
+                connection.held_front += len(frames)
         finally:
             held, connection.held = connection.held, None
             for frame, src, kind in held:
