@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import urllib.parse
 import urllib.request
 
@@ -144,6 +145,26 @@ async def test_two_peers_exchange_an_offer_through_nginx(cluster):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_behind_nginx_a_forged_forwarded_for_is_not_the_address(cluster):
+    """The client's own X-Forwarded-For line comes first; nginx appends what it saw (127.0.0.1):
+    the registry records that, not the forged entry."""
+    peer_id = unique("forger")
+    ws = await asyncio.wait_for(
+        websockets.connect(cluster.socket_url(peer_id, "tf"), additional_headers={"X-Forwarded-For": "203.0.113.66"}),
+        TIMEOUT,
+    )
+    try:
+        assert await recv(ws) == {"type": "OPEN"}
+        database = sqlite3.connect(cluster.tmp_path / "cluster.sqlite3")
+        try:
+            (address,), = database.execute("SELECT address FROM signaling_peer WHERE peer_id = ?", (peer_id,))
+        finally:
+            database.close()
+        assert address == "127.0.0.1"
+    finally:
+        await ws.close()
 
 
 async def test_peers_on_different_workers_exchange_an_offer(cluster):
