@@ -17,6 +17,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
+from signaling import codes
+from signaling.db import DatabaseUnavailable
+
 logger = logging.getLogger(__name__)
 
 ANY_KEY = ""  # Ban.key for a ban on every app
@@ -87,6 +90,27 @@ def active_rows():
             "key", "peer_id", "address", "reason", "expires_at"
         )
     )
+
+
+async def refresh(hub):
+    """Re-read the active bans into ``hub``, and close the worker's sockets that one now names.
+
+    While the database is away the bans known so far stay in force.
+    """
+    try:
+        rows = await hub.db(active_rows)
+    except DatabaseUnavailable:
+        return
+    hub.bans = BanList(rows)
+    if not hub.bans:
+        return
+    for connection in list(hub.connections.values()):
+        if connection.peer_id is None:
+            continue  # not past its open's checks yet: they look at the bans themselves
+        ban = hub.bans.find(connection.key, connection.peer_id, connection.address)
+        if ban is not None:
+            hub.stats["banned_closed"] += 1
+            hub.spawn(connection.expel(ban.message(), codes.BANNED, "Banned"))
 
 
 def announce(workers):

@@ -93,7 +93,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.key = None
         self.peer = None  # (key, id) once registered, kept after the socket closes
         self.buffer = []  # frames for this peer held back until it is open
-        self.held = None  # frames held back while its queue is drained (hub.drain), else None
+        self.held = None  # frames held back while its queue is drained (hub.offline.drain), else None
         self.drain_again = False  # a drain was asked for while one was under way
         self.held_front = 0  # where in held the next frames a drain takes go (behind older ones)
         self.outbox = collections.deque()  # (frame, src, kind) accepted for the client, not yet written
@@ -178,7 +178,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         else:
             self.peer = (self.key, self.peer_id)
             stats["sockets_opened:open"] += 1
-            await self.hub.announced()
+            await self.hub.directory.announced()
             await self.send(text_data=protocol.OPEN_FRAME)
             metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             self.hub.open(self)

@@ -4,12 +4,13 @@ One hub per worker process (per event loop). It keeps its own peers in a
 dict, so relaying to a peer on the same worker is a dict lookup and a hand
 over to that socket's writer: no database query, no thread hop, no channel
 layer, nothing awaited. A frame for a peer held elsewhere goes to *the
-worker* that holds it, found in the hub's directory of where every peer of
-the cluster is (kept by the workers' announcements, seeded from the
-registry): that worker delivers it, or, if the peer has just gone, queues it.
-A frame for a peer nobody holds waits in the queue (signaling.offline) until
-the peer connects, or its sender hears EXPIRE. A stale directory entry costs
-a hop, never a frame.
+worker* that holds it, found in the directory of where every peer of the
+cluster is (signaling.directory), through the transport between workers
+(signaling.transport): that worker delivers it, or, if the peer has just
+gone, queues it. A frame for a peer nobody holds waits in the queue
+(signaling.offline) until the peer connects, or its sender hears EXPIRE. A
+stale directory entry costs a hop, never a frame. What keeps the hub in step
+with the cluster (beat, reaping, expiry, liveness) runs in signaling.services.
 
 Peers are addressed by (key, id): ids are unique per key, as in the
 reference's realms.
@@ -19,7 +20,8 @@ Connections are duck-typed (the consumer implements them): ``key``,
 ``last_frame`` (loop time of the last frame received), ``buffer`` (frames
 held back until the peer is open, or None), ``held``, ``held_front`` and
 ``drain_again`` (frames held back while its queue is drained, or None; where
-the drain's frames go in it; whether to read the queue once more),
+the drain's frames go in it; whether to read the queue once more: see
+signaling.offline),
 ``outbox`` (frames accepted for the client and not written yet),
 ``deliver(frame, src, kind)`` (never blocks), ``stalled_since()``,
 ``drop(code, reason)`` and ``expel(message, code, reason)`` (an ERROR frame
@@ -27,7 +29,6 @@ saying why, then ``drop``).
 """
 import asyncio
 import collections
-import contextlib
 import functools
 import itertools
 import logging
@@ -43,6 +44,7 @@ from django.utils import timezone
 from signaling import bans, codes, protocol, registry, signals
 from signaling.conf import options
 from signaling.db import Database, DatabaseUnavailable
+from signaling.directory import Directory
 from signaling.offline import OfflineQueue
 from signaling.transport import GONE, Transport, inbox_name
 
@@ -53,8 +55,6 @@ RETRY = "retry"  # register() outcome while the database is away
 
 MAX_UNKNOWN = 10_000  # frames for impossible ids awaiting their EXPIRE; past it, EXPIRE at once
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
-DEPARTED_KEPT = 60.0  # seconds a dead worker's last routes are remembered, past any acknowledgement timeout
-ANNOUNCE_WAIT = 0.5  # seconds a new peer waits for its announcement to reach Redis
 MAX_OPENING = 16  # sockets a worker opens at once; more wait their turn (see PeerConsumer.connect)
 
 
@@ -81,19 +81,14 @@ class Hub:
         self.local = {}  # (key, id) -> registered connection on this worker
         self.connections = {}  # connection id -> every open socket on this worker
         self.addresses = collections.Counter()  # client address -> open sockets on this worker
-        self.directory = {}  # (key, id) -> the other worker that holds it
-        self.moving = {}  # (key, id) -> _Held: frames for a peer that moved, until its old route settles
-        self.departed = {}  # (key, id) -> (worker whose inbox was gone, loop time): its last route
-        self.workers = set()  # the other live workers
         self.unknown = {}  # (key, sender, impossible dst) -> (loop time of its EXPIRE, the EXPIRE frame)
         self.unreleased = set()  # (key, id, connection id) whose release the database missed
         self.stats = collections.Counter()
-        self.bans = bans.BanList()  # active bans, re-read by refresh_bans
+        self.bans = bans.BanList()  # active bans, re-read by bans.refresh
         self.stopping = False
         self.opening = asyncio.Semaphore(MAX_OPENING)
         self._connection_ids = itertools.count()
         self._tasks = set()
-        self._announcements = {}  # (key, id) -> "here" or "gone", sent at the end of the loop iteration
         self._expires = set()  # (key, about, to): EXPIREs to send at the end of the loop iteration
         # Registry calls, and a thread of its own for the beat, which must not
         # queue behind a storm of claims or the cluster would take it for dead.
@@ -104,6 +99,7 @@ class Hub:
         self.transport = None
         if layer is not None:
             self.transport = Transport(layer, self.name, self.stats, self.handle, self.undelivered)
+        self.directory = Directory(self)
 
     def spawn(self, coroutine):
         """Run ``coroutine`` beside the caller; its failure is logged, never lost."""
@@ -160,8 +156,7 @@ class Hub:
         connection.buffer[:0] = queued  # older than anything sent to it from now on
         peer = (request.key, request.peer_id)
         self.local[peer] = connection
-        self.directory.pop(peer, None)
-        self._announce(peer, "here")
+        self.directory.arrived(peer)
         if claim.outcome == registry.REPLACED:
             self.close_connection(
                 claim.previous_worker, claim.previous_connection, codes.REPLACED,
@@ -192,9 +187,9 @@ class Hub:
             await self.db(registry.release, key, peer_id, connection_id)
         except DatabaseUnavailable:
             self.unreleased.add((key, peer_id, connection_id))
-        self._took_late(key, peer_id, queued)
+        self.reroute(key, peer_id, queued)
 
-    def _took_late(self, key, dst, frames):
+    def reroute(self, key, dst, frames):
         """Frames a late call took from the queue for ``dst``: on to wherever it is now, or back into the queue."""
         for frame, src, kind in frames:
             self.route(key, src, dst, kind, frame)
@@ -221,7 +216,7 @@ class Hub:
         peer = (connection.key, peer_id)
         if self.local.get(peer) is connection:
             del self.local[peer]
-            self._announce(peer, "gone")
+            self.directory.left(peer)
         if connection.buffer is None:  # it was open: its peer_connected was sent
             self._signal(signals.peer_disconnected, connection, peer_id)
         if self.stopping:
@@ -242,43 +237,6 @@ class Hub:
         """Send peer_message for a frame from ``connection``'s peer (the caller checks for receivers first)."""
         self._signal(signals.peer_message, connection, connection.peer_id, message=message)
 
-    def _announce(self, peer, what):
-        """Tell the other workers where a peer is (or that it left), at the end of this iteration."""
-        if self.transport is None:
-            return
-        if not self._announcements:
-            self.loop.call_soon(self._send_announcements)
-        self._announcements[peer] = what
-
-    async def announced(self):
-        """Return once the other workers can know where this worker's new peers are.
-
-        Before a new peer hears OPEN: whoever it tells its id to next may send
-        it a frame at once, and that frame then finds its worker in the
-        directory instead of taking the registry's slower way.
-        """
-        if self.transport is None:
-            return
-        if self._announcements:
-            self._send_announcements()
-        # Bounded: with Redis slow or away the peer opens anyway (inside the
-        # opening slots, a long wait would hold up every other open), and a
-        # frame for it takes the registry's way meanwhile.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ANNOUNCE_WAIT):  # no task per open, unlike wait_for
-                await self.transport.flushed()
-
-    def _send_announcements(self):
-        announcements, self._announcements = self._announcements, {}
-        here = [list(peer) for peer, what in announcements.items() if what == "here"]
-        gone = [list(peer) for peer, what in announcements.items() if what == "gone"]
-        message = self._directory_message(here, gone)
-        for worker in self.workers:
-            self.transport.send(worker, message)
-
-    def _directory_message(self, here, gone):
-        return {"type": "peerjs.directory", "worker": self.name, "here": here, "gone": gone}
-
     def waiting(self):
         """Frames this worker holds that have not gone on yet, by where they wait (the admin's queue depth)."""
         return {
@@ -297,14 +255,15 @@ class Hub:
             self.stats["frames_relayed:same_worker"] += 1
             connection.deliver(action.frame, src, action.kind)
             return
-        if peer in self.directory:
+        if peer in self.directory.routes:
             self.stats["frames_relayed:other_worker"] += 1
         self.route(key, src, action.dst, action.kind, action.frame)
 
     def route(self, key, src, dst, kind, frame, hops=0):
         """Hand a frame (a peer's, or the server's EXPIRE) to ``dst``: here, on its worker, or into the queue."""
-        if self.moving and (key, dst) in self.moving:
-            self.moving[key, dst].frames.append((src, kind, frame, hops))
+        moving = self.directory.moving
+        if moving and (key, dst) in moving:
+            moving[key, dst].hold(src, kind, frame, hops)
             return
         if self.offline.in_flight and (key, dst) in self.offline.in_flight and kind in protocol.QUEUED:
             # Earlier frames for dst are on their way into the queue: this one
@@ -315,7 +274,7 @@ class Hub:
         if connection is not None:
             connection.deliver(frame, src, kind)
             return
-        worker = self.directory.get((key, dst))
+        worker = self.directory.worker_of((key, dst))
         if worker is not None and hops < MAX_HOPS:
             self.forward(worker, key, src, dst, kind, frame, hops)
         elif kind == protocol.EXPIRE and self.transport is not None:
@@ -396,48 +355,6 @@ class Hub:
             self.stats["expire_sent"] += 1
             self.route(key, about, src, protocol.EXPIRE, frame)
 
-    def drain_at(self, worker, key, dst):
-        """Have whoever holds ``dst`` take its queue again."""
-        if worker == self.name:
-            self.drain(key, dst)
-        elif self.transport is not None:
-            self.transport.send(worker, {"type": "peerjs.drain", "key": key, "dst": dst})
-
-    def drain(self, key, dst):
-        """Deliver to a peer of this worker whatever is queued for it now.
-
-        A worker asks for a drain after it queued, and sends whatever comes
-        next straight here: from this call on (not from when the queue is
-        read) those frames wait until the queue is read, so that none
-        overtakes what was queued before it.
-        """
-        connection = self.local.get((key, dst))
-        if connection is None:
-            return
-        connection.drain_again = True
-        if connection.held is None:  # else the drain under way reads the queue once more
-            connection.held, connection.held_front = [], 0
-            self.spawn(self._drain(connection, key, dst))
-
-    async def _drain(self, connection, key, dst):
-        try:
-            while connection.drain_again:
-                connection.drain_again = False
-                try:
-                    frames = await self.db(
-                        registry.take_queued, key, dst, late=functools.partial(self._took_late, key, dst)
-                    )
-                except DatabaseUnavailable:
-                    break  # still queued: it expires, or the next drain takes it
-                # One read after another, so what one took never overtakes what another took.
-                front = connection.held_front
-                connection.held[front:front] = frames
-                connection.held_front += len(frames)
-        finally:
-            held, connection.held = connection.held, None
-            for frame, src, kind in held:
-                connection.deliver(frame, src, kind)
-
     def close_connection(self, worker, connection_id, code, reason):
         """Close a socket wherever it is."""
         if worker == self.name:
@@ -458,87 +375,13 @@ class Hub:
                     message["key"], message["src"], message["dst"], message["kind"], message["frame"], message["hops"]
                 )
             elif kind == "peerjs.directory":
-                self.learn(message["worker"], message["here"], message["gone"])
+                self.directory.learn(message["worker"], message["here"], message["gone"])
             elif kind == "peerjs.drain":
-                self.drain_at(self.name, message["key"], message["dst"])
+                self.offline.drain(message["key"], message["dst"])
             elif kind == "peerjs.close":
                 self.close_connection(self.name, message["connection"], message["code"], message["reason"])
             elif kind == bans.MESSAGE_TYPE:
-                self.spawn(self.refresh_bans())
-
-    # Bans.
-
-    async def refresh_bans(self):
-        """Re-read the active bans, and close this worker's sockets that one now names.
-
-        While the database is away the bans known so far stay in force.
-        """
-        try:
-            rows = await self.db(bans.active_rows)
-        except DatabaseUnavailable:
-            return
-        self.bans = bans.BanList(rows)
-        if not self.bans:
-            return
-        for connection in list(self.connections.values()):
-            if connection.peer_id is None:
-                continue  # not past its open's checks yet: they look at the bans themselves
-            ban = self.bans.find(connection.key, connection.peer_id, connection.address)
-            if ban is not None:
-                self.stats["banned_closed"] += 1
-                self.spawn(connection.expel(ban.message(), codes.BANNED, "Banned"))
-
-    def introduce(self, workers):
-        """Tell ``workers``, new to this one, every peer it holds.
-
-        What this worker announced before it knew of them never reached
-        them, and without the database (its directory refresh) they would
-        not learn it: an empty list says hello, and their answer brings
-        theirs.
-        """
-        if self.transport is None:
-            return
-        message = self._directory_message([list(peer) for peer in self.local], [])
-        for worker in workers:
-            self.transport.send(worker, message)
-
-    def learn(self, worker, here, gone):
-        """Another worker's announcement: peers it now holds, peers it let go."""
-        if worker not in self.workers:
-            self.workers.add(worker)
-            self.introduce([worker])
-        for key, peer_id in here:
-            peer = (key, peer_id)
-            if peer in self.local:
-                continue
-            previous = self.directory.get(peer)
-            if previous is None:
-                previous, _ = self.departed.pop(peer, (None, None))
-            self.directory[peer] = worker
-            if previous not in (None, worker) and peer not in self.moving:
-                # It moved (its old worker died or let it go) while frames for
-                # it may still be on their way there: what comes next waits
-                # until those are settled, so that none overtakes them.
-                self.moving[peer] = _Held()
-                self.spawn(self._moved(peer, previous))
-        for key, peer_id in gone:
-            # Only if it still says so: the peer may have moved on meanwhile.
-            if self.directory.get((key, peer_id)) == worker:
-                del self.directory[key, peer_id]
-
-    def forget_departed(self):
-        """Drop old routes nothing can be on its way to any more (called by the expiry sweep)."""
-        cutoff = self.loop.time() - DEPARTED_KEPT
-        for peer in [peer for peer, (_worker, since) in self.departed.items() if since < cutoff]:
-            del self.departed[peer]
-
-    async def _moved(self, peer, previous):
-        try:
-            await self.transport.settled(previous)
-        finally:
-            held = self.moving.pop(peer)
-            for src, kind, frame, hops in held.frames:
-                self.route(peer[0], src, peer[1], kind, frame, hops)
+                self.spawn(bans.refresh(self))
 
     def undelivered(self, worker, messages, reason):
         """Messages for ``worker`` that did not arrive.
@@ -553,14 +396,11 @@ class Hub:
             if message.get("type") != "peerjs.relay":
                 continue  # announcements, drains and closes are best effort
             key, src, dst, kind = message["key"], message["src"], message["dst"], message["kind"]
-            if reason == GONE and self.directory.get((key, dst)) == worker:
-                del self.directory[key, dst]  # nobody reads that worker's inbox: forget the route
-                # Other frames may still be on their way there: if the peer
-                # turns up elsewhere, those go first (see learn).
-                self.departed[key, dst] = (worker, self.loop.time())
+            if reason == GONE:
+                self.directory.inbox_gone((key, dst), worker)
             if reason == GONE or kind == protocol.EXPIRE:
                 # Where the peer is now; the server's own EXPIRE tries that too.
-                held = self.moving.get((key, dst))
+                held = self.directory.moving.get((key, dst))
                 if held is not None:  # ahead of what was held back behind it
                     held.put_back(src, kind, message["frame"], message["hops"])
                 else:
@@ -568,19 +408,6 @@ class Hub:
             elif kind in protocol.QUEUED and (key, src, dst) not in told:
                 told.add((key, src, dst))
                 self.tell_expire(key, dst, src)
-
-
-class _Held:
-    """Frames for a peer that moved, held until what was sent to its old worker is settled."""
-
-    def __init__(self):
-        self.frames = []  # (src, kind, frame, hops), in the order they are to go
-        self.returned = 0  # frames handed back by the old worker's inbox, at the front
-
-    def put_back(self, src, kind, frame, hops):
-        """A frame the old worker never got: older than anything held since."""
-        self.frames.insert(self.returned, (src, kind, frame, hops))
-        self.returned += 1
 
 
 def request_disconnect(peer):

@@ -1,5 +1,8 @@
 """Frames for peers that are not connected: into the database's queue, in batches.
 
+This module holds both ends of the queue: frames going in (:meth:`OfflineQueue.put`)
+and a connected peer taking what waits for it (:meth:`OfflineQueue.drain`).
+
 A peer that bursts thousands of frames at an offline id must not cost the
 database a round trip each, nor hold the registry's threads while other
 sockets wait to open. So a frame for an offline peer is only appended here;
@@ -14,6 +17,7 @@ receiver but no client can grow the database without bound. A refused frame
 earns its sender one EXPIRE per destination.
 """
 import collections
+import functools
 import logging
 
 from signaling import protocol, registry
@@ -103,7 +107,7 @@ class OfflineQueue:
                 # Destinations that connected while their frames were on the
                 # way in: whoever holds them takes the queue again.
                 for key, dst, worker in set(registered):
-                    self.hub.drain_at(worker, key, dst)
+                    self.drain_at(worker, key, dst)
         finally:
             self.writer = None
 
@@ -115,7 +119,7 @@ class OfflineQueue:
         """
         _refused, registered = result
         for key, dst, worker in set(registered):
-            self.hub.drain_at(worker, key, dst)
+            self.drain_at(worker, key, dst)
 
     def _landed(self, batch):
         for entry in batch:
@@ -123,6 +127,50 @@ class OfflineQueue:
             self.in_flight[place] -= 1
             if not self.in_flight[place]:
                 del self.in_flight[place]
+
+    def drain_at(self, worker, key, dst):
+        """Have whoever holds ``dst`` take its queue again."""
+        if worker == self.hub.name:
+            self.drain(key, dst)
+        elif self.hub.transport is not None:
+            self.hub.transport.send(worker, {"type": "peerjs.drain", "key": key, "dst": dst})
+
+    # Out of the queue.
+
+    def drain(self, key, dst):
+        """Deliver to a peer of this worker whatever is queued for it now.
+
+        A worker asks for a drain after it queued, and sends whatever comes
+        next straight here: from this call on (not from when the queue is
+        read) those frames wait until the queue is read, so that none
+        overtakes what was queued before it.
+        """
+        connection = self.hub.local.get((key, dst))
+        if connection is None:
+            return
+        connection.drain_again = True
+        if connection.held is None:  # else the drain under way reads the queue once more
+            connection.held, connection.held_front = [], 0
+            self.hub.spawn(self._drain(connection, key, dst))
+
+    async def _drain(self, connection, key, dst):
+        try:
+            while connection.drain_again:
+                connection.drain_again = False
+                try:
+                    frames = await self.hub.db(
+                        registry.take_queued, key, dst, late=functools.partial(self.hub.reroute, key, dst)
+                    )
+                except DatabaseUnavailable:
+                    break  # still queued: it expires, or the next drain takes it
+                # One read after another, so what one took never overtakes what another took.
+                front = connection.held_front
+                connection.held[front:front] = frames
+                connection.held_front += len(frames)
+        finally:
+            held, connection.held = connection.held, None
+            for frame, src, kind in held:
+                connection.deliver(frame, src, kind)
 
     def forget_idle_senders(self):
         """Drop the windows of senders that queued nothing lately (called by the expiry sweep)."""

@@ -30,13 +30,14 @@ Every worker runs these; the database makes sure each job is done once.
   rows are removed before the ASGI server stops.
 """
 import asyncio
+import functools
 import logging
 import os
 import signal
 import threading
 import weakref
 
-from signaling import codes, metrics, registry, webhooks
+from signaling import bans, codes, metrics, registry, webhooks
 from signaling.db import DatabaseUnavailable
 from signaling.hub import get_hub
 
@@ -65,14 +66,14 @@ class Services:
             await self.refresh_directory()
         except DatabaseUnavailable:
             pass  # the next refresh fills it; until then frames take the registry's way
-        await hub.refresh_bans()
+        await bans.refresh(hub)
         o = hub.options
         self.tasks = [
             hub.loop.create_task(self._every(o.worker_beat / 1000, self.beat)),
             hub.loop.create_task(self._every(o.cleanup_out_msgs / 1000, self.expire)),
             hub.loop.create_task(self._every(min(o.alive_timeout / 4, 5000) / 1000, self.check_liveness)),
             hub.loop.create_task(self._every(DIRECTORY_REFRESH, self.refresh_directory)),
-            hub.loop.create_task(self._every(o.ban_refresh / 1000, hub.refresh_bans)),
+            hub.loop.create_task(self._every(o.ban_refresh / 1000, functools.partial(bans.refresh, hub))),
         ]
         self._drain_on_sigterm()
         logger.info("worker %s started", hub.name)
@@ -127,14 +128,13 @@ class Services:
             unreleased, hub.unreleased = hub.unreleased, set()
             await hub.db(registry.release_connections, [connection for _k, _p, connection in unreleased])
         live = set(await hub.db(registry.live_workers, o.worker_timeout)) - {hub.name}
-        hub.introduce(live - hub.workers)
-        hub.workers = live
+        hub.directory.meet(live)
         if now - self.beats_ok_since > o.worker_timeout / 1000:
             dead, freed = await hub.db(registry.reap, o.worker_timeout)
             if dead or freed:
                 hub.stats["workers_reaped"] += len(dead)
                 logger.warning("reaped workers %s and %d peer rows", dead, freed)
-                hub.directory = {peer: w for peer, w in hub.directory.items() if w not in dead}
+                hub.directory.forget_workers(dead)
         cutoff = hub.loop.time() - o.worker_beat / 1000
         active = [c.connection_id for c in hub.local.values() if c.last_frame >= cutoff]
         if active:
@@ -144,11 +144,7 @@ class Services:
         hub = self.hub
         if hub.transport is None:
             return
-        rows = await hub.db(registry.locations)
-        hub.directory = {
-            (key, peer_id): worker for key, peer_id, worker in rows
-            if worker != hub.name and (key, peer_id) not in hub.local
-        }
+        hub.directory.reseed(await hub.db(registry.locations))
 
     # Expiry and liveness.
 
@@ -157,7 +153,7 @@ class Services:
         hub = self.hub
         hub.expire_unknown()
         hub.offline.forget_idle_senders()
-        hub.forget_departed()
+        hub.directory.forget_departed()
         # A late answer (signaling.db) still tells the senders: the rows are gone.
         self._expired(await hub.db(registry.take_expired, late=self._expired))
 

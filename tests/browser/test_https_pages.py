@@ -7,7 +7,6 @@ browser accepts one mkcert installed. A cue crosses from sender to receiver,
 whose PeerJS clients signal over wss://.
 """
 import pytest
-from playwright.sync_api import expect
 
 from tests.browser.test_cue_pages import connect, expect_lit, open_receiver, open_sender
 from tests.conftest import TEST_ENV
