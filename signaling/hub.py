@@ -39,6 +39,7 @@ import socket
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.db import transaction
 from django.utils import timezone
 
 from signaling import bans, codes, protocol, registry, signals
@@ -56,14 +57,65 @@ RETRY = "retry"  # register() outcome while the database is away
 MAX_UNKNOWN = 10_000  # frames for impossible ids awaiting their EXPIRE; past it, EXPIRE at once
 MAX_HOPS = 3  # forwards of one frame between workers before it is queued instead
 MAX_OPENING = 16  # sockets a worker opens at once; more wait their turn (see PeerConsumer.connect)
+TAKES_QUEUE = (registry.CLAIMED, registry.REPLACED)  # claim outcomes whose socket gets what was queued for its id
 
 
-def _claim_and_take_queue(request, worker, connection_id, address, limit):
-    """Claim an id and take what was queued for it, in one trip to the database."""
-    claim = registry.claim(request.key, request.peer_id, request.token, worker, connection_id, address, limit)
-    if claim.outcome in (registry.CLAIMED, registry.REPLACED):
-        return claim, registry.take_queued(request.key, request.peer_id)
-    return claim, []
+def _claim_and_take_queues(requests):
+    """Claim ids and take what was queued for each claimed one, in one trip to the database."""
+    with transaction.atomic():
+        claims = registry.claim_all(requests)
+        return [
+            (claim, registry.take_queued(request.key, request.peer_id) if claim.outcome in TAKES_QUEUE else [])
+            for request, claim in zip(requests, claims)
+        ]
+
+
+class Claims:
+    """A worker's claims of ids, sent to the registry together.
+
+    While one batch is at the database the next gathers: in a reconnect
+    storm a batch holds every socket waiting to open (up to MAX_OPENING),
+    and costs the registry one turn of the key's lock and one commit.
+    """
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.pending = []  # (ClaimRequest, future of (Claim, queued frames))
+        self.running = False
+
+    async def claim(self, request):
+        future = self.hub.loop.create_future()
+        self.pending.append((request, future))
+        if not self.running:
+            self.running = True
+            self.hub.spawn(self._run())
+        return await future
+
+    async def _run(self):
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                requests = [request for request, _future in batch]
+                try:
+                    results = await self.hub.db(
+                        _claim_and_take_queues, requests, late=functools.partial(self._late, requests)
+                    )
+                except DatabaseUnavailable as exc:
+                    for _request, future in batch:
+                        if not future.done():
+                            future.set_exception(DatabaseUnavailable(str(exc)))
+                    continue
+                for (request, future), result in zip(batch, results):
+                    if future.done():  # its socket's open was cancelled meanwhile
+                        self.hub.claimed_late(request, result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self.running = False
+
+    def _late(self, requests, results):
+        for request, result in zip(requests, results):
+            self.hub.claimed_late(request, result)
 
 
 def _worker_name():
@@ -95,6 +147,7 @@ class Hub:
         self.db = Database(self.stats, threads=4, name="registry")
         self.db_aside = Database(self.stats, threads=1, name="registry-beat")
         self.offline = OfflineQueue(self)
+        self.claims = Claims(self)
         layer = get_channel_layer()
         self.transport = None
         if layer is not None:
@@ -145,10 +198,10 @@ class Hub:
         if self.stopping:
             return STOPPING
         try:
-            claim, queued = await self.db(
-                _claim_and_take_queue, request, self.name, connection.connection_id, connection.address, limit,
-                late=functools.partial(self._claimed_late, request.key, request.peer_id, connection.connection_id),
-            )
+            claim, queued = await self.claims.claim(registry.ClaimRequest(
+                request.key, request.peer_id, request.token, self.name, connection.connection_id,
+                connection.address, limit,
+            ))
         except DatabaseUnavailable:
             return RETRY
         if claim.outcome in (registry.TAKEN, registry.FULL):
@@ -164,7 +217,7 @@ class Hub:
             )
         return claim.outcome
 
-    def _claimed_late(self, key, peer_id, connection_id, result):
+    def claimed_late(self, request, result):
         """A claim the database carried out after its socket heard 'try again' (signaling.db).
 
         Its row would hold the id for a socket that is gone, and the frames
@@ -173,14 +226,14 @@ class Hub:
         that has just left (queued again, or delivered if it is back).
         """
         claim, queued = result
-        if claim.outcome not in (registry.CLAIMED, registry.REPLACED):
+        if claim.outcome not in TAKES_QUEUE:
             return
         if claim.outcome == registry.REPLACED:
             self.close_connection(
                 claim.previous_worker, claim.previous_connection, codes.REPLACED,
                 "Replaced by a newer connection with the same id",
             )
-        self.spawn(self._release_late(key, peer_id, connection_id, queued))
+        self.spawn(self._release_late(request.key, request.peer_id, request.connection, queued))
 
     async def _release_late(self, key, peer_id, connection_id, queued):
         try:

@@ -60,11 +60,10 @@ def _now():
 # Opening and closing sockets are the registry's busiest work, so these
 # statements are written out: the ORM spent more time building them than the
 # database spent running them.
-_CLAIM = """
+_INSERT = """
     INSERT INTO {table} ({key}, {peer_id}, {token_hash}, {worker}, {connection},
                          {address}, {connected_at}, {last_seen})
-    SELECT %s, %s, %s, %s, %s, %s, %s, %s
-    WHERE (SELECT COUNT(*) FROM {table} WHERE {key} = %s) < %s
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT ({key}, {peer_id}) DO NOTHING
 """
 _HOLDER = "SELECT {token_hash}, {worker}, {connection} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
@@ -75,47 +74,92 @@ _TAKE_OVER = """
     WHERE {key} = %s AND {peer_id} = %s AND {connection} = %s
 """
 _RELEASE = "DELETE FROM {table} WHERE {key} = %s AND {peer_id} = %s AND {connection} = %s"
+# The keys' turns, taken in one order (of the lock ids) by every worker, so
+# that two batches never wait for each other's locks.
+_LOCK_KEYS = """
+    SELECT pg_advisory_xact_lock(lock_id)
+    FROM (SELECT DISTINCT hashtext(k) AS lock_id FROM unnest(%s::text[]) AS k ORDER BY lock_id) AS turns
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimRequest:
+    key: str
+    peer_id: str
+    token: str
+    worker: str
+    connection: str
+    address: str
+    limit: int  # the app's concurrent limit
 
 
 def claim(key, peer_id, token, worker, connection_id, address, limit):
-    """Register ``peer_id`` of app ``key`` for this socket, or say why not.
+    """Register ``peer_id`` of app ``key`` for this socket, or say why not (see :func:`claim_all`)."""
+    return claim_all([ClaimRequest(key, peer_id, token, worker, connection_id, address, limit)])[0]
+
+
+def claim_all(requests):
+    """Claim each request's id for its socket, or say why not; the outcomes, in order.
 
     The unique constraint on (key, id) decides races: of two sockets
     inserting the same id at once, exactly one insert succeeds and the
     other sees the winner's row. The concurrent limit is exact too: the
     claims of one key take turns (SQLite's write lock, a PostgreSQL
     advisory lock per key), so two new peers never both take the last place.
+
+    One transaction for them all: a reconnect storm brings a worker
+    thousands of claims within seconds, and with one turn, one count of the
+    key's peers and one commit per claim they queued behind each other's
+    commits (40 s for 5 000 peers on PostgreSQL, profiled). Requests later
+    in the list see what earlier ones claimed.
     """
-    token_hash = hash_token(token)
+    outcomes = []
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
-        for _attempt in range(5):
-            now = _now()
+            cursor.execute(_LOCK_KEYS, [sorted({request.key for request in requests})])
+        counts = {}  # key -> its peers now, counted once the key has its turn
+        for request in requests:
+            if request.key not in counts:
+                cursor.execute(_sql(Peer, _COUNT), [request.key])
+                counts[request.key] = cursor.fetchone()[0]
+            outcome = _claim(cursor, request, counts)
+            if outcome.outcome == CLAIMED:
+                counts[request.key] += 1
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _claim(cursor, request, counts):
+    key, peer_id = request.key, request.peer_id
+    token_hash = hash_token(request.token)
+    for _attempt in range(5):
+        now = _now()
+        if counts[key] < request.limit:
             cursor.execute(
-                _sql(Peer, _CLAIM),
-                [key, peer_id, token_hash, worker, connection_id, address, now, now, key, limit],
+                _sql(Peer, _INSERT),
+                [key, peer_id, token_hash, request.worker, request.connection, request.address, now, now],
             )
             if cursor.rowcount == 1:
                 return Claim(CLAIMED)
-            cursor.execute(_sql(Peer, _HOLDER), [key, peer_id])
-            row = cursor.fetchone()
-            if row is None:
-                cursor.execute(_sql(Peer, _COUNT), [key])
-                if cursor.fetchone()[0] >= limit:
-                    return Claim(FULL)
-                continue  # the holder left a moment ago: try again
-            held_hash, held_worker, held_connection = row
-            if held_hash != token_hash:
-                return Claim(TAKEN)
-            # The same client reconnecting while its old socket lingers: take
-            # over, unless another socket changed the row since we read it.
-            cursor.execute(
-                _sql(Peer, _TAKE_OVER),
-                [worker, connection_id, address, now, now, key, peer_id, held_connection],
-            )
-            if cursor.rowcount == 1:
-                return Claim(REPLACED, held_worker, held_connection)
+        cursor.execute(_sql(Peer, _HOLDER), [key, peer_id])
+        row = cursor.fetchone()
+        if row is None:
+            if counts[key] >= request.limit:
+                # Counted at the start of the turn: a peer that left since
+                # may have made room, but this never lets in one too many.
+                return Claim(FULL)
+            continue  # the holder left a moment ago: try again
+        held_hash, held_worker, held_connection = row
+        if held_hash != token_hash:
+            return Claim(TAKEN)
+        # The same client reconnecting while its old socket lingers: take
+        # over, unless another socket changed the row since we read it.
+        cursor.execute(
+            _sql(Peer, _TAKE_OVER),
+            [request.worker, request.connection, request.address, now, now, key, peer_id, held_connection],
+        )
+        if cursor.rowcount == 1:
+            return Claim(REPLACED, held_worker, held_connection)
     return Claim(TAKEN)
 
 

@@ -75,6 +75,54 @@ def test_concurrent_claims_for_the_last_place_have_one_winner():
     assert Peer.objects.count() == 2
 
 
+def test_a_batch_of_claims_sees_its_own_earlier_claims():
+    """What a reconnect storm sends the registry in one transaction: each claim as if it came alone, in order."""
+    claim("held", key="theatre", token="theirs", connection_id="c0")
+
+    def request(peer_id, token, connection_id, key="theatre", limit=3):
+        return registry.ClaimRequest(key, peer_id, token, "w2", connection_id, "127.0.0.1", limit)
+
+    outcomes = registry.claim_all([
+        request("a", "t1", "c1"),
+        request("a", "t1", "c2"),  # the same client again: takes over from c1
+        request("a", "t2", "c3"),  # another client: a is taken
+        request("held", "mine", "c4"),  # held before the batch
+        request("b", "t4", "c5"),  # the third of theatre's three places
+        request("c", "t5", "c6"),  # one too many
+        request("c", "t5", "c7", key="school"),  # another key, its own places
+    ])
+    assert [o.outcome for o in outcomes] == [
+        registry.CLAIMED, registry.REPLACED, registry.TAKEN, registry.TAKEN,
+        registry.CLAIMED, registry.FULL, registry.CLAIMED,
+    ]
+    assert (outcomes[1].previous_worker, outcomes[1].previous_connection) == ("w2", "c1")
+    assert Peer.objects.filter(key="theatre").count() == 3
+    assert Peer.objects.get(key="theatre", peer_id="a").connection == "c2"
+
+
+def test_concurrent_batches_for_the_last_places_never_overfill():
+    claim("first", limit=4)
+    outcomes = []
+    barrier = threading.Barrier(4)
+
+    def racer(n):
+        barrier.wait()
+        batch = [
+            registry.ClaimRequest("peerjs", f"new{n}-{i}", f"t{n}", "w1", f"c{n}-{i}", "127.0.0.1", 4)
+            for i in range(3)
+        ]
+        outcomes.extend(o.outcome for o in registry.claim_all(batch))
+        connection.close()
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == [registry.CLAIMED] * 3 + [registry.FULL] * 9
+    assert Peer.objects.count() == 4
+
+
 def test_concurrent_claims_of_one_id_have_one_winner():
     outcomes = []
     barrier = threading.Barrier(4)
