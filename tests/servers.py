@@ -304,6 +304,43 @@ class RedisServer:
             self.proc.wait(10)
 
 
+class Forwarder:
+    """A TCP path to 127.0.0.1:``target`` through tests/forwarder.py, a process of its own.
+
+    Give one worker its database or Redis through it (:meth:`through`), and
+    :meth:`kill` (SIGKILL) makes an outage that worker alone sees: its
+    connections break at once and new ones are refused. :meth:`start` brings
+    the path back on the same port.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.forwarder", str(self.port), str(self.target)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        said = self.proc.stdout.readline().strip()  # "listening", or nothing if it died
+        if said != "listening":
+            self.kill()
+            raise RuntimeError(f"the forwarder to port {self.target} did not start (exit {self.proc.returncode})")
+
+    def through(self, url):
+        """``url`` (of the server on ``target``) by way of this forwarder."""
+        assert f":{self.target}/" in url, url
+        return url.replace(f":{self.target}/", f":{self.port}/")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
 def free_udp_and_tcp_port():
     """A port free for both UDP and TCP on loopback (a TURN server listens on both)."""
     while True:
