@@ -23,8 +23,8 @@ import websockets
 
 from tests.client import connect, roundtrip
 from tests.conftest import TEST_ENV
-from tests.servers import Database, Forwarder, Worker, wait_until
-from tests.test_database_outage import REACHABLE, UNREACHABLE
+from tests.servers import BASE, Database, Forwarder, Nginx, Worker, wait_until
+from tests.test_database_outage import REACHABLE, UNREACHABLE, assert_unavailable, told_to_try_again
 from tests.test_metrics import samples, scrape, value
 
 pytestmark = pytest.mark.cluster
@@ -187,3 +187,87 @@ async def test_a_worker_that_cannot_hear_redis_turns_away_what_nginx_may_send_el
     finally:
         worker.stop()
         forwarder.kill()
+
+
+# --- through nginx -----------------------------------------------------------------------
+
+
+@pytest.mark.own_postgres
+async def test_nginx_sends_new_sockets_to_workers_that_can_register_them(private_postgres, redis_server):
+    """(a) worker A alone loses its database: every new socket opens, on B; (b) the database
+    is away for both: a socket hears 'try again' and 1013, /id answers 503, pages load;
+    (c) the database back, new sockets open on both workers again."""
+    database = Database(private_postgres.admin_url)
+    forwarder = Forwarder(private_postgres.port)
+    env = {**TEST_ENV, **PROXIED, "REDIS_URL": redis_server.url}
+    workers, nginx = [], None
+    try:
+        a = Worker(database, {**env, "DATABASE_URL": forwarder.through(database.url)}, server="uvicorn", name="a")
+        workers.append(a)
+        b = Worker(database, env, server="uvicorn", name="b")
+        workers.append(b)
+        nginx = Nginx([a, b])
+        name = {
+            worker: database.query("SELECT name FROM signaling_worker WHERE pid = ?", (worker.proc.pid,))[0][0]
+            for worker in workers
+        }
+
+        # (a) A alone has lost its database.
+        forwarder.kill()
+        peers = [await connect(nginx) for _ in range(20)]  # each hears OPEN
+        registered = dict(database.query("SELECT peer_id, worker FROM signaling_peer"))
+        assert {registered[peer.peer_id] for peer in peers} == {name[b]}
+        await roundtrip(peers[0], peers[-1])
+        # A was asked (it holds the fewest sockets) and turned sockets away
+        # with 503; it accepted none only to refuse it.
+        assert opened(a, "elsewhere") >= 1
+        assert opened(a, "retry") == 0 and opened(a, "open") == 0
+        taken_out = [line for line in nginx.log("error.log").splitlines() if "temporarily disabled" in line]
+        assert any(f"127.0.0.1:{a.port}" in line for line in taken_out), taken_out  # nginx took it out
+        for peer in peers:
+            await peer.close()
+
+        # (b) The database is away for both workers. A fresh nginx, which
+        # has taken no worker out yet, asks each in turn.
+        nginx.stop()
+        private_postgres.stop()
+        try:
+            nginx = Nginx([a, b])
+            turned_away_before = {worker: opened(worker, "elsewhere") for worker in workers}
+            # Every worker turns the socket away; nginx's last try, without
+            # the header, has it accepted and answered.
+            assert await told_to_try_again(nginx)
+            for worker in workers:
+                assert opened(worker, "elsewhere") == turned_away_before[worker] + 1
+            # Every worker failed nginx's last request: nginx took them all
+            # out, and pages and the API still answer.
+            assert_unavailable(nginx, f"{BASE}/peerjs/id")
+            status, _, page = nginx.get("/")
+            assert status == 200 and "<html" in page.lower()
+            assert nginx.get(f"{BASE}/")[0] == 200
+            assert await told_to_try_again(nginx)
+        finally:
+            private_postgres.start()
+
+        # (c) Back for both: once each worker's database calls succeed again,
+        # new sockets open on both (on A once nginx's fail_timeout is over).
+        forwarder.start()
+        for worker in workers:
+            wait_until(lambda worker=worker: REACHABLE in worker.read_log(), 20, "the database calls to succeed again")
+        opened_after, where = [], set()
+        deadline = time.monotonic() + 30
+        while where != {name[a], name[b]}:
+            assert time.monotonic() < deadline, f"new sockets opened only on {where}"
+            peer = await connect(nginx)  # OPEN, each one
+            opened_after.append(peer)
+            where.add(dict(database.query("SELECT peer_id, worker FROM signaling_peer"))[peer.peer_id])
+            await asyncio.sleep(0.2)
+        await roundtrip(opened_after[0], opened_after[-1])
+        await roundtrip(opened_after[-1], opened_after[0])
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        for worker in workers:
+            worker.stop()
+        forwarder.kill()
+        database.drop()
