@@ -11,7 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from p2psite import asgi_servers  # noqa: E402
 from signaling.conf import options  # noqa: E402
-from signaling.health import refuse_sockets_while_draining  # noqa: E402
+from signaling.readiness import refuse_sockets_when_unready  # noqa: E402
 from signaling.services import running_hub  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
@@ -39,9 +39,10 @@ async def lifespan(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # A draining worker refuses new sockets with 503, which nginx retries
-        # on another worker (signaling/health.py).
-        "websocket": refuse_sockets_while_draining(URLRouter(websocket_urlpatterns)),
+        # A worker that drains, or cannot register peers now, answers new
+        # sockets with 503, which nginx retries on another worker
+        # (signaling/readiness.py).
+        "websocket": refuse_sockets_when_unready(URLRouter(websocket_urlpatterns)),
         "lifespan": lifespan,
     }
 )

@@ -23,7 +23,8 @@
 #   DJANGO_SECRET_KEY  shared by the workers (a fresh random one per run)
 #   NGINX              the nginx binary (/usr/sbin/nginx)
 #   UPSTREAMS          --render-nginx only: the upstream directives
-#                      ("server 127.0.0.1:8001; server 127.0.0.1:8002;")
+#                      ("server 127.0.0.1:8001; server 127.0.0.1:8002;"); the
+#                      last try's list names the same servers with max_fails=0
 #   ACCESS_LOG         --render-nginx only: the access log (DIR/logs/access.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,12 +37,27 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # --- nginx configuration ------------------------------------------------------
 
+# last_try_upstreams UPSTREAMS: the same servers, each "server ADDRESS
+# max_fails=0;", for the template's last try (which must never take a worker
+# out); docker-compose.yml spells out the same for its workers.
+last_try_upstreams() {
+  local entry out=
+  local -a entries words
+  IFS=';' read -ra entries <<< "$1"
+  for entry in "${entries[@]}"; do
+    read -ra words <<< "$entry"
+    [ "${words[0]:-}" = server ] && out+="server ${words[1]} max_fails=0; "
+  done
+  printf '%s' "${out% }"
+}
+
 # render_nginx DIR PORT UPSTREAMS [ACCESS_LOG]: a self-contained nginx prefix in
-# DIR whose nginx.conf includes the template rendered with PORT, UPSTREAMS,
-# ACCESS_LOG and the TLS directives deploy/nginx/tls.envsh makes from
-# PEERSERVER_HTTPS (and _TLS_PORT, _TLS_CERT, _TLS_KEY). Only the template's
-# PEERSERVER_ variables are replaced, as the official nginx image does with
-# NGINX_ENVSUBST_FILTER=^PEERSERVER_ in docker-compose.yml.
+# DIR whose nginx.conf includes the template rendered with PORT, UPSTREAMS (and
+# the last try's list made from them), ACCESS_LOG and the TLS directives
+# deploy/nginx/tls.envsh makes from PEERSERVER_HTTPS (and _TLS_PORT, _TLS_CERT,
+# _TLS_KEY). Only the template's PEERSERVER_ variables are replaced, as the
+# official nginx image does with NGINX_ENVSUBST_FILTER=^PEERSERVER_ in
+# docker-compose.yml.
 render_nginx() {
   local dir=$1 port=$2 upstreams=$3 access_log=${4:-$1/logs/access.log} conf
   [ -r "$TEMPLATE" ] || die "missing $TEMPLATE"
@@ -53,6 +69,7 @@ render_nginx() {
   conf=$(<"$TEMPLATE")
   conf=${conf//'${PEERSERVER_PORT}'/"$port"}
   conf=${conf//'${PEERSERVER_UPSTREAMS}'/"$upstreams"}
+  conf=${conf//'${PEERSERVER_LAST_TRY_UPSTREAMS}'/"$(last_try_upstreams "$upstreams")"}
   conf=${conf//'${PEERSERVER_ACCESS_LOG}'/"$access_log"}
   conf=${conf//'${PEERSERVER_TLS}'/"$PEERSERVER_TLS"}
   case $conf in
@@ -128,7 +145,7 @@ case $ASGI_SERVER in
 esac
 
 # A worker that fails a request (refused, timed out, 502/503) gets no traffic
-# for fail_timeout; see the template's proxy_next_upstream.
+# for fail_timeout; see the template's proxy_next_upstream and its last try.
 worker_ports=()
 upstreams=
 for ((i = 0; i < WORKERS; i++)); do

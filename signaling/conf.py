@@ -40,9 +40,10 @@ SCHEMA = {
     "ALLOW_DISCOVERY": ("PEERJS_ALLOW_DISCOVERY", False, env.boolean),
     # Behind a reverse proxy: take the client address from X-Forwarded-For.
     "PROXIED": ("PEERJS_PROXIED", False, env.boolean),
-    # With PROXIED: the proxies whose X-Forwarded-For is believed (addresses or
-    # networks; "*" any sender, for a network only the proxy can reach). A
-    # client that reaches a worker past the proxy is known by its own address.
+    # With PROXIED: the proxies whose X-Forwarded-For (and X-PeerJS-Retry-Elsewhere,
+    # signaling.readiness) is believed (addresses or networks; "*" any sender,
+    # for a network only the proxy can reach). A client that reaches a worker
+    # past the proxy is known by its own address.
     "TRUSTED_PROXIES": ("PEERJS_TRUSTED_PROXIES", ["127.0.0.1", "::1"], env.string_list),
     # Origins allowed to call the HTTP API and open sockets; "*" allows any.
     "CORS_ORIGINS": ("PEERJS_CORS_ORIGINS", ["*"], env.string_list),

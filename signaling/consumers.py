@@ -11,7 +11,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from signaling import codes, limits, metrics, protocol, registry, signals, tokens
+from signaling import codes, limits, metrics, protocol, readiness, registry, signals, tokens
 from signaling import hub as hubs
 from signaling.applications import aget_app
 from signaling.auth import FOREIGN_ORIGIN, LOGIN_REQUIRED, origin_may_use_session, session_user
@@ -44,6 +44,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.peer_id = None
         self.closing = False
         self.writer = None
+        self.accepted = False
         try:
             while True:
                 await self.dispatch(await receive())
@@ -104,6 +105,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.last_frame = self.hub.loop.time()
         self.allowance = float(self.options.flood_burst)
         self.throttled_since = None
+        # A socket nginx may send to another worker is accepted only once its
+        # claim is made: if this worker cannot register its peer, nginx gets
+        # a 503 and asks the next worker (signaling.readiness).
+        self.elsewhere = readiness.may_go_elsewhere(self.scope, self.options)
         stats = self.hub.stats
         query = _query(self.scope)
 
@@ -112,14 +117,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
         verdict = await limiter.ahit(limits.OPEN, self.address)
         if verdict.over:
             stats["sockets_opened:limited"] += 1
-            await self.accept()
             await self.refuse(protocol.error_frame(MSG_RATE_LIMITED.format(verdict.retry_after)))
             return
         try:
             app = await aget_app(query["key"]) if query.get("key") else None
         except (DatabaseUnavailable, *UNREACHABLE):
             # An app never read before, and the database away: nobody can say.
-            await self.accept()
             await self.try_again()
             return
         if not (app or self.options).origin_allowed(header(self.scope, b"origin")):
@@ -128,10 +131,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         if not self.hub.attach(self):
             stats["sockets_opened:refused"] += 1
-            await self.accept()
             await self.refuse(protocol.error_frame(MSG_TOO_MANY_SOCKETS))
             return
-        await self.accept()
+        if not self.elsewhere:
+            await self.accept()
         try:
             request = protocol.check_connect(query, self.options.id_max_length, key_known=app is not None)
         except protocol.ProtocolError as exc:
@@ -142,6 +145,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         ban = self.hub.bans.find(request.key, request.peer_id, self.address)
         if ban is not None:
             stats["sockets_opened:banned"] += 1
+            await self.accept()
             await self.send(text_data=protocol.error_frame(ban.message()))
             await self.close_with(codes.BANNED)
             return
@@ -159,9 +163,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.key, self.peer_id = request.key, request.peer_id
         outcome = await self.hub.register(self, request, app.concurrent_limit)
         if outcome == hubs.STOPPING:
+            self.peer_id = None
+            if not self.accepted:
+                await self.turn_away(readiness.DRAINING)
+                return
             # No ERROR frame: the client would give up. A plain close makes it
             # reconnect, through the load balancer, to a worker that stays.
-            self.peer_id = None
             stats["sockets_opened:retry"] += 1
             await self.close_with(codes.GOING_AWAY)
         elif outcome == hubs.RETRY:
@@ -177,6 +184,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.refuse(protocol.error_frame(protocol.MSG_LIMIT))
         else:
             self.peer = (self.key, self.peer_id)
+            await self.accept()
             stats["sockets_opened:open"] += 1
             await self.hub.directory.announced()
             await self.send(text_data=protocol.OPEN_FRAME)
@@ -205,13 +213,35 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return dataclasses.replace(request, token=f"user:{user.pk}")
         return request
 
+    async def accept(self, subprotocol=None, headers=None):
+        # Once, on whichever path of open_socket needs it first.
+        if not self.accepted:
+            self.accepted = True
+            await super().accept(subprotocol, headers)
+
     async def try_again(self):
-        """The database is away: say so, and close with 1013 (Try Again Later)."""
+        """The database is away: another worker may take the socket, else the client tries again later.
+
+        Not accepted yet, a socket nginx may send elsewhere is turned away
+        with 503; any other hears ERROR "try again" and is closed with 1013
+        (Try Again Later).
+        """
+        if not self.accepted and self.elsewhere:
+            await self.turn_away(readiness.DATABASE)
+            return
         self.hub.stats["sockets_opened:retry"] += 1
+        await self.accept()
         await self.send(text_data=protocol.error_frame(MSG_TRY_AGAIN))
         await self.close_with(codes.TRY_AGAIN)
 
+    async def turn_away(self, why):
+        """Answer the handshake with 503, for nginx to ask another worker; the socket never opens."""
+        self.hub.stats["sockets_opened:elsewhere"] += 1
+        self.closing = True
+        await readiness.turn_away(self.base_send, why)
+
     async def refuse(self, frame):
+        await self.accept()
         await self.send(text_data=frame)
         await self.close_with(codes.POLICY)
 

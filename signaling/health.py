@@ -140,33 +140,6 @@ async def metrics(request):
 PROBES = {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
 
 
-def refuse_sockets_while_draining(app):
-    """Wrap the WebSocket app: while this worker drains, refuse handshakes with HTTP 503.
-
-    nginx retries a 503 on another worker (proxy_next_upstream http_503) and
-    leaves this one out for a while, so a new socket lands on a worker that
-    stays. Accepted and then closed (what the consumer does while draining)
-    the client would have to reconnect, and nginx's least_conn would likely
-    send it back here, to the worker with the fewest sockets. Servers without
-    the ASGI denial-response extension (daphne) get the consumer's close.
-    """
-
-    async def app_unless_draining(scope, receive, send):
-        hub = current_hub()
-        if hub is not None and hub.stopping and "websocket.http.response" in scope.get("extensions", {}):
-            await receive()  # websocket.connect
-            await send({
-                "type": "websocket.http.response.start",
-                "status": 503,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1")],
-            })
-            await send({"type": "websocket.http.response.body", "body": b"This worker is shutting down.\n"})
-            return
-        await app(scope, receive, send)
-
-    return app_unless_draining
-
-
 @async_only_middleware
 def ProbeMiddleware(get_response):
     """Answer the probes before host validation, the HTTPS redirect and sessions.

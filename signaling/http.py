@@ -27,13 +27,25 @@ def client_address(scope, options):
     of its own, and a proxy that appends a line instead of extending one puts
     its entry in the last line: so the last line's last entry counts.
     """
-    client = scope.get("client")
-    peer = _valid_ip(client[0]) if client else None
-    if options.proxy_trusted(peer):
+    if from_trusted_proxy(scope, options):
         forwarded = [value for key, value in scope.get("headers", ()) if key == b"x-forwarded-for"]
         if forwarded:
             return _valid_ip(forwarded[-1].decode("latin-1").split(",")[-1])
-    return peer
+    return _connection_address(scope)
+
+
+def from_trusted_proxy(scope, options):
+    """Whether an ASGI scope's connection comes from our proxy (PEERJS_PROXIED, PEERJS_TRUSTED_PROXIES).
+
+    Only then are the headers the proxy sets (X-Forwarded-For, the socket's
+    X-PeerJS-Retry-Elsewhere) its own and not a client's.
+    """
+    return options.proxy_trusted(_connection_address(scope))
+
+
+def _connection_address(scope):
+    client = scope.get("client")
+    return _valid_ip(client[0]) if client else None
 
 
 def request_address(request, options):

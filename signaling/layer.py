@@ -139,6 +139,16 @@ class RedisBatchLayer(BaseChannelLayer):
         link = await self._link()
         await link.settled(channel)
 
+    def receiving(self):
+        """Whether this event loop hears what is sent to its channels: False from a failed
+        subscription until it is made again (Redis stopped, restarted or unreachable).
+
+        A Redis that stops answering without closing the connection (frozen,
+        behind a dead link) is not noticed here; the readiness probe's PING is.
+        """
+        link = self._links.get(asyncio.get_running_loop())
+        return link is None or not link.unsubscribed
+
     def in_flight(self):
         """Messages this event loop sent with ``send_nowait`` that are not acknowledged yet (or not even sent)."""
         link = self._links.get(asyncio.get_running_loop())
@@ -217,6 +227,7 @@ class _Link:
         # their ids only grow. One entry per sending process ever seen.
         self.last_batch = {}
         self.readers = {}  # (host, port) -> (task, channels)
+        self.unsubscribed = set()  # (host, port) whose reader failed and has not subscribed again yet
         self._ready = None
 
     async def ready(self):
@@ -456,6 +467,7 @@ class _Link:
             by_node[self._node(channel)].add(channel)
         for node in set(self.readers) - set(by_node):
             self.readers.pop(node)[0].cancel()
+            self.unsubscribed.discard(node)  # nothing to hear from it any more
         for node, channels in by_node.items():
             reader = self.readers.get(node)
             if reader is not None and reader[1] == channels and not reader[0].done():
@@ -488,6 +500,7 @@ class _Link:
                         inbox = self.inboxes.get(push[1].decode())
                         if inbox is not None and not inbox.subscribed.done():
                             inbox.subscribed.set_result(None)
+                        self.unsubscribed.discard(node)
                         backoff = 0.1
                     elif kind == b"sunsubscribe":
                         # Redis moved the channel's slot to another shard.
@@ -498,6 +511,7 @@ class _Link:
                 raise
             except Exception as exc:
                 self.layer.stats["reader_failures"] += 1
+                self.unsubscribed.add(node)
                 logger.warning("Redis subscription for %s failed (%r); resubscribing", ", ".join(channels), exc)
                 if self.topology is not None:
                     await _quietly(self.topology.initialize())

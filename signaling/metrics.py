@@ -79,7 +79,7 @@ HISTOGRAMS = (OPEN_LATENCY, CROSS_WORKER_DELIVERY)
 # hub.stats keys with a label: "sockets_opened:<outcome>", "frames_relayed:<path>".
 # The values listed are exported even at 0, so that rate() and alerts see a
 # series from the worker's start; a value the core adds later shows up too.
-SOCKET_OUTCOMES = ("open", "taken", "full", "error", "refused", "limited", "banned", "retry")
+SOCKET_OUTCOMES = ("open", "taken", "full", "error", "refused", "limited", "banned", "retry", "elsewhere")
 RELAY_PATHS = ("same_worker", "other_worker")
 
 # hub.stats key -> help text; exported as peerjs_<key>_total.
@@ -164,7 +164,8 @@ class HubCollector:
             "Signaling sockets by how their opening ended: open (OPEN sent), taken (ID-TAKEN), "
             "full (concurrent limit), error (ERROR: bad id, key or parameters), "
             "refused (origin, too many sockets, the app's token or login), limited (the address's rate limit), "
-            "banned (a ban), retry (closed for the client to retry: database unavailable).",
+            "banned (a ban), retry (closed for the client to retry: database unavailable), "
+            "elsewhere (turned away with HTTP 503 for the proxy to try another worker: draining or not ready).",
         )
         limited = CounterMetricFamily(
             "peerjs_rate_limited", "Requests refused by the rate limit per client address, by kind: socket opens, /id requests.",

@@ -304,6 +304,105 @@ class RedisServer:
             self.proc.wait(10)
 
 
+class Forwarder:
+    """A TCP path to 127.0.0.1:``target`` through tests/forwarder.py, a process of its own.
+
+    Give one worker its database or Redis through it (:meth:`through`), and
+    :meth:`kill` (SIGKILL) makes an outage that worker alone sees: its
+    connections break at once and new ones are refused. :meth:`start` brings
+    the path back on the same port.
+    """
+
+    def __init__(self, target):
+        self.target = target
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.forwarder", str(self.port), str(self.target)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        said = self.proc.stdout.readline().strip()  # "listening", or nothing if it died
+        if said != "listening":
+            self.kill()
+            raise RuntimeError(f"the forwarder to port {self.target} did not start (exit {self.proc.returncode})")
+
+    def through(self, url):
+        """``url`` (of the server on ``target``) by way of this forwarder."""
+        assert f":{self.target}/" in url, url
+        return url.replace(f":{self.target}/", f":{self.port}/")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+NGINX = "/usr/sbin/nginx"
+
+
+class Nginx:
+    """Debian's nginx with the deployment's template in front of ``workers``.
+
+    Rendered as `make cluster` renders it (scripts/cluster.sh --render-nginx),
+    with the upstream list docker-compose.yml gives: each worker taken out for
+    5 s after a failed request. Plain HTTP on ``port``.
+    """
+
+    def __init__(self, workers):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="peerjs-nginx-"))
+        upstreams = " ".join(f"server 127.0.0.1:{worker.port} max_fails=1 fail_timeout=5s;" for worker in workers)
+        env = {name: value for name, value in os.environ.items() if name not in {"TLS_CERT", "TLS_KEY", "ACCESS_LOG"}}
+        subprocess.run(
+            [str(ROOT / "scripts" / "cluster.sh"), "--render-nginx", str(self.dir)],
+            env={**env, "PORT": str(self.port), "UPSTREAMS": upstreams},
+            check=True, timeout=30,
+        )
+        self.stderr = open(self.dir / "logs" / "stderr.log", "wb")
+        self.proc = subprocess.Popen(
+            [NGINX, "-e", "stderr", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=self.stderr,
+        )
+        try:
+            wait_until(self._answers, 15, f"nginx on port {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"nginx did not start:\n{self.log('stderr.log')}") from None
+
+    @property
+    def http(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self):
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log('stderr.log')}")
+        try:
+            return http_get(f"{self.http}{BASE}/", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def get(self, path, headers=None):
+        """(status, headers, body text) of a GET through nginx; error statuses are returned too."""
+        return http_get(f"{self.http}{path}", headers)
+
+    def log(self, name):
+        """One of nginx's logs: access.log, error.log, stderr.log."""
+        return (self.dir / "logs" / name).read_text(errors="replace")
+
+    def stop(self):
+        terminate(self.proc)
+        self.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def free_udp_and_tcp_port():
     """A port free for both UDP and TCP on loopback (a TURN server listens on both)."""
     while True:

@@ -246,6 +246,9 @@ def test_nginx_renders_the_shared_template_for_every_worker(services):
     assert environment(nginx, {**OPERATOR_ENV, "DJANGO_HTTPS": "1"})["PEERSERVER_HTTPS"] == "1"  # one switch for both
     for name in WORKERS:
         assert re.search(rf"server {name}:8000 max_fails=\d+ fail_timeout=\w+;", env["PEERSERVER_UPSTREAMS"])
+    # The last try names the same workers, none of which it may ever take out.
+    last_try = re.findall(r"server (\S+) max_fails=0;", env["PEERSERVER_LAST_TRY_UPSTREAMS"])
+    assert last_try == re.findall(r"server (\S+) ", env["PEERSERVER_UPSTREAMS"]) == [f"{name}:8000" for name in WORKERS]
 
 
 # --- the nginx template -----------------------------------------------------------
@@ -276,7 +279,9 @@ def test_template_upgrades_websockets_and_forwards_the_client():
     assert ("proxy_read_timeout", "1h") in found
 
 
-TEMPLATE_VARIABLES = {"PEERSERVER_PORT", "PEERSERVER_UPSTREAMS", "PEERSERVER_ACCESS_LOG", "PEERSERVER_TLS"}
+TEMPLATE_VARIABLES = {
+    "PEERSERVER_PORT", "PEERSERVER_UPSTREAMS", "PEERSERVER_LAST_TRY_UPSTREAMS", "PEERSERVER_ACCESS_LOG", "PEERSERVER_TLS",
+}
 
 
 def test_template_leaves_nginx_variables_to_nginx():
@@ -305,6 +310,40 @@ def test_template_skips_workers_that_fail_fast():
     found = directives(TEMPLATE.read_text())
     assert ("proxy_next_upstream", "error timeout http_502 http_503") in found
     assert ("proxy_connect_timeout", "2s") in found
+
+
+def location(conf, name):
+    """The directives of one location block of the template (no nested blocks)."""
+    match = re.search(rf"location {re.escape(name)} \{{([^{{}}]*)\}}", re.sub(r"#[^\n]*", "", conf))
+    assert match, name
+    return directives(match.group(1))
+
+
+def test_template_asks_other_workers_first_and_one_last_without_the_header():
+    text = TEMPLATE.read_text()
+    server_level = directives(text)
+    # Sent only where a location sets it; empty, nginx drops a client's own.
+    assert ("set", '$peerserver_retry_elsewhere ""') in server_level
+    assert ("proxy_set_header", "X-PeerJS-Retry-Elsewhere $peerserver_retry_elsewhere") in server_level
+    socket = location(text, "~ /peerjs$")
+    assert ("set", "$peerserver_retry_elsewhere 1") in socket
+    assert ("proxy_pass", "http://peerserver_workers") in socket
+    # A location with a proxy_set_header of its own would inherit none of the server's.
+    assert not [d for d in socket if d[0] == "proxy_set_header"]
+    # The worker's 503 (and nginx's 502 when every worker is out) go to the last try.
+    assert ("proxy_intercept_errors", "on") in socket
+    assert ("error_page", "502 503 = @socket_last_try") in socket
+    last = location(text, "@socket_last_try")
+    assert ("set", '$peerserver_retry_elsewhere ""') in last
+    assert ("proxy_pass", "http://peerserver_last_try") in last
+    assert ("proxy_read_timeout", "1h") in last and ("proxy_buffering", "off") in last
+    # Pages and the API: nginx's own 502 (no live upstreams) gets a last try too.
+    assert ("error_page", "502 = @last_try") in server_level
+    # ... for what is safe to send twice: a POST may have reached a worker that failed.
+    last = re.search(r"location @last_try \{\s*if \(\$request_method !~ \^\(GET\|HEAD\)\$\) \{\s*return 502;\s*\}"
+                     r"\s*proxy_pass http://peerserver_last_try;\s*\}", text)
+    assert last
+    assert re.search(r"upstream peerserver_last_try \{\s*least_conn;\s*\$\{PEERSERVER_LAST_TRY_UPSTREAMS\}\s*\}", text)
 
 
 def tls_directives(env):
@@ -392,6 +431,7 @@ def test_rendered_config_passes_nginx_t(tmp_path, certificates, https):
     )
     conf = (prefix / "peerserver.conf").read_text()
     assert "server 127.0.0.1:8001; server 127.0.0.1:8002;" in conf
+    assert "server 127.0.0.1:8001 max_fails=0; server 127.0.0.1:8002 max_fails=0;" in conf
     assert "listen 8080;" in conf
     assert f"access_log {prefix}/logs/access.log peerserver;" in conf
     # Prometheus reads /metrics from each worker; nginx keeps it from the public.
