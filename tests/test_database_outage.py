@@ -16,10 +16,12 @@ because the database was away for everyone; everything recovers on its own.
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -280,8 +282,10 @@ async def test_a_frozen_database_is_answered_within_the_deadline_and_what_it_did
         started = time.monotonic()
         assert all(await asyncio.gather(*(told_to_try_again_as(w1, peer_id) for peer_id in wave)))
         assert time.monotonic() - started < 2 * deadline + 3
-        # Now the worker knows its database hangs: a socket is answered at
+        # Now the workers know their database hangs (w2 from a call of its
+        # own, such as its expiry sweep, timing out): a socket is answered at
         # once, and so is one refused from memory (a bad id).
+        wait_until(lambda: database_errors(w2) >= 1, 10, "w2 to find its database hung")
         started = time.monotonic()
         assert await told_to_try_again_as(w2, uid())
         assert await told_to_try_again_as(w1, uid())
@@ -331,6 +335,13 @@ async def test_a_frozen_database_is_answered_within_the_deadline_and_what_it_did
         log = worker.read_log()
         assert log.count(UNREACHABLE) == 1 and "no answer within" in log, log
         assert "Traceback" not in log and "reaped" not in log, log
+
+
+def database_errors(worker):
+    """The worker's count of failed database calls, from its /metrics."""
+    with urllib.request.urlopen(f"{worker.http}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return float(re.search(r"^peerjs_database_errors_total (\S+)$", text, re.MULTILINE).group(1))
 
 
 async def told_to_try_again_as(worker, peer_id):
