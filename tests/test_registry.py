@@ -16,6 +16,24 @@ def claim(peer_id, token="t", worker="w1", connection_id="c1", limit=100, key="p
     return registry.claim(key, peer_id, token, worker, connection_id, "127.0.0.1", limit)
 
 
+def race(count, attempt):
+    """Run ``attempt(n)`` for n in range(count) on threads released at once; the outcomes, all in one list."""
+    outcomes = []
+    barrier = threading.Barrier(count)
+
+    def racer(n):
+        barrier.wait()
+        outcomes.extend(attempt(n))
+        connection.close()
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
 LIMITS = registry.Limits(expire_ms=5000, per_peer_messages=10, per_peer_bytes=10_000, total_messages=1000, total_bytes=100_000)
 
 
@@ -58,19 +76,7 @@ def test_release_only_removes_its_own_registration():
 
 def test_concurrent_claims_for_the_last_place_have_one_winner():
     claim("first", limit=2)
-    outcomes = []
-    barrier = threading.Barrier(6)
-
-    def racer(n):
-        barrier.wait()
-        outcomes.append(claim(f"new{n}", token=f"t{n}", connection_id=f"c{n}", limit=2).outcome)
-        connection.close()
-
-    threads = [threading.Thread(target=racer, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race(6, lambda n: [claim(f"new{n}", token=f"t{n}", connection_id=f"c{n}", limit=2).outcome])
     assert sorted(outcomes) == [registry.CLAIMED] + [registry.FULL] * 5
     assert Peer.objects.count() == 2
 
@@ -102,41 +108,21 @@ def test_a_batch_of_claims_sees_its_own_earlier_claims():
 
 def test_concurrent_batches_for_the_last_places_never_overfill():
     claim("first", limit=4)
-    outcomes = []
-    barrier = threading.Barrier(4)
 
-    def racer(n):
-        barrier.wait()
-        batch = [
+    def batch(n):
+        requests = [
             registry.ClaimRequest("peerjs", f"new{n}-{i}", f"t{n}", "w1", f"c{n}-{i}", "127.0.0.1", 4)
             for i in range(3)
         ]
-        outcomes.extend(o.outcome for o in registry.claim_all(batch))
-        connection.close()
+        return [o.outcome for o in registry.claim_all(requests)]
 
-    threads = [threading.Thread(target=racer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race(4, batch)
     assert sorted(outcomes) == [registry.CLAIMED] * 3 + [registry.FULL] * 9
     assert Peer.objects.count() == 4
 
 
 def test_concurrent_claims_of_one_id_have_one_winner():
-    outcomes = []
-    barrier = threading.Barrier(4)
-
-    def racer(n):
-        barrier.wait()
-        outcomes.append(claim("contested", token=f"t{n}", connection_id=f"c{n}").outcome)
-        connection.close()
-
-    threads = [threading.Thread(target=racer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = race(4, lambda n: [claim("contested", token=f"t{n}", connection_id=f"c{n}").outcome])
     assert sorted(outcomes) == [registry.CLAIMED] + [registry.TAKEN] * 3
 
 
