@@ -236,9 +236,8 @@ class PeerConsumer(AsyncWebsocketConsumer):
 
     async def turn_away(self, why):
         """Answer the handshake with 503, for nginx to ask another worker; the socket never opens."""
-        self.hub.stats["sockets_opened:elsewhere"] += 1
         self.closing = True
-        await readiness.turn_away(self.base_send, why)
+        await readiness.turn_away(self.base_send, why, self.hub)
 
     async def refuse(self, frame):
         await self.accept()

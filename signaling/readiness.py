@@ -27,8 +27,6 @@ finds the database away for the first time turns its socket away too
 (``PeerConsumer.try_again``): that is why such a socket is accepted only
 once its claim is made.
 """
-from channels.layers import get_channel_layer
-
 from signaling import conf
 from signaling.db import outage
 from signaling.http import from_trusted_proxy, header
@@ -62,16 +60,15 @@ def unready(hub):
         return DRAINING
     if outage.since is not None:
         return DATABASE
-    # The batching Redis layer says whether its subscription stands; the
-    # in-memory layer of a single worker has nothing to lose.
-    receiving = getattr(get_channel_layer(), "receiving", None)
-    if receiving is not None and not receiving():
+    if hub is not None and hub.transport is not None and not hub.transport.receiving():
         return REDIS
     return None
 
 
-async def turn_away(send, why):
+async def turn_away(send, why, hub):
     """Answer a handshake with 503 and Retry-After; the socket never opens."""
+    if hub is not None:
+        hub.stats["sockets_opened:elsewhere"] += 1
     retry_after, body = _ANSWERS[why]
     await send({
         "type": "websocket.http.response.start",
@@ -98,9 +95,7 @@ def refuse_sockets_when_unready(app):
             why = unready(hub)
             if why == DRAINING or (why is not None and may_go_elsewhere(scope, conf.options())):
                 await receive()  # websocket.connect
-                if hub is not None:
-                    hub.stats["sockets_opened:elsewhere"] += 1
-                await turn_away(send, why)
+                await turn_away(send, why, hub)
                 return
         await app(scope, receive, send)
 

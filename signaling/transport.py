@@ -79,6 +79,13 @@ class Transport:
         if self.batching:
             await self.layer.settled(inbox_name(worker))
 
+    def receiving(self):
+        """Whether this worker hears its inbox now: False while its Redis subscription is broken.
+
+        (Always on a plain layer: the in-memory one of a single worker has nothing to lose.)
+        """
+        return not self.batching or self.layer.receiving()
+
     def in_flight(self):
         """Messages for other workers that have not been acknowledged yet (0 on a plain layer, which does not say)."""
         return self.layer.in_flight() if self.batching else 0
