@@ -15,6 +15,8 @@
 #                bigger one at its header (close 1009), before buffering it.
 #   ASGI_HEADER_TIMEOUT  seconds a request (a WebSocket handshake too) may take
 #                to send its headers (uvicorn; default 10): see p2psite/asgi_servers.py.
+#   ASGI_HANDSHAKE_CONCURRENCY  WebSocket handshakes worked on at once (uvicorn;
+#                default 32); the rest wait their turn: see p2psite/asgi_servers.py.
 #   PEERJS_PROXIED, PEERJS_TRUSTED_PROXIES  read by the app itself (README,
 #                "Options"): the servers never rewrite the client address.
 #

@@ -55,7 +55,21 @@ uvicorn (websockets-sansio), the production worker
     WebSocket handshake's too) must be complete within ``ASGI_HEADER_TIMEOUT``
     seconds (default 10) of the connection or of the previous response, or
     the connection is closed.
+
+    uvicorn starts a WebSocket handshake the moment its request is in, and
+    works on all of them at once. In a reconnect storm (a worker dies and its
+    thousands of peers come back to the others) that was hundreds at a time,
+    and every turn of the event loop ran a step of each: the frames of the
+    peers already connected waited behind them (turns of 100-300 ms in the
+    benchmark's storm). A worker now works on at most
+    ``ASGI_HANDSHAKE_CONCURRENCY`` handshakes at a time (default 32); the
+    others wait, their request read and their socket no longer read, in the
+    order they came, until one of those ends (accepted, refused or gone).
+    Only complete requests wait: a client that sends its headers slowly holds
+    no place. Plain HTTP requests never wait.
 """
+import collections
+import functools
 import logging
 import os
 import sys
@@ -143,6 +157,7 @@ def _adapt_uvicorn():
     WebSocketsSansIOProtocol.data_received = answer_what_the_handshake_parser_refused
     logging.getLogger("uvicorn.error").addFilter(_OneLineForInvalidUtf8())
     _header_deadline(float(os.environ.get("ASGI_HEADER_TIMEOUT") or 10))
+    _handshake_gate(int(os.environ.get("ASGI_HANDSHAKE_CONCURRENCY") or 32))
 
 
 def _header_deadline(seconds):
@@ -188,3 +203,62 @@ def _header_deadline(seconds):
     H11Protocol.connection_made = on_connection_made
     H11Protocol.data_received = on_data_received
     H11Protocol.connection_lost = on_connection_lost
+
+
+class HandshakeGate:
+    """At most ``limit`` WebSocket handshakes at a time; the rest wait their turn in order."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.busy = set()  # transports whose handshake is under way
+        self.waiting = collections.deque()  # (transport, start the handshake)
+
+    def enter(self, transport, start):
+        if len(self.busy) < self.limit:
+            self.busy.add(transport)
+            start()
+        else:
+            transport.pause_reading()
+            self.waiting.append((transport, start))
+
+    def leave(self, transport):
+        if transport not in self.busy:
+            return
+        self.busy.discard(transport)
+        while self.waiting and len(self.busy) < self.limit:
+            transport, start = self.waiting.popleft()
+            if transport.is_closing():
+                continue  # closed while it waited (the server draining)
+            self.busy.add(transport)
+            transport.resume_reading()
+            start()
+
+
+def _handshake_gate(limit):
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    gate = HandshakeGate(limit)
+    upgrade = H11Protocol.handle_websocket_upgrade
+    send, connection_lost = WebSocketsSansIOProtocol.send, WebSocketsSansIOProtocol.connection_lost
+
+    def handle_websocket_upgrade(self, event):
+        if self.ws_protocol_class is WebSocketsSansIOProtocol:
+            gate.enter(self.transport, functools.partial(upgrade, self, event))
+        else:  # the benchmark's other implementations: as they come
+            upgrade(self, event)
+
+    async def send_then_leave(self, message):
+        try:
+            await send(self, message)
+        finally:
+            if self.handshake_complete:  # accepted or refused
+                gate.leave(self.transport)
+
+    def on_connection_lost(self, exc):
+        gate.leave(self.transport)
+        connection_lost(self, exc)
+
+    H11Protocol.handle_websocket_upgrade = handle_websocket_upgrade
+    WebSocketsSansIOProtocol.send = send_then_leave
+    WebSocketsSansIOProtocol.connection_lost = on_connection_lost

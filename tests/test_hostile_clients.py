@@ -334,3 +334,54 @@ async def test_a_request_whose_headers_never_finish_is_cut_off(make_server):
     assert await asyncio.wait_for(silent_reader.read(), 10) == b""  # one that says nothing at all, too
     silent_writer.close()
     await roundtrip(await connect(worker), await connect(worker))  # the others are served as ever
+
+
+# --- handshakes in bulk (issue 8's reconnect storm) ---------------------------------
+
+
+async def test_with_one_handshake_at_a_time_every_way_a_handshake_ends_lets_the_next_one_in(make_server):
+    """A worker works on ASGI_HANDSHAKE_CONCURRENCY handshakes at once; the rest wait their turn.
+
+    With one place, a handshake that ended without giving its place back would
+    leave every later socket waiting for ever: each way one can end is tried,
+    and sockets still open after it.
+    """
+    worker = make_server(server="uvicorn", env={"ASGI_HANDSHAKE_CONCURRENCY": "1"})
+    # Many at once: each waits its turn, none is lost.
+    crowd = await asyncio.gather(*(connect(worker) for _ in range(30)))
+    await roundtrip(crowd[0], crowd[-1])
+    # Refused by the application (a wrong key): ERROR, then closed.
+    code, frames = await (await connect(worker, key="nope", expect_open=False)).closed()
+    assert frames[0]["type"] == "ERROR" and code is not None
+    # Refused by the handshake's parser (a version it does not speak).
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(
+        f"GET {BASE}/peerjs?key=peerjs&id={uid()}&token=t HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        f"Sec-WebSocket-Version: 7\r\n\r\n".encode()
+    )
+    assert b" 101 " not in (await asyncio.wait_for(reader.read(), 10)).split(b"\r\n", 1)[0]
+    writer.close()
+    # Gone before its answer: a complete request, then the connection closed.
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+        writer.write(
+            f"GET {BASE}/peerjs?key=peerjs&id={uid()}&token=t HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        writer.close()
+    # Accepted and then closed by its client, or taken over by its own peer
+    # reconnecting (the old socket's handshake long over).
+    first = await connect(worker)
+    await first.close()
+    again = await connect(worker, peer_id=crowd[1].peer_id, token=crowd[1].token, expect_open=False)
+    assert (await again.recv())["type"] in ("OPEN", "ERROR")
+    # After all of that, one place is still free: sockets open, one after another.
+    for _ in range(5):
+        late = await connect(worker)
+        await roundtrip(late, crowd[2])
+        await late.close()
+    # Plain HTTP never waits for a place.
+    with urllib.request.urlopen(f"{worker.http}{BASE}/peerjs/id", timeout=10) as response:
+        assert response.status == 200
