@@ -26,6 +26,8 @@ Every worker runs these; the database makes sure each job is done once.
   registry now and then in case an announcement was lost.
 - **Bans**: the active bans, re-read every ``ban_refresh`` (and at once when
   the admin says so), so that checking a socket's open costs no query.
+- **Garbage**: when the worker runs full garbage collections
+  (signaling.garbage): never over what it held once started, not in a storm.
 - **Drain**: on SIGTERM every socket is closed with 1001 and the worker's
   rows are removed before the ASGI server stops.
 """
@@ -37,7 +39,7 @@ import signal
 import threading
 import weakref
 
-from signaling import bans, codes, metrics, registry, webhooks
+from signaling import bans, codes, garbage, metrics, registry, webhooks
 from signaling.db import DatabaseUnavailable
 from signaling.hub import get_hub
 
@@ -55,6 +57,7 @@ class Services:
         self.last_beat = None  # loop time the last successful beat ended
         self.beaten = False
         self.recent = metrics.Recent(hub)
+        self.garbage = garbage.Collector(hub)
 
     async def start(self):
         """Listen for other workers, announce this one, and start the periodic jobs."""
@@ -74,7 +77,9 @@ class Services:
             hub.loop.create_task(self._every(min(o.alive_timeout / 4, 5000) / 1000, self.check_liveness)),
             hub.loop.create_task(self._every(DIRECTORY_REFRESH, self.refresh_directory)),
             hub.loop.create_task(self._every(o.ban_refresh / 1000, functools.partial(bans.refresh, hub))),
+            hub.loop.create_task(self._every(1, self.check_garbage)),
         ]
+        self.garbage.settle()
         self._drain_on_sigterm()
         logger.info("worker %s started", hub.name)
 
@@ -139,6 +144,9 @@ class Services:
         active = [c.connection_id for c in hub.local.values() if c.last_frame >= cutoff]
         if active:
             await hub.db(registry.touch, active)
+
+    async def check_garbage(self):
+        self.garbage.check()
 
     async def refresh_directory(self):
         hub = self.hub
