@@ -240,7 +240,7 @@ def _handshake_gate(limit):
 
     gate = HandshakeGate(limit)
     upgrade = H11Protocol.handle_websocket_upgrade
-    send, connection_lost = WebSocketsSansIOProtocol.send, WebSocketsSansIOProtocol.connection_lost
+    start_keepalive, connection_lost = WebSocketsSansIOProtocol.start_keepalive, WebSocketsSansIOProtocol.connection_lost
 
     def handle_websocket_upgrade(self, event):
         if self.ws_protocol_class is WebSocketsSansIOProtocol:
@@ -248,17 +248,16 @@ def _handshake_gate(limit):
         else:  # the benchmark's other implementations: as they come
             upgrade(self, event)
 
-    async def send_then_leave(self, message):
-        try:
-            await send(self, message)
-        finally:
-            if self.handshake_complete:  # accepted or refused
-                gate.leave(self.transport)
+    # The handshake ends accepted (uvicorn starts its keepalive then, once per
+    # socket: no cost per frame) or with the connection (refused, gone).
+    def accepted(self):
+        gate.leave(self.transport)
+        start_keepalive(self)
 
     def on_connection_lost(self, exc):
         gate.leave(self.transport)
         connection_lost(self, exc)
 
     H11Protocol.handle_websocket_upgrade = handle_websocket_upgrade
-    WebSocketsSansIOProtocol.send = send_then_leave
+    WebSocketsSansIOProtocol.start_keepalive = accepted
     WebSocketsSansIOProtocol.connection_lost = on_connection_lost
