@@ -74,6 +74,8 @@ import logging
 import os
 import sys
 
+logger = logging.getLogger(__name__)
+
 _adapted = set()
 
 
@@ -231,7 +233,12 @@ class HandshakeGate:
                 continue  # closed while it waited (the server draining)
             self.busy.add(transport)
             transport.resume_reading()
-            start()
+            try:
+                start()
+            except Exception:  # that handshake's fault, not the one whose end let it in
+                logger.exception("a WebSocket handshake failed to start")
+                self.busy.discard(transport)
+                transport.close()
 
 
 def _handshake_gate(limit):
