@@ -108,29 +108,40 @@ class Directory:
             self.introduce([worker])
         for key, peer_id in here:
             peer = (key, peer_id)
-            if peer in self.hub.local:
-                continue
-            previous = self.routes.get(peer)
-            if previous is None:
-                previous, _ = self.departed.pop(peer, (None, None))
-            self.routes[peer] = worker
-            if previous not in (None, worker) and peer not in self.moving:
-                # It moved (its old worker died or let it go) while frames for
-                # it may still be on their way there: what comes next waits
-                # until those are settled, so that none overtakes them.
-                self.moving[peer] = Held()
-                self.hub.spawn(self._moved(peer, previous))
+            if peer not in self.hub.local:
+                self._moves(peer, self.routes.get(peer), worker)
+                self.routes[peer] = worker
         for key, peer_id in gone:
             # Only if it still says so: the peer may have moved on meanwhile.
             if self.routes.get((key, peer_id)) == worker:
                 del self.routes[key, peer_id]
 
     def reseed(self, rows):
-        """Replace what this worker knows with the registry's ``(key, id, worker)`` rows."""
-        self.routes = {
-            (key, peer_id): worker for key, peer_id, worker in rows
-            if worker != self.hub.name and (key, peer_id) not in self.hub.local
-        }
+        """Replace what this worker knows with the registry's ``(key, id, worker)`` rows.
+
+        A peer the registry places elsewhere than this worker thought has
+        moved, as in :meth:`learn` (the re-seed may learn it first).
+        """
+        routes, local = {}, self.hub.local
+        for key, peer_id, worker in rows:
+            peer = (key, peer_id)
+            if worker != self.hub.name and peer not in local:
+                routes[peer] = worker
+                previous = self.routes.get(peer)
+                if previous != worker:
+                    self._moves(peer, previous, worker)
+        self.routes = routes
+
+    def _moves(self, peer, previous, worker):
+        """``peer`` is on ``worker`` now; ``previous`` is where this worker last sent its frames (or None)."""
+        if previous is None:
+            previous, _ = self.departed.pop(peer, (None, None))
+        if previous not in (None, worker) and peer not in self.moving:
+            # It moved (its old worker died or let it go) while frames for
+            # it may still be on their way there: what comes next waits
+            # until those are settled, so that none overtakes them.
+            self.moving[peer] = Held()
+            self.hub.spawn(self._moved(peer, previous))
 
     def forget_workers(self, dead):
         """Workers the registry reaped: their peers are nobody's now."""
