@@ -61,13 +61,24 @@ TAKES_QUEUE = (registry.CLAIMED, registry.REPLACED)  # claim outcomes whose sock
 
 
 def _claim_and_take_queues(requests):
-    """Claim ids and take what was queued for each claimed one, in one trip to the database."""
+    """Claim ids and take what was queued for each claimed one, in one trip to the database.
+
+    One statement per key takes the queues of all its claimed ids. Where a
+    batch claims one id twice (a reconnect overtaking its own socket), the
+    last claim holds it and gets its queue.
+    """
     with transaction.atomic():
         claims = registry.claim_all(requests)
-        return [
-            (claim, registry.take_queued(request.key, request.peer_id) if claim.outcome in TAKES_QUEUE else [])
-            for request, claim in zip(requests, claims)
-        ]
+        holder = {}  # (key, id) -> index of the claim that holds it now
+        for i, (request, claim) in enumerate(zip(requests, claims)):
+            if claim.outcome in TAKES_QUEUE:
+                holder[request.key, request.peer_id] = i
+        queued = {}
+        for key in sorted({key for key, _id in holder}):
+            dsts = sorted(peer_id for k, peer_id in holder if k == key)
+            for dst, frames in registry.take_queued_for(key, dsts).items():
+                queued[holder[key, dst]] = frames
+        return [(claim, queued.get(i, [])) for i, claim in enumerate(claims)]
 
 
 class Claims:

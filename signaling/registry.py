@@ -67,6 +67,9 @@ _INSERT = """
     ON CONFLICT ({key}, {peer_id}) DO NOTHING
 """
 _HOLDER = "SELECT {token_hash}, {worker}, {connection} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
+_HOLDERS = (  # {ids} is a placeholder per id
+    "SELECT {peer_id}, {token_hash}, {worker}, {connection} FROM {table} WHERE {key} = %s AND {peer_id} IN ({{ids}})"
+)
 _COUNT = "SELECT COUNT(*) FROM {table} WHERE {key} = %s"
 _TAKE_OVER = """
     UPDATE {table} SET {worker} = %s, {connection} = %s, {address} = %s,
@@ -110,56 +113,71 @@ def claim_all(requests):
     One transaction for them all: a reconnect storm brings a worker
     thousands of claims within seconds, and with one turn, one count of the
     key's peers and one commit per claim they queued behind each other's
-    commits (40 s for 5 000 peers on PostgreSQL, profiled). Requests later
-    in the list see what earlier ones claimed.
+    commits (40 s for 5 000 peers on PostgreSQL, profiled). The rows the
+    batch's ids already have are read in one query per key, so a claim
+    costs one statement (an insert, or the take-over of its own row), not
+    three: in a storm every id is held, by the worker that died. Requests
+    later in the list see what earlier ones claimed.
     """
     outcomes = []
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_LOCK_KEYS, [sorted({request.key for request in requests})])
-        counts = {}  # key -> its peers now, counted once the key has its turn
+        counts, holders = {}, {}  # key -> its peers now; (key, id) -> its row, read once the key has its turn
         for request in requests:
             if request.key not in counts:
                 cursor.execute(_sql(Peer, _COUNT), [request.key])
                 counts[request.key] = cursor.fetchone()[0]
-            outcome = _claim(cursor, request, counts)
+                ids = sorted({r.peer_id for r in requests if r.key == request.key})
+                cursor.execute(_sql(Peer, _HOLDERS).format(ids=", ".join(["%s"] * len(ids))), [request.key, *ids])
+                holders.update(((request.key, peer_id), row) for peer_id, *row in cursor.fetchall())
+            outcome = _claim(cursor, request, counts, holders)
             if outcome.outcome == CLAIMED:
                 counts[request.key] += 1
             outcomes.append(outcome)
     return outcomes
 
 
-def _claim(cursor, request, counts):
+def _claim(cursor, request, counts, holders):
+    """One claim; ``holders`` is the batch's knowledge of the rows, kept up to date.
+
+    What it read may be stale by now (a socket elsewhere released its id,
+    or claimed one of an older batch's ids): a statement that changes no row
+    means exactly that, and the claim then asks the database again.
+    """
     key, peer_id = request.key, request.peer_id
     token_hash = hash_token(request.token)
+    row = holders.get((key, peer_id))
     for _attempt in range(5):
         now = _now()
-        if counts[key] < request.limit:
-            cursor.execute(
-                _sql(Peer, _INSERT),
-                [key, peer_id, token_hash, request.worker, request.connection, request.address, now, now],
-            )
-            if cursor.rowcount == 1:
-                return Claim(CLAIMED)
-        cursor.execute(_sql(Peer, _HOLDER), [key, peer_id])
-        row = cursor.fetchone()
         if row is None:
             if counts[key] >= request.limit:
                 # Counted at the start of the turn: a peer that left since
                 # may have made room, but this never lets in one too many.
                 return Claim(FULL)
-            continue  # the holder left a moment ago: try again
-        held_hash, held_worker, held_connection = row
-        if held_hash != token_hash:
-            return Claim(TAKEN)
-        # The same client reconnecting while its old socket lingers: take
-        # over, unless another socket changed the row since we read it.
-        cursor.execute(
-            _sql(Peer, _TAKE_OVER),
-            [request.worker, request.connection, request.address, now, now, key, peer_id, held_connection],
-        )
-        if cursor.rowcount == 1:
-            return Claim(REPLACED, held_worker, held_connection)
+            cursor.execute(
+                _sql(Peer, _INSERT),
+                [key, peer_id, token_hash, request.worker, request.connection, request.address, now, now],
+            )
+            if cursor.rowcount == 1:
+                holders[key, peer_id] = (token_hash, request.worker, request.connection)
+                return Claim(CLAIMED)
+        else:
+            held_hash, held_worker, held_connection = row
+            if held_hash != token_hash:
+                return Claim(TAKEN)
+            # The same client reconnecting while its old socket lingers (or
+            # its worker died): take over, unless another socket changed the
+            # row since it was read.
+            cursor.execute(
+                _sql(Peer, _TAKE_OVER),
+                [request.worker, request.connection, request.address, now, now, key, peer_id, held_connection],
+            )
+            if cursor.rowcount == 1:
+                holders[key, peer_id] = (token_hash, request.worker, request.connection)
+                return Claim(REPLACED, held_worker, held_connection)
+        cursor.execute(_sql(Peer, _HOLDER), [key, peer_id])
+        row = cursor.fetchone()
     return Claim(TAKEN)
 
 
@@ -304,8 +322,17 @@ def take_queued(key, dst):
     Each as (frame, src, kind); only OFFER, ANSWER and CANDIDATE are queued,
     and they are alike for what the caller does with ``kind``.
     """
-    rows = _delete_returning("{key} = %s AND {dst} = %s", [key, dst], ["id", "frame", "src"])
-    return [(frame, src, protocol.OFFER) for _id, frame, src in sorted(rows)]
+    return take_queued_for(key, [dst]).get(dst, [])
+
+
+def take_queued_for(key, dsts):
+    """:func:`take_queued` for several ids of ``key`` in one statement: {dst: frames} for those with any."""
+    placeholders = ", ".join(["%s"] * len(dsts))
+    rows = _delete_returning(f"{{key}} = %s AND {{dst}} IN ({placeholders})", [key, *dsts], ["id", "dst", "frame", "src"])
+    taken = {}
+    for _id, dst, frame, src in sorted(rows):
+        taken.setdefault(dst, []).append((frame, src, protocol.OFFER))
+    return taken
 
 
 def take_expired():

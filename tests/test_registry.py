@@ -135,6 +135,38 @@ def test_queue_is_taken_once_oldest_first_per_key():
     assert [frame for frame, _src, _kind in registry.take_queued("other", "b")] == ["other app's"]
 
 
+def test_a_batch_takes_the_queue_of_each_id_it_claims_and_the_last_claim_of_an_id_gets_it():
+    """A reconnect storm's batch: held ids taken over, new ids claimed, each socket handed its own queue."""
+    from signaling.hub import _claim_and_take_queues
+
+    claim("held", token="mine", worker="dead", connection_id="old")
+    for n in range(2):
+        assert enqueue("held", "a", f"for held {n}")
+    assert enqueue("new", "a", "for new")
+    assert enqueue("dup", "a", "for dup")
+    assert enqueue("stranger", "a", "for nobody in this batch")
+
+    def request(peer_id, token, connection_id):
+        return registry.ClaimRequest("peerjs", peer_id, token, "w2", connection_id, "127.0.0.1", 100)
+
+    results = _claim_and_take_queues([
+        request("held", "mine", "c1"),
+        request("new", "t", "c2"),
+        request("dup", "t", "c3"),
+        request("held", "theirs", "c4"),  # another client: taken, no queue
+        request("dup", "t", "c5"),  # the same client again: this socket holds dup now
+    ])
+    assert [claim.outcome for claim, _ in results] == [
+        registry.REPLACED, registry.CLAIMED, registry.CLAIMED, registry.TAKEN, registry.REPLACED,
+    ]
+    assert (results[0][0].previous_worker, results[0][0].previous_connection) == ("dead", "old")
+    assert [[frame for frame, _src, _kind in frames] for _, frames in results] == [
+        ["for held 0", "for held 1"], ["for new"], [], [], ["for dup"],
+    ]
+    assert [m.frame for m in QueuedMessage.objects.all()] == ["for nobody in this batch"]
+    assert dict(Peer.objects.values_list("peer_id", "connection")) == {"held": "c1", "new": "c2", "dup": "c5"}
+
+
 def test_queue_caps_count_and_bytes_per_destination():
     limits = registry.Limits(5000, per_peer_messages=2, per_peer_bytes=100, total_messages=1000, total_bytes=100_000)
     assert enqueue("b", "a", "x" * 60, limits)
