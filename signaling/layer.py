@@ -37,6 +37,7 @@ No groups: the workers address each other's inboxes directly.
 """
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import secrets
@@ -121,10 +122,16 @@ class RedisBatchLayer(BaseChannelLayer):
             raise RuntimeError("send_nowait needs a receive() on this event loop first")
         link.put(channel, message, None)
 
-    async def listen(self, channel):
-        """Subscribe to ``channel``; returns once what is sent to it reaches this process."""
+    async def listen(self, channel, on_messages=None):
+        """Subscribe to ``channel``; returns once what is sent to it reaches this process.
+
+        With ``on_messages``, each batch for ``channel`` is handed to it (a
+        list, in the order sent) as it arrives, in the read callback, and
+        acknowledged when it returns; ``receive`` is not used on that channel.
+        One turn of the event loop sooner than a task waiting in ``receive``.
+        """
         link = await self._link()
-        await link.listen(channel)
+        await link.listen(channel, on_messages)
 
     async def receive(self, channel):
         link = await self._link()
@@ -197,6 +204,7 @@ class _Inbox:
 
     def __init__(self, loop):
         self.items = collections.deque()  # (message, ack or None); ack on a batch's last message
+        self.on_messages = None  # else: called with each batch instead (RedisBatchLayer.listen)
         self.waiter = None
         self.subscribed = loop.create_future()
         self.handed = []  # acks of batches handed out by the last receive
@@ -272,11 +280,17 @@ class _Link:
     async def _flush(self):
         """Publish what accumulated, round trip after round trip, until nothing is left."""
         try:
+            first = True
             while self.outgoing or self.acks_out or self.flush_waiters:
-                # One more turn of the event loop first: what the sockets read
-                # in it send joins this round trip (measured: a fifth less CPU
-                # per frame between workers under load).
-                await asyncio.sleep(0)
+                if not first:
+                    # Under load, one more turn of the event loop first: what
+                    # the sockets read in it send joins this round trip
+                    # (measured: a fifth less CPU per frame between workers).
+                    # Not before the first: after a lull the frame that started
+                    # this flush goes at once, a turn sooner (a turn can take
+                    # tens of milliseconds while hundreds of sockets open).
+                    await asyncio.sleep(0)
+                first = False
                 outgoing, self.outgoing = self.outgoing, {}
                 acks, self.acks_out = self.acks_out, collections.defaultdict(list)
                 waiters, self.flush_waiters = self.flush_waiters, []
@@ -335,7 +349,11 @@ class _Link:
             for i, reply in zip(indexes, replies):
                 results[i] = reply
 
-        await asyncio.gather(*(one(node, indexes) for node, indexes in by_node.items()))
+        if len(by_node) == 1:  # one Redis (not a cluster): no task, which would cost a turn of the loop
+            ((node, indexes),) = by_node.items()
+            await one(node, indexes)
+        else:
+            await asyncio.gather(*(one(node, indexes) for node, indexes in by_node.items()))
         moved = [i for i, reply in enumerate(results) if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK"))]
         if moved and self.topology is not None:
             # A slot moved to another shard: learn where, and send those once more.
@@ -419,11 +437,12 @@ class _Link:
 
     # Receiving.
 
-    async def listen(self, channel):
+    async def listen(self, channel, on_messages=None):
         channel = _redis_name(channel)
         inbox = self.inboxes.get(channel)
         if inbox is None:
             inbox = self.inboxes[channel] = _Inbox(self.loop)
+            inbox.on_messages = on_messages
             if self.reply is None:
                 # Acknowledgements for what this process sends come beside its
                 # first channel (the same hash slot in a cluster).
@@ -438,14 +457,8 @@ class _Link:
         inbox = await self.listen(channel)
         # What the last call handed out has been handled: acknowledge it.
         for reply, batch_id in inbox.handed:
-            self.acks_out[reply].append(batch_id)
-        if inbox.handed:
-            inbox.handed = []
-            # Acknowledgements may wait a moment: they go with the next flush,
-            # or after ACK_DELAY, so that a steady trickle of batches does not
-            # cost a round trip each way.
-            if self.flushing is None and self.ack_timer is None:
-                self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
+            self._acknowledge(reply, batch_id)
+        inbox.handed = []
         while not inbox.items:
             inbox.waiter = self.loop.create_future()
             try:
@@ -459,6 +472,14 @@ class _Link:
             taken = [inbox.items.popleft()]
         inbox.handed = [ack for _message, ack in taken if ack is not None]
         return [message for message, _ack in taken] if many else taken[0][0]
+
+    def _acknowledge(self, reply, batch_id):
+        self.acks_out[reply].append(batch_id)
+        # Acknowledgements may wait a moment: they go with the next flush, or
+        # after ACK_DELAY, so that a steady trickle of batches does not cost a
+        # round trip each way.
+        if self.flushing is None and self.ack_timer is None:
+            self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
 
     def _subscribe(self):
         """(Re)start a reader per Redis node for the channels received on."""
@@ -484,33 +505,25 @@ class _Link:
         return (node.host, node.port)
 
     async def _read(self, node, channels):
-        """Read the node's messages for ``channels`` as they come; resubscribe after any failure."""
+        """Hear the node's messages for ``channels`` as they come; resubscribe after any failure.
+
+        The messages are handled in the connection's read callback
+        (:meth:`_pushed`); this task only waits for the connection to end.
+        """
         backoff = 0.1
         while True:
             connection = None
             try:
                 connection = await self.layer.connection(*node).open()
+                connection.on_push = functools.partial(self._pushed, node, connection)
                 connection.send([("SSUBSCRIBE", channel) for channel in channels])  # one by one: a cluster refuses channels of several slots at once
-                while True:
-                    push = await connection.next()
-                    kind = push[0]
-                    if kind == b"smessage":
-                        self._arrived(push[1].decode(), push[2])
-                    elif kind == b"ssubscribe":
-                        inbox = self.inboxes.get(push[1].decode())
-                        if inbox is not None and not inbox.subscribed.done():
-                            inbox.subscribed.set_result(None)
-                        self.unsubscribed.discard(node)
-                        backoff = 0.1
-                    elif kind == b"sunsubscribe":
-                        # Redis moved the channel's slot to another shard.
-                        raise ConnectionError(f"{push[1].decode()} moved")
-                    elif isinstance(push, hiredis.ReplyError):
-                        raise ConnectionError(str(push))
+                raise await connection.ended
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.layer.stats["reader_failures"] += 1
+                if node not in self.unsubscribed:
+                    backoff = 0.1  # it was subscribed since it last failed: a new outage
                 self.unsubscribed.add(node)
                 logger.warning("Redis subscription for %s failed (%r); resubscribing", ", ".join(channels), exc)
                 if self.topology is not None:
@@ -522,7 +535,31 @@ class _Link:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 if connection is not None:
+                    connection.on_push = None
                     connection.close()
+
+    def _pushed(self, node, connection, push):
+        """What a subscription brought: a message, a confirmation, or the end of it."""
+        try:
+            self._push(node, connection, push)
+        except Exception as exc:  # a message that cannot be read: subscribe afresh, as after any failure
+            connection.fail(ConnectionError(f"could not handle {push!r:.100}: {exc!r}"))
+
+    def _push(self, node, connection, push):
+        if isinstance(push, hiredis.ReplyError):
+            connection.fail(ConnectionError(str(push)))
+            return
+        kind = push[0]
+        if kind == b"smessage":
+            self._arrived(push[1].decode(), push[2])
+        elif kind == b"ssubscribe":
+            inbox = self.inboxes.get(push[1].decode())
+            if inbox is not None and not inbox.subscribed.done():
+                inbox.subscribed.set_result(None)
+            self.unsubscribed.discard(node)
+        elif kind == b"sunsubscribe":
+            # Redis moved the channel's slot to another shard.
+            connection.fail(ConnectionError(f"{push[1].decode()} moved"))
 
     def _arrived(self, channel, data):
         payload = msgpack.unpackb(data)
@@ -550,6 +587,16 @@ class _Link:
         if self.layer.on_arrival is not None:
             self.layer.on_arrival(age, len(messages))
         ack = (payload["s"], payload["b"]) if "b" in payload else None
+        if inbox.on_messages is not None:
+            try:
+                inbox.on_messages(messages)
+            except Exception:
+                # The application's fault, not the messages': delivering them
+                # again would fail again.
+                logger.exception("failed on %d messages from %s", len(messages), channel)
+            if ack is not None:
+                self._acknowledge(*ack)
+            return
         last = len(messages) - 1
         inbox.items.extend((message, ack if n == last else None) for n, message in enumerate(messages))
         if inbox.waiter is not None and not inbox.waiter.done():

@@ -55,12 +55,16 @@ class Transport:
         If Redis is away, the worker starts without waiting for it (what
         others send meanwhile comes back to them as undelivered).
         """
-        self.task = asyncio.get_running_loop().create_task(self._read())
-        if self.batching:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.layer.listen(self.inbox)), LISTEN_WAIT)
-            except asyncio.TimeoutError:
-                logger.error("worker inbox %s is not subscribed yet (Redis away?); starting anyway", self.inbox)
+        if not self.batching:
+            self.task = asyncio.get_running_loop().create_task(self._read())
+            return
+        # Each batch is handed over as it is read from Redis, not through a
+        # task waiting in receive_many (a turn of the event loop sooner).
+        listening = self.layer.listen(self.inbox, on_messages=self.on_messages)
+        try:
+            await asyncio.wait_for(asyncio.shield(listening), LISTEN_WAIT)
+        except asyncio.TimeoutError:
+            logger.error("worker inbox %s is not subscribed yet (Redis away?); starting anyway", self.inbox)
 
     def stop(self):
         if self.task is not None:
@@ -127,10 +131,10 @@ class Transport:
         self.on_undelivered(worker_of(channel), messages, reason)
 
     async def _read(self):
-        receive = self.layer.receive_many if self.batching else self._receive_one
+        """A plain layer's inbox: received one message at a time."""
         while True:
             try:
-                messages = await receive(self.inbox)
+                message = await self.layer.receive(self.inbox)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -139,9 +143,6 @@ class Transport:
                 await asyncio.sleep(1)
                 continue
             try:
-                self.on_messages(messages)
+                self.on_messages([message])
             except Exception:
                 logger.exception("failed on messages from inbox %s", self.inbox)
-
-    async def _receive_one(self, channel):
-        return [await self.layer.receive(channel)]

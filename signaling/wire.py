@@ -8,6 +8,7 @@ themselves, with hiredis (redis-py's own parser) for the replies; redis-py
 still maps a Redis Cluster's slots to its nodes (signaling.layer).
 """
 import asyncio
+import collections
 import socket
 
 import hiredis
@@ -15,8 +16,15 @@ import hiredis
 CONNECT_TIMEOUT = 5.0
 
 
-class Connection:
-    """One connection to one Redis server: commands out, replies (and pushes) in."""
+class Connection(asyncio.Protocol):
+    """One connection to one Redis server: commands out, replies (and pushes) in.
+
+    Read as the bytes arrive, in the event loop's callback: a reply goes to
+    the oldest call still waiting (calls may overlap; Redis answers in
+    order), anything else -- a subscription's messages -- to ``on_push``,
+    at once. Not through a reading task, which would cost every batch
+    between workers a turn of the event loop.
+    """
 
     def __init__(self, host, port, username=None, password=None, tls=False):
         self.host = host
@@ -24,14 +32,19 @@ class Connection:
         self.username = username
         self.password = password
         self.tls = tls  # rediss://
-        self.reader = self.writer = None
+        self.transport = None
         self.parser = hiredis.Reader()
+        self.waiting = collections.deque()  # [replies expected, replies so far, future], oldest first
+        self.on_push = None  # called with each reply no call waits for
+        self.ended = None  # future: the ConnectionError that ended the connection
 
     async def open(self):
-        self.reader, self.writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.tls or None), CONNECT_TIMEOUT
+        loop = asyncio.get_running_loop()
+        self.ended = loop.create_future()
+        await asyncio.wait_for(
+            loop.create_connection(lambda: self, self.host, self.port, ssl=self.tls or None), CONNECT_TIMEOUT
         )
-        sock = self.writer.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket")
         if sock is not None:
             # A peer gone without a word (a network cut) is noticed within a minute.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -42,43 +55,80 @@ class Connection:
             auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
             (reply,) = await self.call([auth], CONNECT_TIMEOUT)
             if isinstance(reply, hiredis.ReplyError):
+                self.close()
                 raise ConnectionError(f"Redis refused the credentials: {reply}")
         return self
 
     @property
     def closed(self):
-        return self.writer is None or self.writer.is_closing()
+        return self.transport is None or self.transport.is_closing()
 
     def send(self, commands):
         """Write ``commands`` (tuples of str or bytes) in one buffer."""
-        self.writer.write(b"".join(pack(*command) for command in commands))
+        if self.closed:
+            raise ConnectionError(f"the connection to Redis at {self.host}:{self.port} is closed")
+        self.transport.write(b"".join(pack(*command) for command in commands))
 
     async def call(self, commands, timeout):
-        """Send ``commands`` and return their replies, in order (error replies as hiredis.ReplyError)."""
+        """Send ``commands`` and return their replies, in order (error replies as hiredis.ReplyError).
+
+        Past ``timeout`` the connection is closed (its replies are out of
+        step from then on) and asyncio.TimeoutError raised.
+        """
         self.send(commands)
-        return await asyncio.wait_for(self._replies(len(commands)), timeout)
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append([len(commands), [], future])
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            self.close()
+            raise
 
-    async def _replies(self, count):
-        replies = []
-        while len(replies) < count:
-            replies.append(await self.next())
-        return replies
-
-    async def next(self):
-        """The next reply, or push (a subscription's message); ConnectionError when the server is gone."""
-        while True:
-            reply = self.parser.gets()
-            if reply is not False:
-                return reply
-            data = await self.reader.read(65536)
-            if not data:
-                raise ConnectionError(f"Redis at {self.host}:{self.port} closed the connection")
-            self.parser.feed(data)
+    def fail(self, reason):
+        """End the connection: ``ended`` says ``reason`` (a ConnectionError); calls still waiting raise it."""
+        self._end(reason)
+        self.close()
 
     def close(self):
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.parser.feed(data)
+        while not self.closed:  # the rest of the buffer is nobody's once a push ended the connection
+            try:
+                reply = self.parser.gets()
+            except hiredis.ProtocolError as exc:
+                self.fail(ConnectionError(f"Redis at {self.host}:{self.port} sent what is not RESP: {exc}"))
+                return
+            if reply is False:
+                return
+            if self.waiting:
+                entry = self.waiting[0]
+                entry[1].append(reply)
+                if len(entry[1]) == entry[0]:
+                    self.waiting.popleft()
+                    if not entry[2].done():
+                        entry[2].set_result(entry[1])
+            elif self.on_push is not None:
+                self.on_push(reply)
+
+    def connection_lost(self, exc):
+        self.transport = None
+        self._end(ConnectionError(f"Redis at {self.host}:{self.port} closed the connection"))
+
+    def _end(self, reason):
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(reason)
+        while self.waiting:
+            future = self.waiting.popleft()[2]
+            if not future.done():
+                future.set_exception(reason)
 
 
 def pack(*args):
