@@ -10,6 +10,10 @@ layer, with two additions the hot path uses:
     round trip is on its way) travels in one ``SPUBLISH``; every channel's
     batch of one flush goes in one pipeline, one round trip. Nothing waits
     for it and no lock is held across it.
+``listen(channel, on_messages)``
+    hands each batch for ``channel`` to ``on_messages`` as it is read from
+    Redis, and acknowledges it when that returns (no task waits in
+    ``receive``: a turn of the event loop sooner).
 ``receive_many(channel)``
     every message waiting for ``channel``, at least one.
 
@@ -21,7 +25,8 @@ that inbox, and the sender hears of it at once. What a subscriber took and
 then lost (its process was SIGKILLed, Redis restarted, or Redis dropped a
 subscriber that read too slowly, with whatever it had buffered) is caught by
 acknowledgements: the receiving process acknowledges each batch once the
-application has asked for the next messages (so it has handled these), and
+application has handled it (its ``on_messages`` returned, or it asked
+``receive`` for the next messages), and
 a batch not acknowledged within ``ack_timeout`` is reported undelivered. A
 batch that arrives later than that is dropped unread, so a message is never
 both reported undelivered and delivered (as far as the two machines' clocks
