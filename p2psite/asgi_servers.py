@@ -268,3 +268,38 @@ def _handshake_gate(limit):
     H11Protocol.handle_websocket_upgrade = handle_websocket_upgrade
     WebSocketsSansIOProtocol.start_keepalive = accepted
     WebSocketsSansIOProtocol.connection_lost = on_connection_lost
+
+
+def immediate_sender(send):
+    """For an ASGI ``send`` of uvicorn's websockets-sansio connection: ``send_now(text)``, else None.
+
+    ``send_now`` writes a text frame at once and returns True where
+    uvicorn's ``send`` would not have waited (the connection is open and its
+    transport takes data); else it returns False and the caller awaits
+    ``send`` as usual, which then raises or waits as it should. The same
+    steps as ``send``'s, without its coroutine: a coroutine can only be run
+    from a task, and the hand-over to the task that writes a socket's frames
+    cost every frame a turn of the event loop (tens of milliseconds each
+    while hundreds of sockets open at once).
+    """
+    if "uvicorn.protocols.websockets.websockets_sansio_impl" not in sys.modules:
+        return None  # daphne, or another of uvicorn's implementations
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from websockets.protocol import State
+
+    connection = getattr(send, "__self__", None)
+    if not isinstance(connection, WebSocketsSansIOProtocol) or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+        return None
+
+    def send_now(text):
+        c = connection
+        if (
+            not c.writable.is_set() or c.disconnected or c.close_sent or not c.handshake_complete
+            or c.initial_response is not None or c.conn.state is not State.OPEN or c.transport.is_closing()
+        ):
+            return False
+        c.conn.send_text(text.encode())
+        c.transport.write(b"".join(c.conn.data_to_send()))
+        return True
+
+    return send_now

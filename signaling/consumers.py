@@ -11,6 +11,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from p2psite.asgi_servers import immediate_sender
 from signaling import codes, limits, metrics, protocol, readiness, registry, signals, tokens
 from signaling import hub as hubs
 from signaling.applications import aget_app
@@ -40,6 +41,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        self.send_now = immediate_sender(send)  # None but under uvicorn's production protocol
         self.hub = None
         self.peer_id = None
         self.closing = False
@@ -367,6 +369,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
             return
         if self.closing:
             self.hub.undeliverable(self, [(frame, src, kind)])
+            return
+        # Nothing ahead of it and the socket takes data: written now, not by
+        # the writer a turn of the event loop later.
+        if not self.outbox and self.send_now is not None and self.send_now(frame):
             return
         self.outbox.append((frame, src, kind))
         self.outbox_bytes += len(frame)

@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import struct
 import urllib.request
 from pathlib import Path
@@ -30,8 +31,13 @@ class RawSocket:
         self.writer = writer
 
     @classmethod
-    async def open(cls, worker, peer_id, token="t", read_open=True):
-        reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    async def open(cls, worker, peer_id, token="t", read_open=True, receive_buffer=None):
+        sock = socket.socket()
+        if receive_buffer is not None:  # before connecting: the window it offers the server
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", worker.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
         path = socket_url(worker, peer_id, token).split(str(worker.port), 1)[1]
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(
@@ -258,6 +264,35 @@ async def test_a_client_that_never_reads_is_closed_and_nobody_else_waits_for_it(
         stuck.close()
     finally:
         cluster.stop()
+
+
+async def test_a_peer_that_reads_late_gets_every_frame_in_order(make_server):
+    """Frames a production worker writes at once while the socket takes data, and the
+    ones that wait in the socket's outbox once it does not, reach the client in the
+    order they were sent."""
+    worker = make_server(server="uvicorn", env={"PEERJS_FLOOD_LIMIT": "0", "PEERJS_OUTBOX_MAX_BYTES": str(64 * 1024 * 1024)})
+    late_id = uid("late")
+    late = await RawSocket.open(worker, late_id, receive_buffer=4096)
+    sender = await connect(worker)
+    small = "x" * 2_000
+
+    async def send(numbers):
+        for n in numbers:
+            await sender.relay("CANDIDATE", late_id, {"n": n, "pad": small})
+
+    await send(range(3000))  # 6 MB: more than the kernel's buffers hold, so the rest waits in the outbox
+    await roundtrip(sender, sender)  # the worker has taken them all before the client reads any
+    # The client reads while more come: each time the socket takes data again,
+    # what waited goes first.
+    sending = asyncio.create_task(send(range(3000, 6000)))
+    received = []
+    while len(received) < 6000:
+        frame = json.loads(await late.frame())
+        assert frame["type"] == "CANDIDATE", frame
+        received.append(frame["payload"]["n"])
+    await sending
+    assert received == list(range(6000))
+    late.close()
 
 
 async def test_sockets_per_client_address_are_capped(make_server):
