@@ -157,6 +157,7 @@ def _adapt_uvicorn():
         self.transport.close()
 
     WebSocketsSansIOProtocol.data_received = answer_what_the_handshake_parser_refused
+    _immediate_text(WebSocketsSansIOProtocol)
     logging.getLogger("uvicorn.error").addFilter(_OneLineForInvalidUtf8())
     _header_deadline(float(os.environ.get("ASGI_HEADER_TIMEOUT") or 10))
     _handshake_gate(int(os.environ.get("ASGI_HANDSHAKE_CONCURRENCY") or 32))
@@ -270,6 +271,59 @@ def _handshake_gate(limit):
     WebSocketsSansIOProtocol.connection_lost = on_connection_lost
 
 
+def _immediate_text(protocol_class):
+    """Offer each complete text message to the application's ``take_text_now`` first (see immediate_receiver)."""
+    to_app = protocol_class.send_receive_event_to_app
+    protocol_class.take_text_now = None
+
+    def send_receive_event_to_app(self):
+        take = self.take_text_now
+        # Only with nothing queued ahead of it: messages keep their order.
+        if take is not None and self.curr_msg_data_type == "text" and not self.close_sent and self.queue.empty():
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                text = None  # uvicorn's own way closes with 1007
+            if text is not None and take(text):
+                self.frames = []
+                return
+        to_app(self)
+
+    protocol_class.send_receive_event_to_app = send_receive_event_to_app
+
+
+def immediate_receiver(send, take_text_now):
+    """Under uvicorn's websockets-sansio, offer each text message to ``take_text_now(text)`` as it is read.
+
+    ``send`` is the connection's ASGI send. ``take_text_now`` runs in the
+    server's read callback, before the message would join the queue that
+    the application's ``receive`` reads (only when that queue is empty, so
+    the order holds); it returns True if it has handled the message, False
+    to let it take that queue, as usual. The application's task would have
+    woken a turn of the event loop later, and uvicorn stops and restarts
+    reading the socket for each queued message (two system calls). Returns
+    whether it was installed (not under daphne or other implementations).
+    """
+    connection = _sansio_connection(send)
+    if connection is None:
+        return False
+    connection.take_text_now = take_text_now
+    return True
+
+
+def _sansio_connection(send):
+    """The uvicorn websockets-sansio connection whose ASGI ``send`` this is, else None."""
+    if "uvicorn.protocols.websockets.websockets_sansio_impl" not in sys.modules:
+        return None  # daphne, or another of uvicorn's implementations
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    connection = getattr(send, "__self__", None)
+    if not isinstance(connection, WebSocketsSansIOProtocol) or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+        return None
+    return connection
+
+
 def immediate_sender(send):
     """For an ASGI ``send`` of uvicorn's websockets-sansio connection: ``send_now(text)``, else None.
 
@@ -282,14 +336,10 @@ def immediate_sender(send):
     cost every frame a turn of the event loop (tens of milliseconds each
     while hundreds of sockets open at once).
     """
-    if "uvicorn.protocols.websockets.websockets_sansio_impl" not in sys.modules:
-        return None  # daphne, or another of uvicorn's implementations
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    from websockets.protocol import State
-
-    connection = getattr(send, "__self__", None)
-    if not isinstance(connection, WebSocketsSansIOProtocol) or getattr(send, "__func__", None) is not WebSocketsSansIOProtocol.send:
+    connection = _sansio_connection(send)
+    if connection is None:
         return None
+    from websockets.protocol import State
 
     def send_now(text):
         c = connection

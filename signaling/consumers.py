@@ -11,7 +11,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from p2psite.asgi_servers import immediate_sender
+from p2psite.asgi_servers import immediate_receiver, immediate_sender
 from signaling import codes, limits, metrics, protocol, readiness, registry, signals, tokens
 from signaling import hub as hubs
 from signaling.applications import aget_app
@@ -47,9 +47,17 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.writer = None
         self.accepted = False
+        # True while this loop waits for the next event and nothing else of
+        # the socket's is under way: only then may a frame be handled at
+        # once, in the server's read callback (receive_now), and keep its order.
+        self.reading = False
+        immediate_receiver(send, self.receive_now)  # under uvicorn's production protocol
         try:
             while True:
-                await self.dispatch(await receive())
+                self.reading = True
+                message = await receive()
+                self.reading = False
+                await self.dispatch(message)
         except StopConsumer:
             pass
         except OSError:
@@ -267,14 +275,47 @@ class PeerConsumer(AsyncWebsocketConsumer):
         except protocol.ProtocolError as exc:
             await self.bad_frame(str(exc))
             return
+        if action is protocol.UNREGISTER_ACTION:
+            if signals.peer_message.receivers:
+                self.hub.received(self, message)
+            await self.drop(codes.NORMAL, "Left")
+            return
+        self.act(message, action)
+
+    def receive_now(self, text):
+        """Handle a text frame in the server's read callback; False if it must take its turn (:meth:`receive`).
+
+        A frame handed to :meth:`receive` waits a turn of the event loop for
+        this socket's task, and while hundreds of sockets open at once a turn
+        takes tens of milliseconds. Frames that need no waiting (the relayed
+        ones, heartbeats) are handled here at once; the rest (bad frames,
+        a leave, a socket being throttled or not yet open) take the usual
+        way, which answers them, untouched by this attempt.
+        """
+        if not self.reading or self.closing or self.peer_id is None:
+            return False  # not open yet, or something of the socket's is under way: keep the order
+        try:
+            message = protocol.parse_frame(text, self.options.max_frame_bytes)
+            action = protocol.interpret(message, text, self.peer_id, self.options.id_max_length)
+        except protocol.ProtocolError:
+            return False
+        if action is protocol.UNREGISTER_ACTION:
+            return False
+        now = self.hub.loop.time()
+        if self.options.flood_limit and not self.admit(now):
+            return False
+        self.last_frame = now
+        self.act(message, action)
+        return True
+
+    def act(self, message, action):
+        """Relay a frame the client may send (a heartbeat only counts as a sign of life)."""
         if signals.peer_message.receivers:  # the reference's 'message' event, for whoever listens
             self.hub.received(self, message)
         if action is protocol.HEARTBEAT_ACTION:
             return
         try:
-            if action is protocol.UNREGISTER_ACTION:
-                await self.drop(codes.NORMAL, "Left")
-            elif isinstance(action, protocol.NoSuchPeer):
+            if isinstance(action, protocol.NoSuchPeer):
                 self.hub.no_such_peer(self.key, self.peer_id, action)
             else:
                 self.hub.relay(self.key, self.peer_id, action)
@@ -283,7 +324,22 @@ class PeerConsumer(AsyncWebsocketConsumer):
             # counted and logged, and the socket carries on.
             logger.exception("socket %s: a %s frame failed", self.connection_id, action.__class__.__name__)
             self.hub.stats["internal_errors"] += 1
-            await self.send(text_data=protocol.error_frame(MSG_INTERNAL))
+            self.hub.spawn(self.send(text_data=protocol.error_frame(MSG_INTERNAL)))
+
+    def admit(self, now):
+        """Take a frame's token from the flood bucket if it has one (see :meth:`throttle`)."""
+        allowance = self._allowance_after(now)
+        if allowance < 0:
+            return False
+        self.allowance = allowance
+        if allowance >= self.options.flood_burst / 2:
+            self.throttled_since = None  # it let the bucket fill up again: not sustained
+        return True
+
+    def _allowance_after(self, now):
+        """The bucket's tokens once this frame's is taken (negative: it had none)."""
+        o = self.options
+        return min(o.flood_burst, self.allowance + (now - self.last_frame) * o.flood_limit) - 1
 
     async def throttle(self, now):
         """Hold a socket to ``flood_limit`` frames per second; False once it is closed for flooding.
@@ -294,12 +350,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
         keeps the bucket below half full for ``flood_cutoff`` after it first
         ran dry is cut off.
         """
-        o = self.options
-        self.allowance = min(o.flood_burst, self.allowance + (now - self.last_frame) * o.flood_limit) - 1
-        if self.allowance >= 0:
-            if self.allowance >= o.flood_burst / 2:
-                self.throttled_since = None  # it let the bucket fill up again: not sustained
+        if self.admit(now):
             return True
+        o = self.options
+        self.allowance = self._allowance_after(now)
         if self.throttled_since is None:
             self.throttled_since = now
         elif now - self.throttled_since > o.flood_cutoff / 1000:

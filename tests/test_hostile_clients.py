@@ -295,6 +295,43 @@ async def test_a_peer_that_reads_late_gets_every_frame_in_order(make_server):
     late.close()
 
 
+async def test_frames_read_in_one_burst_keep_their_order_when_some_must_wait(make_server):
+    """A production worker relays a frame as it reads it, unless it must wait its
+    turn: one answered with ERROR, or throttled by the flood limit. Frames read with
+    them in one burst wait behind them, and reach the peer in the order sent."""
+    worker = make_server(server="uvicorn", env={
+        "PEERJS_FLOOD_LIMIT": "200", "PEERJS_FLOOD_BURST": "20", "PEERJS_FLOOD_CUTOFF": "60000",
+    })
+    receiver = await connect(worker)
+    raw = await RawSocket.open(worker, uid("burst"))
+    for n in range(100):  # past the burst of 20: the rest are throttled
+        if n in (5, 50):
+            raw.send_text("not JSON")
+        raw.send_text(json.dumps({"type": "CANDIDATE", "dst": receiver.peer_id, "payload": {"n": n}}))
+    await raw.writer.drain()
+    received = [(await receiver.expect("CANDIDATE"))["payload"]["n"] for _ in range(100)]
+    assert received == list(range(100))
+    for _ in range(2):
+        assert json.loads(await raw.frame())["type"] == "ERROR"
+    raw.close()
+
+
+async def test_a_frame_sent_before_open_by_a_socket_refused_its_id_is_not_relayed(make_server):
+    """A frame that arrives while the worker still registers the socket's id waits
+    for the outcome: the id is taken, so the frame goes nowhere."""
+    worker = make_server(server="uvicorn", env={"PEERJS_FLOOD_LIMIT": "0"})
+    holder, witness = await connect(worker), await connect(worker)
+    impostor = await RawSocket.open(worker, holder.peer_id, token="not-the-holders", read_open=False)
+    impostor.send_text(json.dumps({"type": "CANDIDATE", "dst": witness.peer_id, "payload": "from the impostor"}))
+    await impostor.writer.drain()
+    assert json.loads(await impostor.frame())["type"] == "ID-TAKEN"
+    assert await impostor.close_code() == 1008
+    # The witness hears the holder's frame, and nothing before it.
+    await holder.relay("CANDIDATE", witness.peer_id, "from the holder")
+    frame = await witness.recv()
+    assert (frame["src"], frame["payload"]) == (holder.peer_id, "from the holder")
+
+
 async def test_sockets_per_client_address_are_capped(make_server):
     worker = make_server(server="uvicorn", env={"PEERJS_MAX_SOCKETS_PER_ADDRESS": "3"})
     held = [await connect(worker) for _ in range(3)]
