@@ -226,7 +226,10 @@ class _Link:
         self.reply = None  # where acknowledgements for this process arrive
         self.outgoing = {}  # (channel, tracked) -> [(message, future)]
         self.acks_out = collections.defaultdict(list)  # reply channel -> batch ids
-        self.flushing = None
+        self.closing = False
+        self.kicked = None  # the round scheduled for the end of this turn
+        self.answering = None  # the connection whose replies the round under way awaits
+        self.flushing = None  # the task publishing a round, when one must open a connection first
         self.flush_waiters = []  # futures to resolve once what was sent before them is published
         self.ack_timer = None
         self.pending = {}  # batch id -> (channel, messages, timer)
@@ -265,8 +268,12 @@ class _Link:
         self._kick()
 
     def _kick(self):
-        if self.flushing is None:
-            self.flushing = self.loop.create_task(self._flush())
+        """Publish what waits: at the end of this turn of the event loop, or when the round under way is answered."""
+        if self.kicked is None and not self._busy():
+            self.kicked = self.loop.call_soon(self._round)
+
+    def _busy(self):
+        return self.answering is not None or self.flushing is not None
 
     def _send_acks(self):
         self.ack_timer = None
@@ -275,43 +282,85 @@ class _Link:
 
     async def flushed(self):
         """Return once everything sent so far has been published."""
-        if not self.outgoing and self.flushing is None:
+        if not self.outgoing and not self._busy() and self.kicked is None:
             return
         waiter = self.loop.create_future()
         self.flush_waiters.append(waiter)
         self._kick()
         await waiter
 
-    async def _flush(self):
-        """Publish what accumulated, round trip after round trip, until nothing is left."""
+    # One round trip at a time, so that a sender's batches reach Redis in the
+    # order of their ids, also when a round is sent again after a lost
+    # connection (the receiver drops a batch whose id is not above the last
+    # it took). A round goes out at the end of the turn in which its first
+    # message was put, or the moment the previous round is answered, with
+    # everything put meanwhile: it never waits for a task to wake up (a turn
+    # of the event loop each, tens of milliseconds while hundreds of sockets
+    # open at once).
+
+    def _round(self):
+        """Publish what accumulated; at once on a connection that is open, else by a task that opens one."""
+        self.kicked = None
+        if self.closing or self._busy() or not (self.outgoing or self.acks_out or self.flush_waiters):
+            return
+        outgoing, self.outgoing = self.outgoing, {}
+        acks, self.acks_out = self.acks_out, collections.defaultdict(list)
+        waiters, self.flush_waiters = self.flush_waiters, []
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        commands = self._commands(outgoing, acks)
+        if not commands:  # only flushed() waited: everything before it is published
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        node = self.layer.address() if self.topology is None else None
+        connection = self.publishers.get(node)
+        if connection is None or connection.closed:
+            # A first round, a cluster's (several servers, slots that move),
+            # or the connection is gone: a task opens what it needs.
+            self.flushing = self.loop.create_task(self._publish(commands, waiters))
+            return
+        packed = [("SPUBLISH", channel, payload) for channel, payload, _on_failure in commands]
+        timer = self.loop.call_later(PUBLISH_TIMEOUT, connection.fail, asyncio.TimeoutError())
+        self.answering = connection
+        connection.request(packed, functools.partial(self._answered, node, connection, commands, waiters, timer))
+
+    def _answered(self, node, connection, commands, waiters, timer, replies):
+        """A round's replies, or what ended its connection first (from the connection's read callback)."""
+        timer.cancel()
+        self.answering = None
+        if isinstance(replies, BaseException):
+            if self.publishers.get(node) is connection:
+                del self.publishers[node]
+            if not isinstance(replies, asyncio.TimeoutError) and not self.closing:
+                # Lost with the connection: sent once more on a new one,
+                # before anything put since (a duplicate is dropped on arrival).
+                self.flushing = self.loop.create_task(self._publish(commands, waiters, again=True))
+                return
+            replies = [replies] * len(commands)  # a silent Redis: not sent again
         try:
-            first = True
-            while self.outgoing or self.acks_out or self.flush_waiters:
-                if not first:
-                    # Under load, one more turn of the event loop first: what
-                    # the sockets read in it send joins this round trip
-                    # (measured: a fifth less CPU per frame between workers).
-                    # Not before the first: after a lull the frame that started
-                    # this flush goes at once, a turn sooner (a turn can take
-                    # tens of milliseconds while hundreds of sockets open).
-                    await asyncio.sleep(0)
-                first = False
-                outgoing, self.outgoing = self.outgoing, {}
-                acks, self.acks_out = self.acks_out, collections.defaultdict(list)
-                waiters, self.flush_waiters = self.flush_waiters, []
-                if self.ack_timer is not None:
-                    self.ack_timer.cancel()
-                    self.ack_timer = None
-                await self._publish(outgoing, acks)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            self._results(commands, replies, waiters)
+        except Exception:
+            logger.exception("failed on the replies to %d messages", len(commands))
+        self._round()
+
+    async def _publish(self, commands, waiters, again=False):
+        try:
+            packed = [(channel, payload) for channel, payload, _on_failure in commands]
+            if again:  # its first try was lost with its connection: one more, on a new one
+                await asyncio.sleep(RECONNECT_PAUSE)
+            results = await self._spublish(packed, tries=1 if again else 2)
+            self._results(commands, results, waiters)
         finally:
             self.flushing = None
+        self._round()
 
-    async def _publish(self, outgoing, acks):
+    def _commands(self, outgoing, acks):
+        """The round's (Redis channel, payload, what to do on failure); tracked batches are pending from now."""
         now = time.time()
-        commands = []  # (channel, payload, what to do on failure)
+        commands = []
         for (channel, tracked), entries in outgoing.items():
             messages = [message for message, _future in entries]
             if tracked:
@@ -320,14 +369,17 @@ class _Link:
                 timer = self.loop.call_later(self.layer.ack_timeout, self._timed_out, batch_id)
                 self.pending[batch_id] = (channel, messages, timer)
                 self.in_flight[channel] += len(messages)
-                commands.append((_redis_name(channel), payload, batch_id))
+                commands.append((_redis_name(channel), msgpack.packb(payload), batch_id))
             else:
-                commands.append((_redis_name(channel), {"m": messages, "t": now}, [future for _m, future in entries]))
+                payload = {"m": messages, "t": now}
+                commands.append((_redis_name(channel), msgpack.packb(payload), [future for _m, future in entries]))
         for reply, batch_ids in acks.items():
-            commands.append((reply, {"a": batch_ids}, None))
-        results = await self._spublish([(channel, msgpack.packb(payload)) for channel, payload, _ in commands])
+            commands.append((reply, msgpack.packb({"a": batch_ids}), None))
+        return commands
+
+    def _results(self, commands, results, waiters):
         self.layer.stats["round_trips"] += 1
-        for (channel, payload, on_failure), result in zip(commands, results):
+        for (channel, _payload, on_failure), result in zip(commands, results):
             if isinstance(result, Exception):  # an error reply (hiredis.ReplyError) included
                 self._failed(channel, on_failure, f"Redis: {result!r}")
             elif result == 0:
@@ -336,8 +388,11 @@ class _Link:
                 for future in on_failure:
                     if not future.done():
                         future.set_result(None)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def _spublish(self, messages):
+    async def _spublish(self, messages, tries=2):
         """SPUBLISH each (channel, payload) to the server of its slot; the replies, in order.
 
         One write per server; servers in parallel. A reply is the number of
@@ -350,7 +405,7 @@ class _Link:
         results = [None] * len(messages)
 
         async def one(node, indexes):
-            replies = await self._call(node, [("SPUBLISH", *messages[i]) for i in indexes])
+            replies = await self._call(node, [("SPUBLISH", *messages[i]) for i in indexes], tries)
             for i, reply in zip(indexes, replies):
                 results[i] = reply
 
@@ -363,19 +418,19 @@ class _Link:
         if moved and self.topology is not None:
             # A slot moved to another shard: learn where, and send those once more.
             await _quietly(self.topology.initialize())
-            again = await self._spublish([messages[i] for i in moved])
+            again = await self._spublish([messages[i] for i in moved], tries)
             for i, reply in zip(moved, again):
                 results[i] = reply
         return results
 
-    async def _call(self, node, commands):
+    async def _call(self, node, commands, tries=2):
         """The replies to ``commands`` from ``node``; exceptions in their stead if it cannot answer.
 
         A connection that a Redis restart closed fails at once: it is opened
         again and the commands sent once more (a reply lost in the instant
         Redis stopped could mean a duplicate; a silent Redis times out).
         """
-        for attempt in (1, 2):
+        for attempt in range(1, tries + 1):
             connection = self.publishers.get(node)
             try:
                 if connection is None or connection.closed:
@@ -385,7 +440,7 @@ class _Link:
                 if connection is not None:
                     connection.close()
                 self.publishers.pop(node, None)
-                if attempt == 2 or isinstance(exc, asyncio.TimeoutError):
+                if attempt == tries or isinstance(exc, asyncio.TimeoutError):
                     return [exc] * len(commands)
                 await asyncio.sleep(RECONNECT_PAUSE)
 
@@ -483,7 +538,7 @@ class _Link:
         # Acknowledgements may wait a moment: they go with the next flush, or
         # after ACK_DELAY, so that a steady trickle of batches does not cost a
         # round trip each way.
-        if self.flushing is None and self.ack_timer is None:
+        if not self._busy() and self.kicked is None and self.ack_timer is None:
             self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
 
     def _subscribe(self):
@@ -608,12 +663,14 @@ class _Link:
             inbox.waiter.set_result(None)
 
     async def close(self):
+        await _quietly(self.flushed())  # what was put goes out first, as long as Redis answers
+        self.closing = True
+        if self.kicked is not None:
+            self.kicked.cancel()
         for task, _channels in self.readers.values():
             task.cancel()
         for task, _channels in self.readers.values():
             await _quietly(task)
-        if self.flushing is not None:
-            await _quietly(self.flushing)
         for _channel, _messages, timer in self.pending.values():
             timer.cancel()
         if self.ack_timer is not None:

@@ -34,7 +34,7 @@ class Connection(asyncio.Protocol):
         self.tls = tls  # rediss://
         self.transport = None
         self.parser = hiredis.Reader()
-        self.waiting = collections.deque()  # [replies expected, replies so far, future], oldest first
+        self.waiting = collections.deque()  # [replies expected, replies so far, on_replies], oldest first
         self.on_push = None  # called with each reply no call waits for
         self.ended = None  # future: the ConnectionError that ended the connection
 
@@ -69,15 +69,34 @@ class Connection(asyncio.Protocol):
             raise ConnectionError(f"the connection to Redis at {self.host}:{self.port} is closed")
         self.transport.write(b"".join(pack(*command) for command in commands))
 
+    def request(self, commands, on_replies):
+        """Send ``commands``; ``on_replies`` is called with their replies, in order, as they are read.
+
+        Or with the exception that ended the connection first. Called from
+        the read callback, not a turn of the event loop later as a future's
+        waiter would be.
+        """
+        if not commands:
+            raise ValueError("no commands: nothing would answer")  # the call would swallow the next reply
+        self.send(commands)
+        self.waiting.append([len(commands), [], on_replies])
+
     async def call(self, commands, timeout):
         """Send ``commands`` and return their replies, in order (error replies as hiredis.ReplyError).
 
         Past ``timeout`` the connection is closed (its replies are out of
         step from then on) and asyncio.TimeoutError raised.
         """
-        self.send(commands)
         future = asyncio.get_running_loop().create_future()
-        self.waiting.append([len(commands), [], future])
+
+        def answered(replies):
+            if not future.done():
+                if isinstance(replies, BaseException):
+                    future.set_exception(replies)
+                else:
+                    future.set_result(replies)
+
+        self.request(commands, answered)
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
@@ -113,8 +132,7 @@ class Connection(asyncio.Protocol):
                 entry[1].append(reply)
                 if len(entry[1]) == entry[0]:
                     self.waiting.popleft()
-                    if not entry[2].done():
-                        entry[2].set_result(entry[1])
+                    entry[2](entry[1])
             elif self.on_push is not None:
                 self.on_push(reply)
 
@@ -126,9 +144,7 @@ class Connection(asyncio.Protocol):
         if self.ended is not None and not self.ended.done():
             self.ended.set_result(reason)
         while self.waiting:
-            future = self.waiting.popleft()[2]
-            if not future.done():
-                future.set_exception(reason)
+            self.waiting.popleft()[2](reason)
 
 
 def pack(*args):
