@@ -5,13 +5,18 @@ load generator speaks the protocol (OPEN, relayed OFFER/CANDIDATE frames with
 ``src`` set by the server) and that its loss, duplicate and order counting
 reports every message of a healthy relay as delivered once, in order.
 """
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
 
+from tests.client import connect
 from tests.servers import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import loadgen  # noqa: E402  (the bench's own module, not a package)
 
 LOADGEN = ROOT / "bench" / "loadgen.py"
 PAIRS = 2  # 4 peers
@@ -54,3 +59,33 @@ def test_load_generator_refuses_targets_off_loopback(url):
     done = run_loadgen("smoke", "--url", url, "--pairs", "1", "--messages", "1", timeout=20)
     assert done.returncode != 0
     assert "loopback" in done.stderr
+
+
+async def test_the_storms_lean_client_opens_hears_frames_and_notices_a_takeover(make_server):
+    """The storm reconnects its 5 000 peers with loadgen.LeanSocket, not the websockets
+    library: against a production worker it opens (OPEN checked), heartbeats, reads
+    what is relayed to it, and notices when the server closes it."""
+    worker = make_server(server="uvicorn", env={"PEERJS_FLOOD_LIMIT": "0"})
+    generator = loadgen.Generator("lean", compression=None)
+    heard = asyncio.Event()
+    frames = []
+    generator.on_frame = lambda peer, raw: (frames.append(json.loads(raw)), heard.set())
+    drops = []
+    generator.on_drop = drops.append
+    peer = generator.new_peer(worker.ws)
+    await peer.connect_lean(10)
+    assert peer.open
+    await peer.ws.send(loadgen.HEARTBEAT_FRAME)
+    sender = await connect(worker)
+    await sender.relay("CANDIDATE", peer.peer_id, "to the lean client")
+    await asyncio.wait_for(heard.wait(), 10)
+    assert frames == [{"type": "CANDIDATE", "src": sender.peer_id, "dst": peer.peer_id, "payload": "to the lean client"}]
+    # Its id, taken by someone else, is refused; taken over with its own token, it is closed.
+    impostor = loadgen.Peer(generator, peer.peer_id, worker.ws)
+    impostor.url = loadgen.socket_url(worker.ws, peer.peer_id, "not-the-owners-token")
+    with pytest.raises(loadgen.LoadError, match="ID-TAKEN"):
+        await impostor.connect_lean(10)
+    takeover = await connect(worker, peer_id=peer.peer_id, token=peer.token)
+    await asyncio.wait_for(peer.ws.ended, 10)
+    assert drops == [peer] and peer.dropped and not peer.open
+    await takeover.close()
