@@ -269,11 +269,12 @@ class _Link:
 
     def _kick(self):
         """Publish what waits: at the end of this turn of the event loop, or when the round under way is answered."""
-        if self.kicked is None and not self._busy():
+        if not self._busy():
             self.kicked = self.loop.call_soon(self._round)
 
     def _busy(self):
-        return self.answering is not None or self.flushing is not None
+        """A round is scheduled, awaits its replies, or is being published by a task."""
+        return self.kicked is not None or self.answering is not None or self.flushing is not None
 
     def _send_acks(self):
         self.ack_timer = None
@@ -282,7 +283,7 @@ class _Link:
 
     async def flushed(self):
         """Return once everything sent so far has been published."""
-        if not self.outgoing and not self._busy() and self.kicked is None:
+        if not self.outgoing and not self._busy():
             return
         waiter = self.loop.create_future()
         self.flush_waiters.append(waiter)
@@ -311,9 +312,7 @@ class _Link:
             self.ack_timer = None
         commands = self._commands(outgoing, acks)
         if not commands:  # only flushed() waited: everything before it is published
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            _release(waiters)
             return
         node = self.layer.address() if self.topology is None else None
         connection = self.publishers.get(node)
@@ -388,9 +387,7 @@ class _Link:
                 for future in on_failure:
                     if not future.done():
                         future.set_result(None)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        _release(waiters)
 
     async def _spublish(self, messages, tries=2):
         """SPUBLISH each (channel, payload) to the server of its slot; the replies, in order.
@@ -538,7 +535,7 @@ class _Link:
         # Acknowledgements may wait a moment: they go with the next flush, or
         # after ACK_DELAY, so that a steady trickle of batches does not cost a
         # round trip each way.
-        if not self._busy() and self.kicked is None and self.ack_timer is None:
+        if not self._busy() and self.ack_timer is None:
             self.ack_timer = self.loop.call_later(ACK_DELAY, self._send_acks)
 
     def _subscribe(self):
@@ -685,6 +682,12 @@ def _redis_name(channel):
     """The Redis channel for a Channels channel: braced, so that its hash slot is the
     whole name's and the process's acknowledgements ("<name>!acks") share it."""
     return "{" + channel + "}"
+
+
+def _release(waiters):
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 async def _quietly(awaitable):
