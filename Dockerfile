@@ -47,9 +47,12 @@ COPY --from=vendor /vendor/ ./
 RUN DJANGO_SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" DJANGO_DEBUG=0 \
     python manage.py collectstatic --noinput -v0
 
-# The code stays owned by root and read-only to the server.
-RUN useradd --system --user-group --no-create-home --home-dir /app peerserver
-USER peerserver
+# The code stays owned by root and read-only to the server. A fixed uid, so
+# that Kubernetes can check runAsNonRoot and the Helm chart's runAsUser names
+# the same user (deploy/helm/peerserver/values.yaml, podSecurityContext).
+RUN groupadd --system --gid 10001 peerserver \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app peerserver
+USER 10001:10001
 
 EXPOSE 8000
 # Healthy means ready: the database and Redis answer and the worker is not

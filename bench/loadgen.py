@@ -213,7 +213,8 @@ class Peer:
         try:
             async with asyncio.timeout(timeout):
                 transport, self.ws = await loop.create_connection(
-                    lambda: LeanSocket(self, self.url, opened), parts.hostname, parts.port
+                    lambda: LeanSocket(self, self.url, opened), parts.hostname, parts.port,
+                    local_addr=self.generator.local_addr,
                 )
                 await opened
         except BaseException:
@@ -388,9 +389,13 @@ class LeanSocket(asyncio.Protocol):
 class Generator:
     """The peers of one load-generator process and the phases it runs."""
 
-    def __init__(self, prefix, compression="deflate"):
+    def __init__(self, prefix, compression="deflate", source=None):
         self.prefix = prefix  # makes peer ids unique across worker processes
         self.compression = compression  # "deflate" offers permessage-deflate, as browsers do
+        # The lean sockets' own address (127.0.0.2, ...): one source address
+        # reaches a server's port from at most ~28 000 ephemeral ports
+        # (bench/scale.py opens 100 000 peers from several).
+        self.local_addr = (source, 0) if source else None
         self.counter = itertools.count()
         self.idle = []
         self.pairs = []  # (Peer, Peer)
@@ -440,8 +445,11 @@ class Generator:
 
     # Opening and holding sockets.
 
-    async def open_peers(self, bases, count, concurrency, timeout=20.0, seconds=None, on_open=None):
+    async def open_peers(self, bases, count, concurrency, timeout=20.0, seconds=None, on_open=None, lean=False):
         """Open ``count`` peers spread over ``bases``; returns (peers, failures, open latencies).
+
+        ``lean`` opens them with :class:`LeanSocket` (bench/perpeer.py: thousands
+        of opens whose client must not take the cores the server is measured on).
 
         With ``seconds``, no open starts after that long: a slow server gets
         fewer peers (counted under "not attempted") instead of a run without end.
@@ -461,7 +469,7 @@ class Generator:
                     return
                 started = time.monotonic_ns()
                 try:
-                    await peer.connect(timeout)
+                    await (peer.connect_lean(timeout) if lean else peer.connect(timeout))
                 except Exception as exc:  # counted and reported: a refused or failed open
                     failures[type(exc).__name__ + (f": {exc}"[:120] if isinstance(exc, LoadError) else "")] += 1
                     return
@@ -815,8 +823,8 @@ class Generator:
 
 
 class Worker:
-    def __init__(self, prefix, compression):
-        self.generator = Generator(prefix, compression)
+    def __init__(self, prefix, compression, source=None):
+        self.generator = Generator(prefix, compression, source)
 
     async def handle(self, command):
         g = self.generator
@@ -831,8 +839,9 @@ class Worker:
                 check_loopback(base)
             g.start_heartbeats()
             opened, failures, latency = await g.open_peers(
-                bases, command["count"], command.get("concurrency", 64), seconds=command.get("seconds"),
-                on_open=g.idle.append,
+                bases, command["count"], command.get("concurrency", 64), timeout=command.get("timeout", 20.0),
+                seconds=command.get("seconds"),
+                on_open=g.idle.append, lean=command.get("lean", False),
             )
             answer = {"opened": len(opened), "failures": dict(failures), "open_latency_us": {str(k): v for k, v in latency.items()}}
         elif op == "hold":
@@ -906,9 +915,11 @@ class Worker:
         return {"held": len(peers), "alive": sum(p.open for p in peers), "dropped": sum(p.dropped for p in peers), "close_codes": dict(codes)}
 
 
-async def serve(prefix, compression):
+async def serve(prefix, compression, source=None):
     """Run commands from stdin until EOF or ``quit``; every answer is one JSON line."""
-    worker = Worker(prefix, compression)
+    if source is not None:
+        check_loopback(f"ws://{source}/")
+    worker = Worker(prefix, compression, source)
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -963,6 +974,7 @@ def main(argv=None):
     s = sub.add_parser("serve", help="a worker of bench/run.py (JSON lines on stdin/stdout)")
     s.add_argument("--prefix", required=True, help="peer id prefix, unique per worker (letters and digits)")
     s.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
+    s.add_argument("--source", help="the loopback address the lean sockets open from (default: the kernel's choice)")
     m = sub.add_parser("smoke", help="a short run against one or two servers; prints JSON")
     m.add_argument("--url", action="append", required=True, help="ws://127.0.0.1:PORT (twice: pairs span both)")
     m.add_argument("--pairs", type=int, default=2)
@@ -972,7 +984,7 @@ def main(argv=None):
     m.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        asyncio.run(serve(args.prefix, None if args.no_compression else "deflate"))
+        asyncio.run(serve(args.prefix, None if args.no_compression else "deflate", args.source))
         return 0
     compression = None if args.no_compression else "deflate"
     result = asyncio.run(smoke(args.url, args.pairs, args.messages, args.rate, args.prefix, compression))

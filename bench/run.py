@@ -224,8 +224,10 @@ def redis_ok(port):
 class Setup:
     """One server configuration under test: its processes and the bases peers connect to."""
 
-    def __init__(self, name, work, kind, server=None, ws=None, workers=1, project=ROOT):
+    def __init__(self, name, work, kind, server=None, ws=None, workers=1, project=ROOT, database_url=None, env=None):
         self.name = name
+        self.database_url = database_url  # else a copy of the migrated SQLite template
+        self.env = env or {}  # more settings for our workers
         self.project = project
         self.work = work
         self.kind = kind  # "reference" or "ours"
@@ -245,9 +247,12 @@ class Setup:
                 self._wait(p, port)
                 self.bases = [f"ws://{HOST}:{port}"]
                 return
-            db = Path(self.work) / f"{self.name}.sqlite3"
-            shutil.copy(template_db, db)
-            env = {**os.environ, **OUR_ENV, "DATABASE_URL": f"sqlite:///{db}", "PYTHONUNBUFFERED": "1"}
+            database_url = self.database_url
+            if database_url is None:
+                db = Path(self.work) / f"{self.name}.sqlite3"
+                shutil.copy(template_db, db)
+                database_url = f"sqlite:///{db}"
+            env = {**os.environ, **OUR_ENV, **self.env, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
             env.pop("REDIS_URL", None)
             if self.workers > 1:
                 rport = free_port()
@@ -273,18 +278,34 @@ class Setup:
             raise
 
     def _command(self, port):
+        # The servers as deploy/worker-entrypoint.sh runs them: adapted by
+        # signaling/servers/ (a revision from before it adapted them on import).
+        adapted = (Path(self.project) / "signaling" / "servers" / "uvicorn.py").exists()
         if self.server == "daphne":
-            return [python(), "-m", "daphne", "-b", HOST, "-p", str(port), "p2psite.asgi:application"]
+            launcher = "signaling.servers.daphne" if adapted else "daphne"
+            return [python(), "-m", launcher, "-b", HOST, "-p", str(port), "p2psite.asgi:application"]
         # "<impl>-nodeflate" runs <impl> with permessage-deflate refused.
         ws, nodeflate = (self.ws[: -len("-nodeflate")], True) if self.ws.endswith("-nodeflate") else (self.ws, False)
+        http = "h11"
+        if adapted:
+            http = "signaling.servers.uvicorn:HTTPProtocol"
+            if ws == "websockets-sansio":
+                ws = "signaling.servers.uvicorn:WebSocketProtocol"
         command = [
             python(), "-m", "uvicorn", "p2psite.asgi:application", "--host", HOST, "--port", str(port),
-            "--ws", ws, "--lifespan", "auto", "--log-level", "warning", "--no-access-log",
-            # As deploy/worker-entrypoint.sh: the frame cap, enforced before buffering.
+            "--http", http, "--ws", ws, "--lifespan", "auto", "--log-level", "warning", "--no-access-log",
+            # The frame cap, enforced before buffering: the other implementations'
+            # (and older revisions'); signaling.servers.uvicorn takes the app's.
             "--ws-max-size", str(MAX_FRAME_BYTES),
         ]
         if nodeflate:
             command += ["--ws-per-message-deflate", "false"]
+        if adapted:
+            # As deploy/worker-entrypoint.sh: the app decides whose X-Forwarded-For
+            # to believe. (uvicorn's own middleware would also keep a frame and the
+            # scope of every socket for its life: 1.9 KB per idle peer.)
+            command.append("--no-proxy-headers")
+            command += ["--ws-ping-interval", "0"]  # the hub's liveness sweep instead (deploy/worker-entrypoint.sh)
         return command
 
     def _wait(self, process, port):
@@ -322,6 +343,7 @@ OUR_ENV = {
     "PEERJS_CONCURRENT_LIMIT": "100000",
     # Every load-generator socket comes from 127.0.0.1: no per-address caps.
     "PEERJS_MAX_SOCKETS_PER_ADDRESS": "0",
+    "PEERJS_MAX_HTTP_CONNECTIONS_PER_ADDRESS": "0",
     "PEERJS_RATE_LIMIT_OPENS": "0",
     "PEERJS_RATE_LIMIT_IDS": "0",
     "DJANGO_LOG_LEVEL": "WARNING",
@@ -334,12 +356,14 @@ OUR_ENV = {
 class Clients:
     """Several ``loadgen.py serve`` processes driven in lock step."""
 
-    def __init__(self, count, tag, compression=True):
+    def __init__(self, count, tag, compression=True, sources=None):
         self.procs = []
         for i in range(count):
             command = [python(), str(BENCH / "loadgen.py"), "serve", "--prefix", f"{tag}c{i}"]
             if not compression:
                 command.append("--no-compression")
+            if sources:
+                command += ["--source", sources[i]]
             self.procs.append(
                 subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=BENCH)
             )
@@ -1022,7 +1046,9 @@ def main(argv=None):
         "--cluster", nargs="*", help="servers to run as two workers + Redis (default: uvicorn daphne; --quick: uvicorn)"
     )
     parser.add_argument("--no-soak", action="store_true", help="skip the 10 000-idle-peer, 60 s soak of the best uvicorn worker")
-    parser.add_argument("--only", nargs="*", help="run only these setups (and the reference)")
+    parser.add_argument("--only", nargs="*", help="run only these setups (and the reference); 'faults' the burst, "
+                        "unfinished and storm phases, 'storm' the storm alone")
+    parser.add_argument("--storm-peers", type=int, help="peers the storm's doomed worker holds (default 5 000; issue 25: 15 000)")
     parser.add_argument("--rev", help="benchmark the project at this git revision (default: the work tree as it is)")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where the JSON goes")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the medians of earlier runs' JSON files and exit")
@@ -1043,7 +1069,9 @@ def main(argv=None):
     started = time.monotonic()
     deadline = started + profile["deadline"]
     fd_limit = raise_fd_limit()
-    for key in ("soak_peers", "idle_peers"):
+    if args.storm_peers:
+        profile["storm_peers"] = args.storm_peers
+    for key in ("soak_peers", "idle_peers", "storm_peers"):
         profile[key] = min(profile[key], max(0, fd_limit - 500))  # the server holds them all in one process
 
     work = tempfile.mkdtemp(prefix="peerjs-bench-")
@@ -1085,13 +1113,16 @@ def main(argv=None):
         plan = [s for s in chosen if s.workers == 1] + ["soak"] + [s for s in chosen if s.workers > 1]
         plan.sort(key=lambda s: s != "soak" and s.name in OPTIONAL)
         # Faults and abuse, on the production worker (issues 8 and 12).
-        if not args.only or "faults" in args.only:
+        if not args.only or "faults" in args.only or "storm" in args.only:
             ws = args.ws[0]
-            plan += [
+            faults = [
                 ("burst", Setup(f"burst-uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project)),
                 ("unfinished", Setup(f"unfinished-uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project)),
                 ("storm", Setup(f"storm-3xuvicorn-{ws}+redis", work, "ours", server="uvicorn", ws=ws, workers=3, project=project)),
             ]
+            if args.only and "faults" not in args.only:
+                faults = [f for f in faults if f[0] == "storm"]  # --only storm
+            plan += faults
         for setup in plan:
             if isinstance(setup, tuple):
                 kind, setup = setup

@@ -2,6 +2,8 @@
 # make bench: the reference PeerServer and this project side by side (bench/run.py).
 #   bench/run.sh            the full comparison (under 10 minutes)
 #   bench/run.sh --quick    about a minute
+#   bench/run.sh --perpeer  memory per idle peer, CPU per open, the leak check (bench/perpeer.py)
+#   bench/run.sh --scale    100 000 idle peers held for 10 minutes (bench/scale.py)
 # Any other option goes to bench/run.py (see bench/run.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,4 +22,12 @@ fi
 
 # Thousands of idle peers need as many descriptors.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "${1:-}" = "--scale" ]; then
+  shift
+  exec .venv/bin/python bench/scale.py "$@"
+fi
+if [ "${1:-}" = "--perpeer" ]; then
+  shift
+  exec .venv/bin/python bench/perpeer.py "$@"
+fi
 exec .venv/bin/python bench/run.py "$@"

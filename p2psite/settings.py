@@ -12,7 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from cuepages import conf as cuepages_conf
-from p2psite import env
+from signaling import env
 from signaling import conf as peerjs_conf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -62,7 +62,10 @@ ALLOWED_HOSTS = env.string_list(
 CSRF_TRUSTED_ORIGINS = env.string_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "daphne",  # first, so that runserver serves ASGI (HTTP and WebSockets)
+    # First: its runserver (daphne's, adapted: signaling/servers/daphne.py)
+    # takes the place of daphne's.
+    "signaling",
+    "daphne",  # before staticfiles, so that runserver serves ASGI (HTTP and WebSockets)
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -71,7 +74,6 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "axes",
     "channels",
-    "signaling",
     "cuepages",
 ]
 
@@ -80,6 +82,8 @@ MIDDLEWARE = [
     # redirect (see signaling/health.py).
     "signaling.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (WhiteNoise's) read in its thread, not streamed: see p2psite/streaming.py.
+    "p2psite.streaming.ReadSyncStreams",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -186,33 +190,11 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# REDIS_URL unset: the in-memory channel layer (one worker).
-# REDIS_URL set: every worker shares signaling through Redis, on the batching
-# layer of signaling/layer.py: each worker has an inbox channel (sharded
-# pub/sub), what a worker sends another within one event-loop iteration goes
-# in one round trip, and whatever does not arrive is reported to its sender.
-# REDIS_CLUSTER=1: REDIS_URL names one node of a Redis Cluster; inboxes
-# spread over its shards.
-REDIS_URL = env.string("REDIS_URL", "")
-REDIS_CLUSTER = env.boolean("REDIS_CLUSTER", False)
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "signaling.layer.RedisBatchLayer",
-            "CONFIG": {
-                "url": REDIS_URL,
-                "cluster": REDIS_CLUSTER,
-                # Messages to one worker in flight (sent, not yet acknowledged)
-                # before further sends to it are refused (and answered EXPIRE).
-                "capacity": env.integer("REDIS_INBOX_CAPACITY", 10000, minimum=100),
-                # Seconds a worker waits for another to acknowledge what it sent;
-                # then the senders of what is unacknowledged hear EXPIRE.
-                "ack_timeout": env.integer("REDIS_ACK_TIMEOUT", 5000, minimum=100) / 1000,
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# REDIS_URL unset: the in-memory channel layer (one worker). Set: the workers
+# share signaling through Redis on the app's bus, and the default layer is
+# channels-redis (signaling.conf.channel_layers; REDIS_URL, REDIS_CLUSTER and
+# the bus's options are part of PEERJS).
+CHANNEL_LAYERS = peerjs_conf.channel_layers(PEERJS)
 
 # DJANGO_HTTPS: the site is served over HTTPS, by nginx (PEERJS_PROXIED on) or
 # by the worker itself (ASGI_TLS_CERT/ASGI_TLS_KEY, deploy/worker-entrypoint.sh).
@@ -244,6 +226,8 @@ if HTTPS:
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Times to the second, with their zone (p2psite/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["p2psite.formats"]
 USE_I18N = True
 USE_TZ = True
 
@@ -252,6 +236,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Serve straight from the app and npm folders, so a worker needs no
 # collectstatic step to serve the pages (the Docker image still runs it).
 WHITENOISE_USE_FINDERS = True
+# Files served at the site's root, as browsers ask for them: /favicon.ico.
+WHITENOISE_ROOT = BASE_DIR / "p2psite" / "root"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # The PeerJS client comes from the pinned npm package, served as-is: no CDN.
 if (BASE_DIR / "node_modules" / "peerjs" / "dist").is_dir():

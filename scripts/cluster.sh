@@ -2,7 +2,8 @@
 # The docker-compose.yml topology from local processes, without Docker:
 # a private redis-server, N PeerServer workers on 127.0.0.1 and nginx in front
 # of them with the same template (deploy/nginx/peerserver.conf.template).
-# Runs in the foreground; Ctrl-C or SIGTERM stops everything it started.
+# Runs in the foreground; Ctrl-C or SIGTERM stops everything it started, and
+# the script then exits 0.
 #
 #   scripts/cluster.sh [--workers N] [--server daphne|uvicorn]
 #   scripts/cluster.sh --render-nginx DIR    write DIR/nginx.conf and exit
@@ -65,6 +66,7 @@ render_nginx() {
   # nginx's workers drop root to "nobody"; they must reach their temp dirs.
   chmod 0755 "$dir" "$dir/tmp"
   # shellcheck source=../deploy/nginx/tls.envsh
+  PEERSERVER_PORT=$port
   . "$TLS_ENVSH"
   conf=$(<"$TEMPLATE")
   conf=${conf//'${PEERSERVER_PORT}'/"$port"}
@@ -72,6 +74,7 @@ render_nginx() {
   conf=${conf//'${PEERSERVER_LAST_TRY_UPSTREAMS}'/"$(last_try_upstreams "$upstreams")"}
   conf=${conf//'${PEERSERVER_ACCESS_LOG}'/"$access_log"}
   conf=${conf//'${PEERSERVER_TLS}'/"$PEERSERVER_TLS"}
+  conf=${conf//'${PEERSERVER_IPV6}'/"$PEERSERVER_IPV6"}
   case $conf in
     *'${PEERSERVER_'*) die "$TEMPLATE has a variable this script does not fill in" ;;
   esac
@@ -271,7 +274,7 @@ shutdown() {
   stop_all 30 "${worker_pids[@]}"
   stop_all 10 $nginx_pid
   stop_all 10 $redis_pid
-  if [ "$status" = 0 ] || [ "$status" = 130 ] || [ "$status" = 143 ]; then
+  if [ "$status" = 0 ]; then
     rm -rf "$RUN_DIR"
   else
     echo "logs kept in $RUN_DIR" >&2
@@ -279,8 +282,9 @@ shutdown() {
   say "stopped"
 }
 trap shutdown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
+# A stop asked for is the normal end, not an error: make would report a
+# status of 130 or 143 as one ("make: *** [cluster] Error 143").
+trap 'exit 0' INT TERM HUP
 
 # Every process gets its own session (setsid): a Ctrl-C in the terminal then
 # reaches only this script, which stops them in order instead of all at once.
@@ -381,6 +385,7 @@ cluster is up: $site  (PeerJS base /peerjs/myapp, key peerjs)
   redis      $REDIS_URL$([ -n "$start_redis" ] || echo ' (external)')
   database   $DATABASE_URL${metrics}
   logs       $RUN_DIR/{worker1..worker$WORKERS,nginx,redis}.log, nginx/logs/access.log
+  admin      ${site}admin/  (an admin user for this database: $(printf '%q' "DATABASE_URL=$DATABASE_URL") DJANGO_DEBUG=1 $(printf '%q' "$PY") manage.py createsuperuser)
   stop       Ctrl-C, or: kill $$
 EOF
 

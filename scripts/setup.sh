@@ -2,13 +2,13 @@
 # Set up everything the server and its tests need, idempotently:
 # the virtualenv with the pinned requirements, the npm packages (the PeerJS
 # client the pages serve), and the database schema.
-#   scripts/setup.sh          server only
-#   scripts/setup.sh --test   also what the tests need (redis-server, chromium,
-#                             nginx, PostgreSQL's server binaries for outage
-#                             tests, Compose v1 to validate docker-compose.yml,
-#                             promtool and prometheus to check the metrics and
-#                             the Prometheus config)
-#                             coturn for the TURN tests)
+#   scripts/setup.sh          server only (requirements.txt)
+#   scripts/setup.sh --test   also what the tests need: requirements-test.txt,
+#                             redis-server, chromium, nginx, PostgreSQL's server
+#                             binaries for outage tests, Compose v1 to validate
+#                             docker-compose.yml, promtool and prometheus to
+#                             check the metrics and the Prometheus config, and
+#                             coturn for the TURN tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,14 +55,20 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.requirements.sha"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "== installing requirements.txt"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -r requirements.txt
-  echo "$want" > "$stamp"
-fi
+# Each requirements file is installed again only when it changed since its
+# last install (one stamp each), so `make run` after `make test` installs nothing.
+requirements=(requirements.txt)
+[ "${1:-}" != "--test" ] || requirements+=(requirements-test.txt)
+for file in "${requirements[@]}"; do
+  stamp="$VENV/.${file%.txt}.sha"
+  want=$(sha256sum "$file" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "== installing $file"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -r "$file"
+    echo "$want" > "$stamp"
+  fi
+done
 
 if [ -f package-lock.json ]; then
   stamp=node_modules/.lock.sha

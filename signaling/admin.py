@@ -1,19 +1,26 @@
 import datetime
+import logging
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
 from django.db.models.constants import LOOKUP_SEP
+from django.http import JsonResponse
 from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from signaling import bans, hub, registry
+from signaling import broadcasts, registry
 from signaling.conf import options
-from signaling.http import request_address
-from signaling.models import App, Ban, Peer, QueuedMessage, Worker, new_token_secret
+from signaling.http import client_group, request_address
+from signaling.models import App, Ban, Overview, Peer, QueuedMessage, Worker, new_token_secret
+
+logger = logging.getLogger(__name__)
 
 # Down to the second, in the site's zone (named in the column headers).
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -45,9 +52,12 @@ def login_client_address(request):
     The same address the signaling server records for a socket, by the same
     rule (signaling.http.client_address, which follows PEERJS_PROXIED): so
     behind our proxy it is the address the proxy saw, and a client cannot
-    earn fresh tries by writing its own X-Forwarded-For.
+    earn fresh tries by writing its own X-Forwarded-For. An IPv6 client
+    counts as its network (signaling.http.client_group), so that the other
+    addresses of its /64 bring no fresh tries either.
     """
-    return request_address(request, options())
+    o = options()
+    return client_group(request_address(request, o), o)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -111,12 +121,16 @@ class PeerAdmin(ReadOnlyAdmin):
     def disconnect(self, request, queryset):
         """Close the peers' sockets on whichever worker holds them; their rows go as they close."""
         asked, missed = 0, []
+        live = set(registry.live_workers(options().worker_timeout))
         for peer in queryset:
+            if peer.worker not in live:
+                # Its worker died: nobody would hear the request.
+                missed.append(f"{peer.peer_id} (worker {peer.worker}: not alive)")
+                continue
             try:
-                hub.request_disconnect(peer)
+                broadcasts.request_disconnect(peer)
             except Exception as exc:
-                # Its worker died (nobody reads its inbox) or the channel layer
-                # is away: say so, rather than fail the whole page.
+                # The channel layer is away: say so, rather than fail the whole page.
                 missed.append(f"{peer.peer_id} (worker {peer.worker}: {type(exc).__name__})")
             else:
                 asked += 1
@@ -214,11 +228,13 @@ def announce_bans(request):
     """Once the change is committed, have every live worker re-read the bans (and close what they now name)."""
 
     def announce():
-        missed = bans.announce(registry.live_workers(options().worker_timeout))
-        if missed:
+        try:
+            broadcasts.announce_bans()
+        except Exception as exc:
+            logger.warning("could not tell the workers about a change of bans: %r", exc)
             messages.warning(
                 request,
-                f"{len(missed)} worker(s) could not be told at once (dead, or Redis away): they apply the change "
+                "The workers could not be told at once (Redis away?): they apply the change "
                 f"within PEERJS_BAN_REFRESH ({options().ban_refresh / 1000:g} s).",
             )
 
@@ -264,6 +280,9 @@ class BanAdmin(admin.ModelAdmin):
     search_fields = ["peer_id", "address"]
     actions = ["lift"]
 
+    class Media:
+        css = {"all": ["signaling/admin.css"]}
+
     def get_fields(self, request, obj=None):
         fields = ["key", "peer_id", "address", "reason"]
         return fields + (["until", "created_by"] if obj else ["duration"])
@@ -274,7 +293,11 @@ class BanAdmin(admin.ModelAdmin):
 
     @admin.display(description="banned")
     def target(self, ban):
-        return f"peer {ban.peer_id}" if ban.peer_id else f"address {ban.address}"
+        if ban.peer_id:
+            return f"peer {ban.peer_id}"
+        if ":" in ban.address:  # IPv6: the ban covers the address's network (signaling.bans.BanList)
+            return f"address {ban.address} (its /{options().ipv6_prefix})"
+        return f"address {ban.address}"
 
     @admin.display(description=f"created ({settings.TIME_ZONE})", ordering="created_at")
     def created(self, ban):
@@ -312,7 +335,30 @@ class BanAdmin(admin.ModelAdmin):
 
 @admin.register(Worker)
 class WorkerAdmin(ReadOnlyAdmin):
-    list_display = ["name", "host", "pid", "peers", "started_at", "last_beat"]
+    list_display = ["name", "host", "pid", "peers", "started", "beat"]
+    fields = ["name", "host", "pid", "peers", "started", "beat", "figures"]
+    readonly_fields = fields
+
+    class Media:
+        css = {"all": ["signaling/admin.css"]}
+
+    @admin.display(description=f"started ({settings.TIME_ZONE})", ordering="started_at")
+    def started(self, worker):
+        return moment(worker.started_at)
+
+    @admin.display(description=f"last beat ({settings.TIME_ZONE})", ordering="last_beat")
+    def beat(self, worker):
+        return moment(worker.last_beat)
+
+    @admin.display(description="as of its last beat")
+    def figures(self, worker):
+        """What the worker counted (its ``stats``), as the overview reads them: a table, not JSON."""
+        from signaling.overview import stats_rows  # the overview imports this module
+
+        return format_html(
+            '<table class="worker-figures"><tbody>{}</tbody></table>',
+            format_html_join("", '<tr><th scope="row">{}</th><td>{}</td></tr>', stats_rows(worker)),
+        )
 
     def get_queryset(self, request):
         counts = (
@@ -329,6 +375,55 @@ class WorkerAdmin(ReadOnlyAdmin):
     @admin.display(description="peers", ordering="peer_count")
     def peers(self, worker):
         return worker.peer_count or 0
+
+
+@admin.register(Overview)
+class OverviewAdmin(ReadOnlyAdmin):
+    """The cluster overview (signaling.overview), listed in the admin's index under the app.
+
+    Its pages are the overview and the figures it refreshes from, nothing
+    else; for those who may view the workers, through the admin's own gate
+    (anyone else is sent to its login page).
+    """
+
+    def get_urls(self):
+        names = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("", self.admin_site.admin_view(self.changelist_view), name=f"{names}_changelist"),
+            path("data/", self.admin_site.admin_view(self.data_view), name=f"{names}_data"),
+        ]
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("signaling.view_worker")
+
+    def changelist_view(self, request, extra_context=None):
+        from signaling.overview import figures  # the overview imports this module
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        o = options()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Cluster overview",
+            "opts": self.opts,
+            "overview": figures(),
+            "beat_seconds": o.worker_beat / 1000,
+            "stale_seconds": o.worker_timeout / 1000,
+            "time_zone": settings.TIME_ZONE,
+            # The figures change at each beat; the beat ages by the second.
+            "refresh_seconds": max(1000, o.worker_beat) / 1000,
+            # Eleven columns: the navigation sidebar would squeeze them.
+            "is_nav_sidebar_enabled": False,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/signaling/overview.html", context)
+
+    def data_view(self, request):
+        from signaling.overview import figures
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(figures())
 
 
 @admin.register(QueuedMessage)
@@ -394,14 +489,14 @@ class AppAdmin(admin.ModelAdmin):
     readonly_fields = ["token_secret", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["key", "name"]}),
-        ("Who may connect", {"fields": ["allowed_origins", "concurrent_limit", "allow_discovery"]}),
+        ("Who may connect", {"fields": ["allowed_origins", "concurrent_limit", "allow_discovery", "takeover_same_address"]}),
         (
             "Authentication",
             {
                 "fields": ["auth", "token_secret", "rotate_token_secret"],
                 "description": "With <b>Signed token</b>, the app's backend gives each browser a token for "
                 "its peer id, signed with the token secret (<code>manage.py mint_token</code>, or any JWT "
-                "library with HS256: see the README, \"Apps, tokens and TURN\"). With <b>Site session</b>, "
+                "library with HS256: see docs/apps.md). With <b>Site session</b>, "
                 "only browsers logged in to this site connect.",
             },
         ),
@@ -410,7 +505,9 @@ class AppAdmin(admin.ModelAdmin):
             {
                 "fields": ["turn_urls", "turn_secret", "turn_ttl"],
                 "description": "Handed out by <code>GET {base}/KEY/ice-servers</code>, with TURN credentials "
-                "made from the shared secret (coturn: <code>--use-auth-secret --static-auth-secret</code>).",
+                "made from the shared secret (coturn: <code>--use-auth-secret --static-auth-secret</code>). "
+                "With authentication <b>None</b> anyone who finds the app's page gets them, so they last at "
+                "most PEERJS_TURN_TTL_WITHOUT_AUTH seconds, whatever the lifetime below.",
             },
         ),
         ("Webhook", {"fields": ["webhook_url", "webhook_secret"]}),
@@ -429,8 +526,17 @@ class AppAdmin(admin.ModelAdmin):
     def webhook(self, app):
         return bool(app.webhook_url)
 
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None:
+            return self.fieldsets
+        # A new app's secret is made when it is saved: nothing to rotate yet.
+        return [
+            (name, {**options, "fields": [f for f in options["fields"] if f != "rotate_token_secret"]})
+            for name, options in self.fieldsets
+        ]
+
     def save_model(self, request, obj, form, change):
-        if form.cleaned_data.get("rotate_token_secret"):
+        if change and form.cleaned_data.get("rotate_token_secret"):
             obj.token_secret = new_token_secret()
             messages.warning(
                 request,

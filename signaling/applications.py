@@ -46,9 +46,10 @@ class AppSettings:
     token_secret: str = dataclasses.field(repr=False)
     turn_urls: tuple  # stun:/stuns:/turn:/turns: URLs
     turn_secret: str = dataclasses.field(repr=False)
-    turn_ttl: int  # seconds
+    turn_ttl: int  # seconds; for an app without authentication at most PEERJS_TURN_TTL_WITHOUT_AUTH
     webhook_url: str
     webhook_secret: str = dataclasses.field(repr=False)
+    takeover_same_address: bool = False  # a takeover of a connected id only from its client's address
     from_environment: bool = False  # the PEERJS_KEY app, with no row
 
     @property
@@ -77,6 +78,12 @@ class AppSettings:
         return bool(self.turn_urls)
 
 
+def _turn_ttl(auth, ttl, o):
+    # An app anyone may use gives its relay to anyone who finds its page:
+    # such credentials must die soon (PEERJS_TURN_TTL_WITHOUT_AUTH).
+    return min(ttl, o.turn_ttl_without_auth) if auth == conf.AUTH_NONE else ttl
+
+
 def from_environment(options=None):
     """The default app: PEERJS_KEY with the environment's settings."""
     o = options or conf.options()
@@ -87,10 +94,11 @@ def from_environment(options=None):
         concurrent_limit=o.concurrent_limit,
         allow_discovery=o.allow_discovery,
         auth=o.auth,
+        takeover_same_address=o.takeover_same_address,
         token_secret=o.token_secret,
         turn_urls=tuple(o.turn_urls),
         turn_secret=o.turn_secret,
-        turn_ttl=o.turn_ttl,
+        turn_ttl=_turn_ttl(o.auth, o.turn_ttl, o),
         webhook_url="",
         webhook_secret="",
         from_environment=True,
@@ -106,10 +114,11 @@ def from_row(app, options=None):
         concurrent_limit=app.concurrent_limit or o.concurrent_limit,
         allow_discovery=app.allow_discovery,
         auth=app.auth,
+        takeover_same_address=app.takeover_same_address,
         token_secret=app.token_secret,
         turn_urls=app.ice_urls,
         turn_secret=app.turn_secret,
-        turn_ttl=app.turn_ttl,
+        turn_ttl=_turn_ttl(app.auth, app.turn_ttl, o),
         webhook_url=app.webhook_url,
         webhook_secret=app.webhook_secret,
     )

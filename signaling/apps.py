@@ -22,6 +22,8 @@ class SignalingConfig(AppConfig):
         options()
         setting_changed.connect(_forget_options)
 
+        from signaling import checks  # noqa: F401 (registers the channel layers' checks)
+
         from signaling import webhooks
 
         webhooks.connect_receivers()

@@ -4,26 +4,25 @@ The bans live in the database (signaling.models.Ban, edited in the admin);
 each worker keeps the active ones in memory (:class:`BanList`), so checking
 a socket's open costs a few dict lookups and no query. A worker re-reads
 them every PEERJS_BAN_REFRESH ms, and at once when told to: whoever creates
-or lifts a ban calls :func:`announce`, which sends ``peerjs.bans`` to every
-live worker's inbox. A worker that re-reads the bans also closes its sockets
-that a ban now names. While the database is away a worker keeps the bans it
-knew: opens are refused or answered as they would have been.
+or lifts a ban calls signaling.broadcasts.announce_bans, a message to every
+worker's hub on the default channel layer. A worker that re-reads the bans
+also closes its sockets that a ban now names. While the database is away a
+worker keeps the bans it knew: opens are refused or answered as they would
+have been.
 """
 import dataclasses
 import logging
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from signaling import codes
+from signaling import codes, conf
 from signaling.db import DatabaseUnavailable
+from signaling.http import client_group
 
 logger = logging.getLogger(__name__)
 
 ANY_KEY = ""  # Ban.key for a ban on every app
-MESSAGE_TYPE = "peerjs.bans"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,13 +42,22 @@ class ActiveBan:
 
 
 class BanList:
-    """The active bans, by (key, peer id) and (key, address); ANY_KEY for every app."""
+    """The active bans, by (key, peer id) and (key, client); ANY_KEY for every app.
 
-    def __init__(self, rows=()):
+    A client is what signaling.http.client_group makes of an address: a ban
+    of an IPv6 address covers its whole network (/64 by default), the unit
+    every other per-address rule counts by.
+    """
+
+    def __init__(self, rows=(), options=None):
+        self.options = options or conf.options()
         self.peers = {}
         self.addresses = {}
         for key, peer_id, address, reason, expires_at in rows:
-            table, target, what = (self.peers, peer_id, "peer id") if peer_id else (self.addresses, address, "address")
+            if peer_id:
+                table, target, what = self.peers, peer_id, "peer id"
+            else:
+                table, target, what = self.addresses, client_group(address, self.options), "address"
             ban = ActiveBan(what, expires_at, reason)
             held = table.get((key, target))
             # Of two bans on one target, the one that lasts longer counts.
@@ -68,7 +76,7 @@ class BanList:
         if not self:
             return None
         now = timezone.now()
-        for table, target in ((self.peers, peer_id), (self.addresses, address)):
+        for table, target in ((self.peers, peer_id), (self.addresses, client_group(address, self.options))):
             if not target:
                 continue
             for scope in (key, ANY_KEY):
@@ -111,22 +119,3 @@ async def refresh(hub):
         if ban is not None:
             hub.stats["banned_closed"] += 1
             hub.spawn(connection.expel(ban.message(), codes.BANNED, "Banned"))
-
-
-def announce(workers):
-    """Tell ``workers`` (names) to re-read the bans now; for sync code (the admin).
-
-    Returns the workers that could not be told (dead, or the channel layer
-    unreachable): they apply the change at their next re-read.
-    """
-    from signaling.transport import inbox_name
-
-    layer = get_channel_layer()
-    missed = []
-    for worker in workers:
-        try:
-            async_to_sync(layer.send)(inbox_name(worker), {"type": MESSAGE_TYPE})
-        except Exception as exc:
-            logger.warning("could not tell worker %s about a change of bans: %r", worker, exc)
-            missed.append(worker)
-    return missed

@@ -11,7 +11,6 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from p2psite.asgi_servers import immediate_receiver, immediate_sender
 from signaling import codes, limits, metrics, protocol, readiness, registry, signals, tokens
 from signaling import hub as hubs
 from signaling.applications import aget_app
@@ -20,6 +19,7 @@ from signaling.conf import options
 from signaling.db import UNREACHABLE, DatabaseUnavailable
 from signaling.http import client_address, header
 from signaling.limits import limiter
+from signaling.servers import IMMEDIATE
 from signaling.services import running_hub
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,17 @@ CLOSE_WAIT = 5.0  # seconds a close may take before the socket is given up on
 
 
 class PeerConsumer(AsyncWebsocketConsumer):
+    # Every attribute in a slot: the instance's __dict__ (which Channels'
+    # classes give it) is then never made, 1 KB of every idle peer
+    # (bench/perpeer.py). An attribute not listed here still works, in it.
+    __slots__ = (
+        "scope", "channel_layer", "base_send", "send_now", "hub", "peer_id", "closing", "writer", "accepted",
+        "reading", "options", "connection_id", "address", "key", "peer", "buffer", "held", "drain_again",
+        "held_front", "outbox", "outbox_bytes", "wake", "writing_since", "bad_frames", "last_frame", "allowance",
+        "throttled_since", "elsewhere",
+    )
+    groups = ()  # none (Channels' __init__ would store a list of its own in the __dict__)
+
     async def __call__(self, scope, receive, send):
         # The worker's hub listens on the channel layer; a socket needs no
         # channel of its own (that would cost a subscription per socket), so
@@ -41,7 +52,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
-        self.send_now = immediate_sender(send)  # None but under uvicorn's production protocol
+        # The server's fast paths, where it offers them (signaling.servers.uvicorn).
+        immediate = (scope.get("extensions") or {}).get(IMMEDIATE)
+        self.send_now = immediate["send_text"] if immediate else None
         self.hub = None
         self.peer_id = None
         self.closing = False
@@ -51,7 +64,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
         # the socket's is under way: only then may a frame be handled at
         # once, in the server's read callback (receive_now), and keep its order.
         self.reading = False
-        immediate_receiver(send, self.receive_now)  # under uvicorn's production protocol
+        if immediate:
+            immediate["receive_text"](self.receive_now)
+        del scope, immediate  # self.scope holds it while the socket opens (see connect)
         try:
             while True:
                 self.reading = True
@@ -77,6 +92,11 @@ class PeerConsumer(AsyncWebsocketConsumer):
                 await self.hub.unregister(self)
             if self.writer is not None:
                 self.writer.cancel()
+            # The server's protocol and this consumer hold each other's
+            # methods: let go of its, so that a closed socket is freed by
+            # reference counting, not left to a full collection
+            # (signaling.garbage).
+            self.base_send = self.send_now = None
 
     async def dispatch(self, message):
         # Channels makes a thread hop to close stale database connections
@@ -96,6 +116,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
         # here keeps its pace; the others wait for their OPEN.
         async with self.hub.opening:
             await self.open_socket(started)
+        # The handshake's scope (its headers, a few KB) is read only while the
+        # socket opens: an idle peer should not keep it.
+        self.scope = None
 
     async def open_socket(self, started):
         self.options = options()
@@ -107,7 +130,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.held = None  # frames held back while its queue is drained (hub.offline.drain), else None
         self.drain_again = False  # a drain was asked for while one was under way
         self.held_front = 0  # where in held the next frames a drain takes go (behind older ones)
-        self.outbox = collections.deque()  # (frame, src, kind) accepted for the client, not yet written
+        # (frame, src, kind) accepted for the client, not yet written: a deque
+        # while there are any, else () (an empty deque is 600 bytes of every idle peer).
+        self.outbox = ()
         self.outbox_bytes = 0
         self.wake = None  # the writer waits on it for frames
         self.writing_since = None  # loop time the writer started on a frame it has not finished
@@ -171,7 +196,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.try_again()
             return
         self.key, self.peer_id = request.key, request.peer_id
-        outcome = await self.hub.register(self, request, app.concurrent_limit)
+        outcome = await self.hub.register(self, request, app)
         if outcome == hubs.STOPPING:
             self.peer_id = None
             if not self.accepted:
@@ -270,7 +295,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             message = protocol.parse_frame(text_data, self.options.max_frame_bytes)
             action = protocol.interpret(message, text_data, self.peer_id, self.options.id_max_length)
         except protocol.FrameTooBig as exc:
-            await self.bad_frame(str(exc), codes.TOO_BIG)
+            await self.too_big(text_data, exc)
             return
         except protocol.ProtocolError as exc:
             await self.bad_frame(str(exc))
@@ -305,6 +330,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if self.options.flood_limit and not self.admit(now):
             return False
         self.last_frame = now
+        self.hub.stats["fast_path:received"] += 1
         self.act(message, action)
         return True
 
@@ -364,6 +390,22 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.hub.stats["throttled"] += 1
         await asyncio.sleep(-self.allowance / o.flood_limit)
         return True
+
+    async def too_big(self, text, exc):
+        """A frame over the relay cap (and under the server's hard limit, or it would not be here).
+
+        One the PeerJS client sends to a peer -- an OFFER with an app's large
+        metadata -- is answered with EXPIRE for that message: PeerJS reports
+        peer-unavailable for that connection, and the Peer and its other
+        connections live on (an ERROR would end the whole Peer). Anything
+        else is a bad frame.
+        """
+        self.hub.stats["frames_too_big"] += 1
+        dst = protocol.oversize_destination(text, self.options.id_max_length)
+        if dst is None:
+            await self.bad_frame(str(exc), codes.TOO_BIG)
+        else:
+            self.hub.tell_expire(self.key, dst, self.peer_id)
 
     async def bad_frame(self, why, close_code=codes.POLICY):
         """Answer a frame the server cannot use; close a socket that keeps sending them."""
@@ -427,7 +469,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
         # Nothing ahead of it and the socket takes data: written now, not by
         # the writer a turn of the event loop later.
         if not self.outbox and self.send_now is not None and self.send_now(frame):
+            self.hub.stats["fast_path:written"] += 1
             return
+        if not self.outbox:
+            self.outbox = collections.deque()
         self.outbox.append((frame, src, kind))
         self.outbox_bytes += len(frame)
         if self.outbox_bytes > self.options.outbox_max_bytes:
@@ -470,6 +515,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
                 self.writing_since = None
                 self.outbox.popleft()
                 self.outbox_bytes -= len(frame)
+            self.outbox = ()
             self.wake = loop.create_future()
             await self.wake
             self.wake = None
@@ -482,7 +528,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         """Frames the client will never read go back to the hub, as for a peer that has just gone."""
         if self.outbox and self.peer is not None:
             frames = list(self.outbox)
-            self.outbox.clear()
+            self.outbox = ()
             self.outbox_bytes = 0
             self.hub.undeliverable(self, frames)
 

@@ -31,6 +31,7 @@ import time
 
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
+from signaling import logs
 from signaling.conf import options
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,29 @@ class Outage:
         self.failures = 0
         self.count = 0  # outages so far
         self._seen = threading.local()  # per thread: the outages its connection has been through
+        # A database that comes and goes (a worker out of file descriptors
+        # cannot open SQLite's file, then can) would log two lines per flap:
+        # an outage is logged at most once per interval, with its end, and the
+        # next line counts those held back.
+        self.quiet_until = None
+        self.logged = False  # whether the current outage's start was logged
+        self.held = 0
 
     def failed(self, exc):
         with self.lock:
             self.failures += 1
             if self.since is not None:
                 return
-            self.since = time.monotonic()
+            self.since = now = time.monotonic()
             self.count += 1
-        logger.error("database unreachable (%s); answering what needs it with 'try again', 503 or EXPIRE", exc)
+            self.logged = self.quiet_until is None or now >= self.quiet_until
+            if not self.logged:
+                self.held += 1
+                return
+            self.quiet_until = now + logs.INTERVAL
+            held, self.held = self.held, 0
+        more = f" ({held} more outages since the last such line)" if held else ""
+        logger.error("database unreachable (%s)%s; answering what needs it with 'try again', 503 or EXPIRE", exc, more)
 
     def succeeded(self):
         if self.since is None:
@@ -69,9 +84,10 @@ class Outage:
         with self.lock:
             if self.since is None:
                 return
-            lasted, failures = time.monotonic() - self.since, self.failures
+            lasted, failures, logged = time.monotonic() - self.since, self.failures, self.logged
             self.since, self.failures = None, 0
-        logger.warning("database reachable again after %.1f s; %d calls failed meanwhile", lasted, failures)
+        if logged:
+            logger.warning("database reachable again after %.1f s; %d calls failed meanwhile", lasted, failures)
 
     def reconnect_if_stale(self):
         """In the calling thread, before it uses the database: drop a connection an outage may have broken."""

@@ -29,6 +29,7 @@ class Directory:
         self.departed = {}  # (key, id) -> (worker whose inbox was gone, loop time): its last route
         self.workers = set()  # the other live workers
         self._announcements = {}  # (key, id) -> "here" or "gone", sent at the end of the loop iteration
+        self._reseen = None  # during a re-seed: the peers placed since it began
 
     def worker_of(self, peer):
         """The other worker that holds ``peer``, as far as this one knows, or None."""
@@ -111,26 +112,53 @@ class Directory:
             if peer not in self.hub.local:
                 self._moves(peer, self.routes.get(peer), worker)
                 self.routes[peer] = worker
+                if self._reseen is not None:
+                    self._reseen.add(peer)
         for key, peer_id in gone:
             # Only if it still says so: the peer may have moved on meanwhile.
             if self.routes.get((key, peer_id)) == worker:
                 del self.routes[key, peer_id]
 
     def reseed(self, rows):
-        """Replace what this worker knows with the registry's ``(key, id, worker)`` rows.
+        """Replace what this worker knows with the registry's ``(key, id, worker)`` rows: all of them."""
+        self.begin_reseed()
+        self.update(rows)
+        self.end_reseed()
+
+    def begin_reseed(self):
+        """A re-seed comes, in pages (:meth:`update`): what it does not place by :meth:`end_reseed` is forgotten.
+
+        Pages, because the whole registry at once (100 000 rows) held the
+        event loop for 300 ms (bench/scale.py). What announcements tell
+        meanwhile counts as placed.
+        """
+        self._reseen = set()
+
+    def end_reseed(self):
+        seen, self._reseen = self._reseen, None
+        routes = self.routes
+        for peer in [peer for peer in routes if peer not in seen]:
+            del routes[peer]
+
+    def update(self, rows):
+        """Place the registry's ``(key, id, worker, ...)`` rows (a re-seed's page, or recent arrivals).
 
         A peer the registry places elsewhere than this worker thought has
-        moved, as in :meth:`learn` (the re-seed may learn it first).
+        moved, as in :meth:`learn` (the registry may tell it first). Out of
+        a re-seed nothing is forgotten: what the others let go stays until
+        their announcement or the next re-seed (a stale route costs a hop,
+        never a frame).
         """
-        routes, local = {}, self.hub.local
-        for key, peer_id, worker in rows:
-            peer = (key, peer_id)
-            if worker != self.hub.name and peer not in local:
+        local, here, routes, seen = self.hub.local, self.hub.name, self.routes, self._reseen
+        for row in rows:
+            peer, worker = (row[0], row[1]), row[2]
+            if worker != here and peer not in local:
+                previous = routes.get(peer)
                 routes[peer] = worker
-                previous = self.routes.get(peer)
                 if previous != worker:
                     self._moves(peer, previous, worker)
-        self.routes = routes
+                if seen is not None:
+                    seen.add(peer)
 
     def _moves(self, peer, previous, worker):
         """``peer`` is on ``worker`` now; ``previous`` is where this worker last sent its frames (or None)."""

@@ -4,9 +4,13 @@
 because restarting a worker never fixes its database or Redis.
 
 ``GET /readyz`` says whether this worker should get traffic now: the database
-answers ``SELECT 1``, Redis answers ``PING`` (only when REDIS_URL is set) and
-the worker is not draining after SIGTERM. It answers 200 or 503 with a JSON
-object naming every part, so a failing probe says what is wrong.
+answers ``SELECT 1``, Redis answers ``PING`` (only with a REDIS_URL; with
+REDIS_SENTINELS, the master they name now: 503 through a failover) and the
+worker is not draining after SIGTERM. It answers 200 or 503 with a JSON
+object naming every part, so a failing probe says which part fails. What went
+wrong (an error naming the database's host and port) goes to the log, and
+into the answer only for a caller that may read ``/metrics``: nginx passes
+``/readyz`` on to anyone.
 
 ``GET /metrics`` is this worker's metrics for Prometheus (signaling/metrics.py),
 for allowed addresses or a bearer token only.
@@ -23,9 +27,7 @@ import logging
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-import redis.asyncio
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import connections
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.utils.decorators import async_only_middleware
@@ -35,11 +37,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from signaling import metrics as worker_metrics
+from signaling import sentinel
+from signaling.conf import options
 from signaling.hub import current_hub
 
 logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 2.0  # seconds, per check; the checks run side by side
+UNREACHABLE, NOT_USED = "unreachable", "not used"  # what a failed or skipped check says to anyone
 
 # The database check runs on threads of its own: it must neither queue behind
 # the hub's database work (thread_sensitive=False) nor, when a connection
@@ -68,8 +73,8 @@ def _redis_client():
     loop = asyncio.get_running_loop()
     client = _redis_clients.get(loop)
     if client is None:
-        client = redis.asyncio.Redis.from_url(
-            settings.REDIS_URL,
+        client = sentinel.client(
+            options(),
             socket_timeout=CHECK_TIMEOUT,
             socket_connect_timeout=CHECK_TIMEOUT,
             # One immediate retry: the first PING after Redis restarted meets
@@ -85,14 +90,21 @@ async def _check(name, probe):
     try:
         await asyncio.wait_for(probe(), CHECK_TIMEOUT)
     except TimeoutError:
-        why = f"unreachable: no answer within {CHECK_TIMEOUT:g} s"
+        why = f"{UNREACHABLE}: no answer within {CHECK_TIMEOUT:g} s"
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        why = f"unreachable: {type(exc).__name__}: {first_line}"[:300]
+        why = f"{UNREACHABLE}: {type(exc).__name__}: {first_line}"[:300]
     else:
         return "ok"
     logger.warning("readiness: %s %s", name, why)
     return why
+
+
+def _public(why):
+    """What anyone may read of a check's outcome: which part fails, not why (the why names hosts and ports)."""
+    if why == "ok":
+        return why
+    return NOT_USED if why.startswith(NOT_USED) else UNREACHABLE
 
 
 def _database():
@@ -113,14 +125,16 @@ async def healthz(request):
 @require_safe
 async def readyz(request):
     checks = {"database": _check("database", _database)}
-    if settings.REDIS_URL:
+    if options().redis_url:
         checks["redis"] = _check("redis", _redis)
     results = dict(zip(checks, await asyncio.gather(*checks.values())))
-    if not settings.REDIS_URL:
-        results["redis"] = "not used (REDIS_URL is not set)"
+    if not options().redis_url:
+        results["redis"] = f"{NOT_USED} (REDIS_URL is not set)"
     hub = current_hub()
     draining = hub is not None and hub.stopping
     ready = not draining and all(results[name] == "ok" for name in checks)
+    if not worker_metrics.allowed(request):
+        results = {name: _public(why) for name, why in results.items()}
     body = {"ready": ready, **results, "draining": draining}
     return JsonResponse(body, status=200 if ready else 503)
 

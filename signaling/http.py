@@ -4,9 +4,36 @@ import ipaddress
 
 def _valid_ip(text):
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        ip = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    # A dual-stack socket (daphne on "::") sees an IPv4 client as
+    # ::ffff:a.b.c.d: it is that IPv4 client, and is recorded as one.
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def client_group(address, options):
+    """What the server counts one client by: an IPv4 address, or the network of an IPv6 one.
+
+    A single IPv6 host usually has a whole /64 to itself and may take any
+    address of it, so counting by address would give it endless fresh
+    budgets. Rate limits, the per-address socket cap, bans and the admin's
+    login throttling all count by this, an IPv6 client as its network of
+    PEERJS_IPV6_PREFIX bits, written as the network's first address
+    (``2001:db8:1:2::`` for /64) so that it fits wherever an address goes.
+    None stays None.
+    """
+    if not address:
+        return address
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return address
+    if ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    host_bits = 128 - options.ipv6_prefix
+    return str(ipaddress.IPv6Address(int(ip) >> host_bits << host_bits))
 
 
 def header(scope, name):

@@ -6,7 +6,7 @@ over to that socket's writer: no database query, no thread hop, no channel
 layer, nothing awaited. A frame for a peer held elsewhere goes to *the
 worker* that holds it, found in the directory of where every peer of the
 cluster is (signaling.directory), through the transport between workers
-(signaling.transport): that worker delivers it, or, if the peer has just
+(signaling.bus.transport): that worker delivers it, or, if the peer has just
 gone, queues it. A frame for a peer nobody holds waits in the queue
 (signaling.offline) until the peer connects, or its sender hears EXPIRE. A
 stale directory entry costs a hop, never a frame. What keeps the hub in step
@@ -37,17 +37,18 @@ import re
 import secrets
 import socket
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 from django.utils import timezone
 
-from signaling import bans, codes, protocol, registry, signals
+from signaling import bans, broadcasts, codes, protocol, registry, signals
+from signaling.bus import transport
+from signaling.bus.transport import GONE, Transport
 from signaling.conf import options
-from signaling.db import Database, DatabaseUnavailable
+from signaling.db import UNREACHABLE, Database, DatabaseUnavailable
 from signaling.directory import Directory
+from signaling.http import client_group
 from signaling.offline import OfflineQueue
-from signaling.transport import GONE, Transport, inbox_name
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class Hub:
         self.started_at = timezone.now()
         self.local = {}  # (key, id) -> registered connection on this worker
         self.connections = {}  # connection id -> every open socket on this worker
-        self.addresses = collections.Counter()  # client address -> open sockets on this worker
+        self.addresses = collections.Counter()  # client (signaling.http.client_group) -> open sockets on this worker
         self.unknown = {}  # (key, sender, impossible dst) -> (loop time of its EXPIRE, the EXPIRE frame)
         self.unreleased = set()  # (key, id, connection id) whose release the database missed
         self.stats = collections.Counter()
@@ -159,10 +160,15 @@ class Hub:
         self.db_aside = Database(self.stats, threads=1, name="registry-beat")
         self.offline = OfflineQueue(self)
         self.claims = Claims(self)
-        layer = get_channel_layer()
+        layer = transport.channel_layer()
         self.transport = None
         if layer is not None:
             self.transport = Transport(layer, self.name, self.stats, self.handle, self.undelivered)
+        # Operators' Disconnects and changes of bans: Channels groups on the default layer.
+        groups = get_channel_layer()
+        self.membership = None
+        if groups is not None:
+            self.membership = broadcasts.Membership(groups, self.name, self.options.worker_beat / 1000, self.handle)
         self.directory = Directory(self)
 
     def spawn(self, coroutine):
@@ -184,37 +190,49 @@ class Hub:
         return f"{self.name[-6:]}{next(self._connection_ids)}"
 
     def attach(self, connection):
-        """Count an open socket; False if its address holds too many on this worker already."""
+        """Count an open socket; False if its client (address, or IPv6 network) holds too many on this worker already."""
+        client = client_group(connection.address, self.options)
         limit = self.options.max_sockets_per_address
-        if limit and connection.address and self.addresses[connection.address] >= limit:
+        if limit and client and self.addresses[client] >= limit:
             return False
         self.connections[connection.connection_id] = connection
-        if connection.address:
-            self.addresses[connection.address] += 1
+        if client:
+            self.addresses[client] += 1
         return True
 
     def detach(self, connection):
-        if self.connections.pop(connection.connection_id, None) is not None and connection.address:
-            self.addresses[connection.address] -= 1
-            if self.addresses[connection.address] <= 0:
-                del self.addresses[connection.address]
+        client = client_group(connection.address, self.options)
+        if self.connections.pop(connection.connection_id, None) is not None and client:
+            self.addresses[client] -= 1
+            if self.addresses[client] <= 0:
+                del self.addresses[client]
 
-    async def register(self, connection, request, limit):
-        """Claim ``request.peer_id`` for ``connection``; returns the registry outcome.
+    async def register(self, connection, request, app):
+        """Claim ``request.peer_id`` for ``connection`` by ``app``'s rules; returns the registry outcome.
 
         On success the connection is routable at once, but buffers what it is
         sent (behind the messages that were queued for it) until :meth:`open`,
-        so that nothing overtakes them.
+        so that nothing overtakes them. A takeover the app refuses (another
+        address) is TAKEN for the caller.
         """
         if self.stopping:
             return STOPPING
         try:
             claim, queued = await self.claims.claim(registry.ClaimRequest(
                 request.key, request.peer_id, request.token, self.name, connection.connection_id,
-                connection.address, limit,
+                connection.address, app.concurrent_limit, app.takeover_same_address,
             ))
         except DatabaseUnavailable:
             return RETRY
+        if claim.outcome == registry.KEPT:
+            self.stats["takeovers:refused"] += 1
+            logger.warning(
+                "takeover refused: %s of app %s asked from %s, held from %s (socket %s on worker %s); "
+                "the app takes over ids from the same address only",
+                request.peer_id, request.key, connection.address, claim.previous_address,
+                claim.previous_connection, claim.previous_worker,
+            )
+            return registry.TAKEN
         if claim.outcome in (registry.TAKEN, registry.FULL):
             return claim.outcome
         connection.buffer[:0] = queued  # older than anything sent to it from now on
@@ -222,11 +240,22 @@ class Hub:
         self.local[peer] = connection
         self.directory.arrived(peer)
         if claim.outcome == registry.REPLACED:
-            self.close_connection(
-                claim.previous_worker, claim.previous_connection, codes.REPLACED,
-                "Replaced by a newer connection with the same id",
-            )
+            self._taken_over(request.key, request.peer_id, connection.address, claim)
         return claim.outcome
+
+    def _taken_over(self, key, peer_id, address, claim):
+        """A socket took ``peer_id`` over with its token: close the one that held it, and say so."""
+        self.stats["takeovers:replaced"] += 1
+        # Every takeover, with both addresses: a token replayed from
+        # elsewhere shows as one from an address its peer never had.
+        logger.info(
+            "takeover: %s of app %s from %s replaces its socket %s from %s on worker %s",
+            peer_id, key, address, claim.previous_connection, claim.previous_address, claim.previous_worker,
+        )
+        self.close_connection(
+            claim.previous_worker, claim.previous_connection, codes.REPLACED,
+            "Replaced by a newer connection with the same id",
+        )
 
     def claimed_late(self, request, result):
         """A claim the database carried out after its socket heard 'try again' (signaling.db).
@@ -240,10 +269,7 @@ class Hub:
         if claim.outcome not in TAKES_QUEUE:
             return
         if claim.outcome == registry.REPLACED:
-            self.close_connection(
-                claim.previous_worker, claim.previous_connection, codes.REPLACED,
-                "Replaced by a newer connection with the same id",
-            )
+            self._taken_over(request.key, request.peer_id, request.address, claim)
         self.spawn(self._release_late(request.key, request.peer_id, request.connection, queued))
 
     async def _release_late(self, key, peer_id, connection_id, queued):
@@ -426,7 +452,7 @@ class Hub:
             if connection is not None:
                 self.spawn(connection.drop(code, reason))
         elif self.transport is not None:
-            self.transport.send(worker, close_message(connection_id, code, reason))
+            self.transport.send(worker, broadcasts.close_message(connection_id, code, reason))
 
     # What other workers send.
 
@@ -442,9 +468,9 @@ class Hub:
                 self.directory.learn(message["worker"], message["here"], message["gone"])
             elif kind == "peerjs.drain":
                 self.offline.drain(message["key"], message["dst"])
-            elif kind == "peerjs.close":
+            elif kind == broadcasts.CLOSE:
                 self.close_connection(self.name, message["connection"], message["code"], message["reason"])
-            elif kind == bans.MESSAGE_TYPE:
+            elif kind == broadcasts.BANS:
                 self.spawn(bans.refresh(self))
 
     def undelivered(self, worker, messages, reason):
@@ -474,17 +500,6 @@ class Hub:
                 self.tell_expire(key, dst, src)
 
 
-def request_disconnect(peer):
-    """Ask the worker holding ``peer`` (a Peer row) to close its socket; for sync code (the admin)."""
-    message = close_message(peer.connection, codes.DISCONNECTED, "Disconnected by an operator")
-    async_to_sync(get_channel_layer().send)(inbox_name(peer.worker), message)
-
-
-def close_message(connection_id, code, reason):
-    """What asks a worker to close one of its sockets."""
-    return {"type": "peerjs.close", "connection": connection_id, "code": code, "reason": reason}
-
-
 _hub = None
 
 
@@ -494,6 +509,22 @@ def get_hub():
     if _hub is None or _hub.loop is not asyncio.get_running_loop():
         _hub = Hub()
     return _hub
+
+
+def known_bans():
+    """The bans in force as this worker knows them, for its synchronous code (the HTTP API's threads).
+
+    Its hub's copy (signaling.bans), or, with no hub yet (daphne before its
+    first socket), the bans read from the database now; while the database
+    is away, none, as for a hub that has not read them yet.
+    """
+    hub = _hub
+    if hub is not None:
+        return hub.bans
+    try:
+        return bans.BanList(bans.active_rows())
+    except UNREACHABLE:
+        return bans.BanList()
 
 
 def current_hub():

@@ -1,6 +1,7 @@
-"""Rate limits per client address: socket opens and ``/id`` requests per window.
+"""Rate limits per client address: socket opens, ``/id`` and ``/ice-servers`` requests per window.
 
-A fixed window per (kind, address): the first event of a window starts it,
+An IPv6 client is counted by its network (signaling.http.client_group). A
+fixed window per (kind, address): the first event of a window starts it,
 and the window frees ``rate_limit_window`` ms later. With REDIS_URL set the
 count is the cluster's: one Redis key per kind and address, counted and
 given its expiry by one small script (one key per command, so it stays on
@@ -9,7 +10,7 @@ reached, each worker counts in its own memory: a limiter must never be the
 reason a client is refused service, so an unreachable Redis costs the
 limits their cluster-wide reach, nothing more (logged once per outage).
 
-Only opens and ``/id`` are counted: relaying never comes here.
+Only opens, ``/id`` and ``/ice-servers`` are counted: relaying never comes here.
 """
 import asyncio
 import collections
@@ -19,18 +20,19 @@ import threading
 import time
 import weakref
 
-import redis.asyncio
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from redis.asyncio.cluster import RedisCluster
 
+from signaling import sentinel
 from signaling.conf import options
+from signaling.http import client_group
 
 logger = logging.getLogger(__name__)
 
 OPEN = "open"
 ID = "id"
-KINDS = (OPEN, ID)
+ICE = "ice"
+KINDS = (OPEN, ID, ICE)
 
 REDIS_TIMEOUT = 0.5  # seconds a count may wait for Redis before this worker counts alone
 REDIS_RETRY = 2.0  # seconds after a failure before Redis is asked again
@@ -75,7 +77,7 @@ class Limiter:
 
     def limit(self, kind):
         o = options()
-        return o.rate_limit_opens if kind == OPEN else o.rate_limit_ids
+        return {OPEN: o.rate_limit_opens, ID: o.rate_limit_ids, ICE: o.rate_limit_ice}[kind]
 
     def enabled(self, kind, address):
         return bool(address) and bool(self.limit(kind)) and bool(options().rate_limit_window)
@@ -86,7 +88,7 @@ class Limiter:
             return ALLOWED
         window = options().rate_limit_window
         count = left_ms = None
-        if settings.REDIS_URL and time.monotonic() >= self._redis_down_until:
+        if options().redis_url and time.monotonic() >= self._redis_down_until:
             try:
                 count, left_ms = await asyncio.wait_for(self._redis_count(kind, address, window), REDIS_TIMEOUT)
             except Exception as exc:
@@ -98,10 +100,10 @@ class Limiter:
         return self._verdict(kind, count, left_ms)
 
     def hit(self, kind, address):
-        """:meth:`ahit` for synchronous code (the ``/id`` view)."""
+        """:meth:`ahit` for synchronous code (the ``/id`` and ``/ice-servers`` views)."""
         if not self.enabled(kind, address):
             return ALLOWED
-        if not settings.REDIS_URL:
+        if not options().redis_url:
             count, left_ms = self._memory_count(kind, address, options().rate_limit_window)
             return self._verdict(kind, count, left_ms)
         # Under the ASGI server this runs on the worker's event loop, whose
@@ -115,6 +117,7 @@ class Limiter:
         return Verdict(True, max(1, math.ceil(left_ms / 1000)))
 
     def _memory_count(self, kind, address, window_ms):
+        address = client_group(address, options())
         now = time.monotonic()
         with self._lock:
             if len(self._windows) >= MEMORY_PRUNE_AT:
@@ -127,6 +130,7 @@ class Limiter:
             return entry[0], (entry[1] - now) * 1000
 
     async def _redis_count(self, kind, address, window_ms):
+        address = client_group(address, options())
         count, left = await self._client().eval(_COUNT, 1, f"peerjs:rate:{kind}:{address}", window_ms)
         return int(count), int(left)
 
@@ -136,10 +140,11 @@ class Limiter:
         client = self._clients.get(loop)
         if client is None:
             connection = {"socket_timeout": REDIS_TIMEOUT, "socket_connect_timeout": REDIS_TIMEOUT}
-            if getattr(settings, "REDIS_CLUSTER", False):
-                client = RedisCluster.from_url(settings.REDIS_URL, **connection)
+            o = options()
+            if o.redis_cluster:
+                client = RedisCluster.from_url(o.redis_url, **connection)
             else:
-                client = redis.asyncio.Redis.from_url(settings.REDIS_URL, **connection)
+                client = sentinel.client(o, **connection)
             self._clients[loop] = client
         return client
 

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from signaling import limits, webhooks
+from signaling import limits, turn, webhooks
 from signaling.conf import options
 from signaling.http import request_address
 
@@ -76,11 +76,13 @@ CROSS_WORKER_DELIVERY = Histogram(
 )
 HISTOGRAMS = (OPEN_LATENCY, CROSS_WORKER_DELIVERY)
 
-# hub.stats keys with a label: "sockets_opened:<outcome>", "frames_relayed:<path>".
+# hub.stats keys with a label: "sockets_opened:<outcome>", "frames_relayed:<path>", "fast_path:<way>".
 # The values listed are exported even at 0, so that rate() and alerts see a
 # series from the worker's start; a value the core adds later shows up too.
 SOCKET_OUTCOMES = ("open", "taken", "full", "error", "refused", "limited", "banned", "retry", "elsewhere")
 RELAY_PATHS = ("same_worker", "other_worker")
+TAKEOVERS = ("replaced", "refused")
+FAST_PATHS = ("received", "written")
 
 # hub.stats key -> help text; exported as peerjs_<key>_total.
 COUNTERS = {
@@ -88,6 +90,8 @@ COUNTERS = {
     "frames_expired": "Queued frames that expired before their peer connected.",
     "expire_sent": "EXPIRE notices the server sent to peers (what they sent cannot arrive).",
     "bad_frames": "Frames refused with an ERROR: not JSON, unknown type, binary, oversize.",
+    "frames_too_big": "Frames over PEERJS_MAX_FRAME_BYTES (and under PEERJS_MAX_MESSAGE_BYTES): "
+    "answered with EXPIRE if meant for a peer, else with ERROR.",
     "floods": "Sockets closed for flooding: held at the frame rate limit for too long.",
     "throttled": "Times a socket was slowed down for sending faster than the frame rate limit.",
     "inbox_full": "Frames another worker's full inbox refused (their senders got EXPIRE).",
@@ -168,7 +172,8 @@ class HubCollector:
             "elsewhere (turned away with HTTP 503 for the proxy to try another worker: draining or not ready).",
         )
         limited = CounterMetricFamily(
-            "peerjs_rate_limited", "Requests refused by the rate limit per client address, by kind: socket opens, /id requests.",
+            "peerjs_rate_limited",
+            "Requests refused by the rate limit per client address, by kind: socket opens, /id and /ice-servers requests.",
             labels=["kind"],
         )
         for kind in limits.KINDS:
@@ -182,9 +187,26 @@ class HubCollector:
         for outcome in ("sent", "failed", "dropped"):
             posted.add_metric([outcome], webhooks.webhook_stats[f"webhooks_{outcome}"])
         yield posted
+        credentials = CounterMetricFamily(
+            "peerjs_turn_credentials", "TURN credentials handed out by GET /ice-servers, by app key.", labels=["key"],
+        )
+        for key, count in sorted(turn.made().items()):
+            credentials.add_metric([key], count)
+        yield credentials
+        yield _labelled(
+            stats, "takeovers", "peerjs_takeovers", "outcome", TAKEOVERS,
+            "Sockets that came with a connected peer's id and token: replaced (took the id over, the older "
+            "socket closed with 4100), refused (from another address, by an app that keeps ids on their address: ID-TAKEN).",
+        )
         yield _labelled(
             stats, "frames_relayed", "peerjs_frames_relayed", "path", RELAY_PATHS,
             "Relayed frames handed on, to a peer of this worker (same_worker) or to the worker holding it (other_worker).",
+        )
+        yield _labelled(
+            stats, "fast_path", "peerjs_fast_path_frames", "way", FAST_PATHS,
+            "Frames that skipped a hand-over between tasks, through the ASGI server's fast paths "
+            "(signaling.servers.uvicorn): received (handled in the read callback) and written (at once). "
+            "Zero under a server without them (daphne).",
         )
         for key, documentation in COUNTERS.items():
             yield CounterMetricFamily(f"peerjs_{key}", documentation, value=stats.get(key, 0))

@@ -3,19 +3,16 @@
 Every figure comes from ``Worker.stats``, which each worker writes at its beat
 (signaling.metrics.Recent): the page asks the database, never the workers,
 so whichever worker serves it shows them all, and a worker that stopped
-beating shows as it last was, flagged stale. ``/admin/overview/`` is the
-page; ``/admin/overview/data/`` the same figures as JSON, which the page's
-script (static/signaling/overview.js) fetches to refresh its table.
+beating shows as it last was, flagged stale. The admin serves them
+(signaling.admin.OverviewAdmin): ``/admin/signaling/overview/`` is the page,
+``/admin/signaling/overview/data/`` the same figures as JSON, which the
+page's script (static/signaling/overview.js) fetches to refresh its table.
 
 Each row carries its table cells as text, formatted here once: the template
 renders them, and the script only puts them in place.
 """
 from django.conf import settings
-from django.contrib import admin
-from django.core.exceptions import PermissionDenied
-from django.http import JsonResponse
 from django.template.defaultfilters import pluralize
-from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from signaling.admin import duration, moment
@@ -121,6 +118,27 @@ def cluster_totals(rows):
     return row
 
 
+def stats_rows(worker):
+    """(what, how much) of one worker's figures, for its page in the admin."""
+    row = worker_figures(worker, timezone.now(), options().worker_timeout / 1000)
+    totals = row["totals"]
+    over = f"over the last {_number(row['seconds'])} s"
+
+    def listed(counts, names=None):
+        return ", ".join(f"{(names or {}).get(k, k.replace('_', ' '))} {_number(n)}" for k, n in counts.items() if n) or "none"
+
+    return [
+        ("peers", _number(row["peers"])),
+        (f"sockets opened per second, {over}", _number(row["opens"])),
+        (f"frames relayed per second, {over}", f"same worker {_number(row['relays_same'])}, other worker {_number(row['relays_other'])}"),
+        ("queue depth", f"{_number(row['waiting'])} ({listed(row['waiting_by_place'])})" if row["waiting"] else "0"),
+        ("sockets opened since it started, by outcome", listed(totals["sockets_opened"])),
+        ("frames relayed since it started", listed(totals["frames_relayed"])),
+        ("frames queued for peers not connected, expired", f"{_number(totals['frames_queued'])}, {_number(totals['frames_expired'])}"),
+        ("errors since it started", listed(totals["errors"], ERRORS)),
+    ]
+
+
 def figures():
     """Everything the page shows, JSON-ready."""
     now = timezone.now()
@@ -135,37 +153,3 @@ def figures():
         # cluster's, since any worker delivers them.
         "queued": QueuedMessage.objects.count(),
     }
-
-
-def _check(request):
-    # admin_view let staff in; the workers are for those who may see them in the admin.
-    if not request.user.has_perm("signaling.view_worker"):
-        raise PermissionDenied
-
-
-def page(request):
-    _check(request)
-    o = options()
-    context = {
-        **admin.site.each_context(request),
-        "title": "Cluster overview",
-        "overview": figures(),
-        "beat_seconds": o.worker_beat / 1000,
-        "stale_seconds": o.worker_timeout / 1000,
-        "time_zone": settings.TIME_ZONE,
-        # The figures change at each beat; the beat ages by the second.
-        "refresh_seconds": max(1000, o.worker_beat) / 1000,
-        # Eleven columns: the navigation sidebar would squeeze them.
-        "is_nav_sidebar_enabled": False,
-    }
-    return TemplateResponse(request, "admin/signaling/overview.html", context)
-
-
-def data(request):
-    _check(request)
-    return JsonResponse(figures())
-
-
-# Staff only, through the admin's own gate: anyone else is sent to its login page.
-page_view = admin.site.admin_view(page)
-data_view = admin.site.admin_view(data)

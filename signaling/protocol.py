@@ -5,6 +5,7 @@ without a server. The consumer is a thin adapter around them.
 """
 import dataclasses
 import json
+import math
 
 import orjson
 
@@ -151,6 +152,20 @@ def parse_frame(text, max_bytes):
     if kind not in CLIENT_TYPES:
         raise ProtocolError(f"Invalid message: unknown type {kind[:40]!r}")
     return message
+
+
+def oversize_destination(text, id_max_length):
+    """The peer a frame over the size limit is for, if it is one a client sends to a peer; else None.
+
+    OFFER, ANSWER and CANDIDATE to a valid id: what the server would have
+    relayed (or queued) had it been smaller, and so can answer with EXPIRE.
+    """
+    try:
+        message = parse_frame(text, math.inf)
+    except ProtocolError:
+        return None
+    dst = message.get("dst")
+    return dst if message["type"] in QUEUED and is_valid_id(dst, id_max_length) else None
 
 
 # What a parsed message asks the server to do.

@@ -78,6 +78,11 @@ async def turn_away(send, why, hub):
     await send({"type": "websocket.http.response.body", "body": body})
 
 
+async def _turn_away_handshake(receive, send, why, hub):
+    await receive()  # websocket.connect
+    await turn_away(send, why, hub)
+
+
 def refuse_sockets_when_unready(app):
     """Wrap the WebSocket app: turn away, before the consumer runs, a socket this worker would only refuse.
 
@@ -89,14 +94,15 @@ def refuse_sockets_when_unready(app):
     Servers without the denial extension (daphne) get the consumer's answers.
     """
 
-    async def app_unless_unready(scope, receive, send):
+    # A plain function that returns the coroutine to await, not a coroutine
+    # awaiting it: a layer that awaits would hold a frame and the scope for
+    # as long as the socket lives (signaling.routing.route).
+    def app_unless_unready(scope, receive, send):
         if can_deny(scope):
             hub = current_hub()
             why = unready(hub)
             if why == DRAINING or (why is not None and may_go_elsewhere(scope, conf.options())):
-                await receive()  # websocket.connect
-                await turn_away(send, why, hub)
-                return
-        await app(scope, receive, send)
+                return _turn_away_handshake(receive, send, why, hub)
+        return app(scope, receive, send)
 
     return app_unless_unready

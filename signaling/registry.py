@@ -14,19 +14,24 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 
 from signaling import protocol
-from signaling.models import Peer, QueuedMessage, Worker
+from signaling.conf import options
+from signaling.http import client_group
+from signaling.models import Peer, PeerCount, QueuedMessage, Worker
 
 CLAIMED = "claimed"  # a new registration
 REPLACED = "replaced"  # same id and token: this socket took over from an older one
 TAKEN = "taken"  # the id belongs to a peer with another token
+KEPT = "kept"  # same id and token from another address, and the app refuses that takeover
 FULL = "full"  # the cluster is at its concurrent limit
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
     outcome: str
+    # With REPLACED and KEPT: the socket that held the id, and its client's address.
     previous_worker: str = ""
     previous_connection: str = ""
+    previous_address: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +71,12 @@ _INSERT = """
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT ({key}, {peer_id}) DO NOTHING
 """
-_HOLDER = "SELECT {token_hash}, {worker}, {connection} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
+_HOLDER = "SELECT {token_hash}, {worker}, {connection}, {address} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
 _HOLDERS = (  # {ids} is a placeholder per id
-    "SELECT {peer_id}, {token_hash}, {worker}, {connection} FROM {table} WHERE {key} = %s AND {peer_id} IN ({{ids}})"
+    "SELECT {peer_id}, {token_hash}, {worker}, {connection}, {address} FROM {table}"
+    " WHERE {key} = %s AND {peer_id} IN ({{ids}})"
 )
-_COUNT = "SELECT COUNT(*) FROM {table} WHERE {key} = %s"
+_COUNT = "SELECT {peers} FROM {table} WHERE {key} = %s"  # on PeerCount: kept by triggers
 _TAKE_OVER = """
     UPDATE {table} SET {worker} = %s, {connection} = %s, {address} = %s,
                        {connected_at} = %s, {last_seen} = %s
@@ -94,11 +100,15 @@ class ClaimRequest:
     connection: str
     address: str
     limit: int  # the app's concurrent limit
+    # The app's choice (App.takeover_same_address): a takeover only from the
+    # holder's own address (signaling.http.client_group).
+    takeover_same_address: bool = False
 
 
-def claim(key, peer_id, token, worker, connection_id, address, limit):
+def claim(key, peer_id, token, worker, connection_id, address, limit, takeover_same_address=False):
     """Register ``peer_id`` of app ``key`` for this socket, or say why not (see :func:`claim_all`)."""
-    return claim_all([ClaimRequest(key, peer_id, token, worker, connection_id, address, limit)])[0]
+    request = ClaimRequest(key, peer_id, token, worker, connection_id, address, limit, takeover_same_address)
+    return claim_all([request])[0]
 
 
 def claim_all(requests):
@@ -118,23 +128,31 @@ def claim_all(requests):
     costs one statement (an insert, or the take-over of its own row), not
     three: in a storm every id is held, by the worker that died. Requests
     later in the list see what earlier ones claimed.
+
+    The key's count is one row of PeerCount, which the inserts' trigger
+    updates: the claims go key after key, in the order of the keys, as every
+    bulk delete's trigger counts them, so that no two transactions wait for
+    each other's counts.
     """
-    outcomes = []
+    outcomes = [None] * len(requests)
+    in_key_order = sorted(range(len(requests)), key=lambda i: requests[i].key)  # stable: a key's own order kept
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_LOCK_KEYS, [sorted({request.key for request in requests})])
         counts, holders = {}, {}  # key -> its peers now; (key, id) -> its row, read once the key has its turn
-        for request in requests:
+        for index in in_key_order:
+            request = requests[index]
             if request.key not in counts:
-                cursor.execute(_sql(Peer, _COUNT), [request.key])
-                counts[request.key] = cursor.fetchone()[0]
+                cursor.execute(_sql(PeerCount, _COUNT), [request.key])
+                row = cursor.fetchone()
+                counts[request.key] = row[0] if row else 0
                 ids = sorted({r.peer_id for r in requests if r.key == request.key})
                 cursor.execute(_sql(Peer, _HOLDERS).format(ids=", ".join(["%s"] * len(ids))), [request.key, *ids])
                 holders.update(((request.key, peer_id), row) for peer_id, *row in cursor.fetchall())
             outcome = _claim(cursor, request, counts, holders)
             if outcome.outcome == CLAIMED:
                 counts[request.key] += 1
-            outcomes.append(outcome)
+            outcomes[index] = outcome
     return outcomes
 
 
@@ -160,12 +178,15 @@ def _claim(cursor, request, counts, holders):
                 [key, peer_id, token_hash, request.worker, request.connection, request.address, now, now],
             )
             if cursor.rowcount == 1:
-                holders[key, peer_id] = (token_hash, request.worker, request.connection)
+                holders[key, peer_id] = (token_hash, request.worker, request.connection, request.address)
                 return Claim(CLAIMED)
         else:
-            held_hash, held_worker, held_connection = row
+            held_hash, held_worker, held_connection, held_address = row
             if held_hash != token_hash:
                 return Claim(TAKEN)
+            held_address = None if held_address is None else str(held_address)  # PostgreSQL's inet, SQLite's text
+            if request.takeover_same_address and not _same_client(held_address, request.address):
+                return Claim(KEPT, held_worker, held_connection, held_address)
             # The same client reconnecting while its old socket lingers (or
             # its worker died): take over, unless another socket changed the
             # row since it was read.
@@ -174,11 +195,16 @@ def _claim(cursor, request, counts, holders):
                 [request.worker, request.connection, request.address, now, now, key, peer_id, held_connection],
             )
             if cursor.rowcount == 1:
-                holders[key, peer_id] = (token_hash, request.worker, request.connection)
-                return Claim(REPLACED, held_worker, held_connection)
+                holders[key, peer_id] = (token_hash, request.worker, request.connection, request.address)
+                return Claim(REPLACED, held_worker, held_connection, held_address)
         cursor.execute(_sql(Peer, _HOLDER), [key, peer_id])
         row = cursor.fetchone()
     return Claim(TAKEN)
+
+
+def _same_client(a, b):
+    o = options()
+    return client_group(a, o) == client_group(b, o)
 
 
 def release(key, peer_id, connection_id):
@@ -207,9 +233,26 @@ def locate(key, peer_id, worker_timeout_ms):
     return Location(row[0], row[1], alive)
 
 
-def locations():
-    """Every registered peer as (key, id, worker): a worker's routing table at start-up."""
-    return list(Peer.objects.order_by().values_list("key", "peer_id", "worker"))
+_LOCATIONS = "SELECT {key}, {peer_id}, {worker}, {id} FROM {table} WHERE {id} > %s"
+_SINCE = " AND {connected_at} >= %s"
+_PAGE = " ORDER BY {id} LIMIT %s"
+
+
+def locations(since=None, after=0, limit=1_000_000_000):
+    """Registered peers as (key, id, worker, row id), in row order: all of them, or those registered (or taken over) at ``since`` or later.
+
+    A page at a time: the rows after row id ``after``, at most ``limit``
+    (the next page starts after the last row's id). A plain cursor: with
+    100 000 peers the ORM's rows took 170-250 ms of the worker's CPU
+    (bench/scale.py).
+    """
+    with connection.cursor() as cursor:
+        if since is None:
+            cursor.execute(_sql(Peer, _LOCATIONS + _PAGE), [after, limit])
+        else:
+            since = connection.ops.adapt_datetimefield_value(since)
+            cursor.execute(_sql(Peer, _LOCATIONS + _SINCE + _PAGE), [after, since, limit])
+        return cursor.fetchall()
 
 
 def connected_ids(key):
@@ -220,12 +263,25 @@ def is_connected(key, peer_id):
     return Peer.objects.filter(key=key, peer_id=peer_id).exists()
 
 
+# On PostgreSQL the sockets' ids go as one array: the ORM's IN list of 500
+# placeholders cost about 300 µs of the worker's CPU per row (psycopg quoting
+# each one into the statement's text), the most of a worker's idle time with
+# 16 000 peers (bench/scale.py, profiled).
+_TOUCH_ALL = "UPDATE {table} SET {last_seen} = %s WHERE {connection} = ANY(%s)"
+_TOUCH_SOME = "UPDATE {table} SET {last_seen} = %s WHERE {connection} IN ({{ids}})"  # {ids}: a placeholder per id
+
+
 def touch(connection_ids):
     """Record that the peers on these sockets were heard from just now."""
-    now = timezone.now()
+    now = _now()
     connection_ids = list(connection_ids)
-    for start in range(0, len(connection_ids), 500):
-        Peer.objects.filter(connection__in=connection_ids[start : start + 500]).update(last_seen=now)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_sql(Peer, _TOUCH_ALL), [now, connection_ids])
+            return
+        for start in range(0, len(connection_ids), 500):
+            some = connection_ids[start : start + 500]
+            cursor.execute(_sql(Peer, _TOUCH_SOME).format(ids=", ".join(["%s"] * len(some))), [now, *some])
 
 
 # The queue of messages for peers that are not connected.

@@ -23,15 +23,18 @@ Every worker runs these; the database makes sure each job is done once.
 - **Liveness**: sockets silent for ``alive_timeout`` are closed, and so are
   sockets whose client stopped reading what it is sent.
 - **Directory**: where every peer of the cluster is, re-read from the
-  registry now and then in case an announcement was lost.
+  registry in case an announcement was lost: the peers registered lately
+  every ``DIRECTORY_REFRESH``, all of them every ``DIRECTORY_RESEED``.
 - **Bans**: the active bans, re-read every ``ban_refresh`` (and at once when
-  the admin says so), so that checking a socket's open costs no query.
+  the admin says so, signaling.broadcasts), so that checking a socket's open
+  costs no query.
 - **Garbage**: when the worker runs full garbage collections
   (signaling.garbage): never over what it held once started, not in a storm.
 - **Drain**: on SIGTERM every socket is closed with 1001 and the worker's
   rows are removed before the ASGI server stops.
 """
 import asyncio
+import datetime
 import functools
 import logging
 import os
@@ -39,14 +42,31 @@ import signal
 import threading
 import weakref
 
+from django.utils import timezone
+
 from signaling import bans, codes, garbage, metrics, registry, webhooks
 from signaling.db import DatabaseUnavailable
 from signaling.hub import get_hub
 
 logger = logging.getLogger(__name__)
 
-DIRECTORY_REFRESH = 10.0  # seconds between re-reads of where every peer is (heals lost announcements)
+# Seconds between re-reads of where the peers that arrived lately are, and
+# between re-reads of where every peer is: either heals lost announcements.
+# A whole re-read of 100 000 rows held a worker's event loop and its GIL for
+# 300 ms (bench/scale.py), so most re-reads take only the rows of peers
+# registered since the last one (and CLOCK_SLACK before: their times are the
+# workers' clocks). The whole re-read only forgets routes whose "gone" was
+# lost (a stale route costs a hop, never a frame): once an hour. Even in
+# pages it slowed a worker's frames for 2-3 s with 100 000 peers, 1 % of the
+# time at one every 5 minutes, which was the pairs' p99 (bench/scale.py).
+DIRECTORY_REFRESH = 10.0
+DIRECTORY_RESEED = 3600.0
+DIRECTORY_PAGE = 5000  # rows read per turn of the event loop (about 6 ms of it)
+CLOCK_SLACK = datetime.timedelta(seconds=30)
 BEAT_GAP = 2  # successful beats further apart than this many beat intervals are a gap
+# The longest a SIGTERM drain takes before the server stops anyway, in seconds.
+# An orchestrator's grace period must outlast it (deploy/helm/peerserver).
+DRAIN_TIMEOUT = 10
 
 
 class Services:
@@ -56,6 +76,9 @@ class Services:
         self.beats_ok_since = None  # loop time since which every beat succeeded, without a gap
         self.last_beat = None  # loop time the last successful beat ended
         self.beaten = False
+        self.touches = 0  # beats that wrote last-seen times: whose turn it is (touch)
+        self.reseeded_at = None  # loop time of the last whole re-read of the registry
+        self.refreshed_since = None  # wall-clock time the last re-read began
         self.recent = metrics.Recent(hub)
         self.garbage = garbage.Collector(hub)
 
@@ -64,6 +87,8 @@ class Services:
         hub = self.hub
         if hub.transport is not None:
             await hub.transport.start()
+        if hub.membership is not None:
+            await hub.membership.start()
         await self.beat()
         try:
             await self.refresh_directory()
@@ -140,10 +165,28 @@ class Services:
                 hub.stats["workers_reaped"] += len(dead)
                 logger.warning("reaped workers %s and %d peer rows", dead, freed)
                 hub.directory.forget_workers(dead)
-        cutoff = hub.loop.time() - o.worker_beat / 1000
-        active = [c.connection_id for c in hub.local.values() if c.last_frame >= cutoff]
-        if active:
-            await hub.db(registry.touch, active)
+        await self.touch(now)
+
+    async def touch(self, now):
+        """Write the last-seen time of this beat's share of the peers heard from within LAST_SEEN_INTERVAL.
+
+        Each peer's turn comes once per interval (its share is by a hash of
+        its socket's id), so a peer costs one row update per interval, not
+        one per beat: at a beat of 2 s every peer's row was rewritten about
+        every 2 s, the registry's busiest work with 100 000 peers
+        (bench/scale.py).
+        """
+        hub, o = self.hub, self.hub.options
+        shares = max(1, o.last_seen_interval // o.worker_beat)
+        self.touches += 1
+        turn = self.touches % shares
+        heard_since = now - o.last_seen_interval / 1000
+        due = [
+            c.connection_id for c in hub.local.values()
+            if c.last_frame >= heard_since and hash(c.connection_id) % shares == turn
+        ]
+        if due:
+            await hub.db(registry.touch, due)
 
     async def check_garbage(self):
         self.garbage.check()
@@ -152,7 +195,22 @@ class Services:
         hub = self.hub
         if hub.transport is None:
             return
-        hub.directory.reseed(await hub.db(registry.locations))
+        began, now = timezone.now(), hub.loop.time()
+        whole = self.reseeded_at is None or now - self.reseeded_at >= DIRECTORY_RESEED
+        since = None if whole else self.refreshed_since - CLOCK_SLACK
+        if whole:
+            hub.directory.begin_reseed()
+        after = 0
+        while True:
+            rows = await hub.db(registry.locations, since, after, DIRECTORY_PAGE)
+            hub.directory.update(rows)
+            if len(rows) < DIRECTORY_PAGE:
+                break
+            after = rows[-1][3]
+        if whole:
+            hub.directory.end_reseed()
+            self.reseeded_at = now
+        self.refreshed_since = began
 
     # Expiry and liveness.
 
@@ -205,7 +263,7 @@ class Services:
 
     async def _stop_then(self, previous, signum, frame):
         try:
-            await asyncio.wait_for(self.stop(), timeout=10)
+            await asyncio.wait_for(self.stop(), timeout=DRAIN_TIMEOUT)
         except Exception:
             logger.exception("worker %s did not drain cleanly", self.hub.name)
         if callable(previous):
@@ -230,6 +288,8 @@ class Services:
             hub.transport.stop()
         # The webhooks of the peers just drained, before the process goes.
         await asyncio.to_thread(webhooks.shutdown, 5)
+        if hub.membership is not None:
+            await hub.membership.stop()
         logger.info(
             "worker %s stopped: %d sockets closed, registrations removed; counts %s",
             hub.name, hub.stats["drained"], dict(hub.stats),

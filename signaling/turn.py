@@ -14,12 +14,25 @@ operator can see whose relay is whose), else a random string.
     credentials(app, peer_id=None, now=None) -> {"iceServers": [...], "ttl": N}
 """
 import base64
+import collections
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 
 from signaling.conf import TURN_URL_SCHEMES
+
+# TURN credentials made, by app key, for the metrics (peerjs_turn_credentials_total).
+# The views that make them run on threads.
+_made = collections.Counter()
+_made_lock = threading.Lock()
+
+
+def made():
+    """{app key: TURN credentials made by this process}."""
+    with _made_lock:
+        return dict(_made)
 
 
 def credential(secret, username):
@@ -45,4 +58,6 @@ def credentials(app, peer_id=None, now=None):
     if turn:
         username = f"{now + app.turn_ttl}:{peer_id or secrets.token_hex(8)}"
         servers.append({"urls": turn, "username": username, "credential": credential(app.turn_secret, username)})
+        with _made_lock:
+            _made[app.key] += 1
     return {"iceServers": servers, "ttl": app.turn_ttl}

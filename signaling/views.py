@@ -5,6 +5,7 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods
 
 from signaling import limits, registry, tokens, turn
+from signaling.hub import known_bans
 from signaling.applications import get_app
 from signaling.auth import LOGIN_REQUIRED
 from signaling.conf import options
@@ -128,15 +129,17 @@ def _bearer(request):
 
 @require_http_methods(["GET", "HEAD", "OPTIONS"])
 @cors
+@rate_limited(limits.ICE)
 @unavailable_is_503
 def ice_servers(request, key):
     """STUN/TURN servers with fresh TURN credentials: ``{"iceServers": [...], "ttl": N}``.
 
-    Guarded as the app's sockets are: with ``auth`` "token", the request
-    carries the peer's id and its connect token (``?id=...&token=...``, or
-    ``Authorization: Bearer TOKEN`` with ``?id=``); with "session", the
-    site's session cookie. Without that, 401 and the reason, as the socket's
-    ERROR says it.
+    Guarded as the app's sockets are: counted in the address's rate limit
+    (a kind of its own), refused (403, the ban's message) to a banned
+    address or id; with ``auth`` "token", the request carries the peer's id
+    and its connect token (``?id=...&token=...``, or ``Authorization: Bearer
+    TOKEN`` with ``?id=``); with "session", the site's session cookie.
+    Without that, 401 and the reason, as the socket's ERROR says it.
 
     An unknown key is 404, not 401 as on /peers: no credential can make it
     answer, and a page that reacts to 401 by fetching a fresh token from
@@ -154,6 +157,9 @@ def ice_servers(request, key):
         problem = check_id(peer_id, options().id_max_length)
         if problem:
             return _text(problem, status=400)
+    ban = known_bans().find(key, peer_id, request_address(request, options()))
+    if ban is not None:
+        return _text(ban.message(), status=403)
     if app.requires_token:
         if peer_id:
             problem = tokens.verify(app, peer_id, _bearer(request) or request.GET.get("token", ""))

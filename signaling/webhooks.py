@@ -18,22 +18,35 @@ process sends them in order. A POST waits at most PEERJS_WEBHOOK_TIMEOUT ms;
 a connection error, a timeout, a 5xx or a 429 is tried again up to
 PEERJS_WEBHOOK_RETRIES times, PEERJS_WEBHOOK_BACKOFF ms after the first
 failure and twice as long after each next one; any other answer is final
-(2xx sent, else failed). When the queue (PEERJS_WEBHOOK_QUEUE events) is
+(2xx sent, else failed; a redirect is an answer, never followed). When the
+queue (PEERJS_WEBHOOK_QUEUE events) is
 full, because a receiver is down or slow, new events are dropped. Every
 outcome is counted in ``webhook_stats``: webhooks_sent, webhooks_failed,
 webhooks_dropped. A slow receiver holds up the events of other apps behind
 it in the queue: delivery is best-effort and at most once, a notice, not a
 ledger (the admin's peer list is that).
+
+Where a webhook may go (:func:`resolve`): an app's URL would otherwise let
+whoever edits apps make the server POST into its own network (Redis, a
+metadata service, an admin port). So only ``https://`` (and ``http://`` with
+PEERJS_WEBHOOK_ALLOW_HTTP), to a host whose every address is public, or in
+PEERJS_WEBHOOK_ALLOW_NETWORKS. It is checked when an App is saved, and again
+before each POST, because a name may resolve elsewhere by then; the POST
+then connects to the address just checked, never to a second lookup's.
 """
 import collections
+import dataclasses
 import hashlib
 import hmac
+import http.client
+import ipaddress
 import json
 import logging
 import queue
+import socket
+import ssl
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 
 from django.db import close_old_connections, connections
 
@@ -54,12 +67,136 @@ def signature(secret, body):
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a redirect would turn the POST into a GET without its body: an answer, not followed
+class RefusedURL(ValueError):
+    """A webhook URL the server does not post to; the message says why, for the operator."""
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a POST goes: the URL's parts, and the addresses its host was found at and checked."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str  # with the query
+    addresses: tuple
+
+
+# IPv6 ranges that carry an IPv4 address to a gateway that reaches it (NAT64's
+# well-known prefix; 6to4 and IPv4-mapped are read by ipaddress itself).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _not_public(ip):
+    """Why ``ip`` is no public address ("a loopback address", ...), or None if it is one."""
+    if ip.version == 6:
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _not_public(embedded)
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_private:
+        return "a private address"
+    if not ip.is_global:
+        return "not a public address"
+    return None
+
+
+def resolve(url, options):
+    """Where a POST to ``url`` may go, its host looked up now: a Target.
+
+    RefusedURL says why the URL may not be posted to (its scheme, or an
+    address of its host that is not public and not allowed); OSError that
+    the host could not be looked up (which may pass).
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and not options.webhook_allow_http:
+        raise RefusedURL("http:// is not allowed for webhooks on this server (PEERJS_WEBHOOK_ALLOW_HTTP): use https://")
+    if parts.scheme not in ("http", "https"):
+        raise RefusedURL(f"{parts.scheme or 'no'}:// is not a scheme webhooks use: use https://")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise RefusedURL("the URL's port is not a number from 0 to 65535") from None
+    if not parts.hostname:
+        raise RefusedURL("the URL has no host")
+    if parts.username is not None:
+        raise RefusedURL("a user or password in the URL is never sent: the signature authenticates the POST")
+    found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    addresses = tuple(dict.fromkeys(info[4][0] for info in found))
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        if any(ip in network for network in options.webhook_allow_networks):
+            continue
+        why = _not_public(ip)
+        if why:
+            raise RefusedURL(
+                f"{parts.hostname} is at {address}, {why}: webhooks go to public addresses, "
+                "or to networks named in PEERJS_WEBHOOK_ALLOW_NETWORKS"
+            )
+    path = parts.path or "/"
+    return Target(parts.scheme, parts.hostname, port, f"{path}?{parts.query}" if parts.query else path, addresses)
+
+
+def url_problem(url, options):
+    """Why ``url`` cannot take webhooks, for a form; None if it can (now)."""
+    try:
+        resolve(url, options)
+    except RefusedURL as exc:
+        return str(exc)
+    except OSError as exc:
+        host = urllib.parse.urlsplit(url).hostname
+        return f"{host} cannot be looked up ({exc.strerror or exc}), so where it leads cannot be checked"
+    return None
+
+
+class _Pinned(http.client.HTTPConnection):
+    """HTTP to the address checked beforehand: a second lookup of the name could lead elsewhere."""
+
+    def __init__(self, target, timeout):
+        super().__init__(target.host, target.port, timeout=timeout)
+        self.target = target
+
+    def connect(self):
+        self.sock = socket.create_connection((self.target.addresses[0], self.port), self.timeout)
+
+
+class _PinnedTLS(_Pinned):
+    """HTTPS to the address checked beforehand, the certificate checked for the URL's host."""
+
+    default_port = 443  # the Host header leaves it out
+
+    def connect(self):
+        super().connect()
+        # Made per connection, so that a change of the system's certificate
+        # store (or SSL_CERT_FILE) needs no restart.
+        self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.target.host)
+
+
+def post(target, body, headers, timeout):
+    """POST ``body`` to ``target``; None when the receiver took it, else what went wrong, ending "(final)" if retrying is pointless."""
+    connection = (_PinnedTLS if target.scheme == "https" else _Pinned)(target, timeout)
+    try:
+        connection.request("POST", target.path, body=body, headers=headers)
+        with connection.getresponse() as response:
+            response.read()
+            status = response.status
+    except (OSError, http.client.HTTPException) as exc:  # refused, unreachable, timed out, TLS, garbled
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    if 200 <= status < 300:
+        return None
+    # A redirect is an answer like any other: followed, it would take the
+    # POST where the checks above never looked.
+    retry = status >= 500 or status == 429
+    return f"HTTP {status}" + ("" if retry else " (final)")
 
 
 class Sender:
@@ -147,17 +284,15 @@ class Sender:
 
     def _post(self, url, body, headers):
         """None when the receiver took the event; else what went wrong, ending "(final)" if retrying is pointless."""
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with _opener.open(request, timeout=self.timeout) as response:
-                response.read()
-                return None
-        except urllib.error.HTTPError as error:
-            error.close()
-            retry = error.code >= 500 or error.code == 429
-            return f"HTTP {error.code}" + ("" if retry else " (final)")
-        except (OSError, ValueError) as exc:  # refused, unreachable, timed out, bad URL
-            return f"{type(exc).__name__}: {exc}"
+            # Looked up and checked again for each try: DNS may have changed
+            # since the app was saved, or since the last try.
+            target = resolve(url, options())
+        except RefusedURL as exc:
+            return f"refused: {exc} (final)"
+        except OSError as exc:  # the lookup failed: it may pass
+            return f"lookup failed: {exc}"
+        return post(target, body, headers, self.timeout)
 
 
 _sender = None

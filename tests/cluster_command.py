@@ -10,14 +10,13 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.servers import http_get
+from tests.servers import free_port, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "cluster.sh"
@@ -29,25 +28,6 @@ TIMEOUT = 10
 # What a test that starts a cluster (or is the first to use the session's)
 # may take: start-up, stop, and a margin for the test itself.
 CLUSTER_TEST_TIMEOUT = 2 * START_TIMEOUT + STOP_TIMEOUT
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_port_pair():
-    """A port p with p+1 also free: the script numbers workers upwards."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
 
 # --- processes -------------------------------------------------------------------
 
@@ -95,16 +75,18 @@ class ClusterCommand:
     """scripts/cluster.sh as a subprocess, its output collected line by line.
 
     ``tls``: a Certificates whose server certificate nginx is given
-    (TLS_CERT/TLS_KEY); ``env``: more of the script's environment.
+    (TLS_CERT/TLS_KEY); ``env``: more of the script's environment;
+    ``make``: started as the README says, by ``make cluster``, in a process
+    group of its own as a terminal's foreground job (see ``interrupt``).
     """
 
-    def __init__(self, tmp_path, server="uvicorn", tls=None, env=None):
+    def __init__(self, tmp_path, server="uvicorn", tls=None, env=None, make=False):
         self.tmp_path = tmp_path
         self.tls = tls
         self.port = free_port()
         self.tls_port = free_port() if tls else None
-        self.worker_ports = [free_port_pair()]
-        self.worker_ports.append(self.worker_ports[0] + 1)
+        first = free_port(count=2)  # the script numbers workers upwards
+        self.worker_ports = [first, first + 1]
         env = {
             **{
                 name: value
@@ -120,18 +102,23 @@ class ClusterCommand:
             WORKER_PORT=str(self.worker_ports[0]),
             TMPDIR=str(tmp_path),
         )
+        if "REDIS_URL" not in env:  # the script's own redis-server, on a port of this process's range
+            env["REDIS_PORT"] = str(free_port())
         if tls:
             env.update(TLS_CERT=str(tls.cert), TLS_KEY=str(tls.key), TLS_PORT=str(self.tls_port))
         self.lines = []
         self.ready = threading.Event()
         self.ended = threading.Event()
+        if make:
+            env["ASGI_SERVER"] = server
         self.proc = subprocess.Popen(
-            [str(SCRIPT), "--server", server],
+            ["make", "cluster"] if make else [str(SCRIPT), "--server", server],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=make,
         )
         threading.Thread(target=self._read, daemon=True).start()
         self.processes = []
@@ -161,6 +148,19 @@ class ClusterCommand:
         status = self.proc.wait(STOP_TIMEOUT)
         assert self.ended.wait(TIMEOUT)
         return status
+
+    def interrupt(self):
+        """Ctrl-C in the terminal: SIGINT to the foreground process group; make's exit status."""
+        self.processes = descendants(self.proc.pid) or self.processes
+        os.killpg(self.proc.pid, signal.SIGINT)
+        status = self.proc.wait(STOP_TIMEOUT)
+        assert self.ended.wait(TIMEOUT)
+        return status
+
+    @property
+    def script_pid(self):
+        """The pid the script says to kill to stop it."""
+        return int(re.search(r"stop .* kill (\d+)", self.output).group(1))
 
     def kill_leftovers(self):
         """Teardown after a failed test: nothing of ours may outlive it."""

@@ -1,9 +1,11 @@
 """Real server processes for the tests: daphne workers, redis-server, databases."""
+import atexit
 import contextlib
 import glob
 import os
 import random
 import re
+import resource
 import shutil
 import socket
 import ssl
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import weakref
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +26,56 @@ BASE = "/peerjs/myapp"
 TEST_SECRET_KEY = "tests-only-secret-key-5f0d8e2b9c4a7163e8d2f0b1a9c6e4d7"
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _port_range():
+    """The ports this test process gives the servers it starts.
+
+    Below the kernel's ephemeral range: every outgoing connection takes its
+    source port from that range, and on a busy machine one took a port chosen
+    there before the server that was to listen on it had started. Split among
+    pytest-xdist's processes, so that no two choose the same port; each
+    starts at a random place in its share, so that two suites side by side
+    rarely meet.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    floor = 10_000
+    processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (low - floor) // max(processes, 1)
+    if size < 200:  # an ephemeral range that starts low: the kernel's choice it is
+        return None
+    start = floor + index * size
+    ports = list(range(start, start + size))
+    shift = random.randrange(size)
+    return iter(ports[shift:] + ports[:shift] + ports[shift:] + ports[:shift])
+
+
+_PORTS = _port_range()
+
+
+def _bindable(port, kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(count=1):
+    """A free port p (with p+1 .. p+count-1 free too) for a server a test starts."""
+    if _PORTS is None:
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if all(_bindable(port + n) for n in range(1, count)):
+                return port
+    for port in _PORTS:
+        if all(_bindable(port + n) for n in range(count)):
+            for _ in range(count - 1):
+                next(_PORTS, None)  # the others are taken too
+            return port
+    raise RuntimeError("no free port left in this test process's range")
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -66,31 +115,76 @@ def wait_until(predicate, timeout, what, interval=0.05):
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def _admin_sql(admin_url, sql):
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _drop_quietly(admin_url, name):
+    """Drop a database at exit, if its server is still there (a private one is gone by then)."""
+    with contextlib.suppress(Exception):
+        _admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _migrate(url):
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SECRET_KEY": TEST_SECRET_KEY}
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+
+
 class Database:
-    """A private, migrated database for server processes: a SQLite file or a fresh PostgreSQL database."""
+    """A private, migrated database for server processes: a SQLite file or a fresh PostgreSQL database.
+
+    Made from a template migrated once per test process (a file copy, or
+    PostgreSQL's ``CREATE DATABASE ... TEMPLATE``): running the migrations
+    for every database cost a second each.
+    """
+
+    _templates = {}  # admin URL (None: SQLite) -> the migrated template (a file path, or a database name)
 
     def __init__(self, admin_url=None):
+        # The suite's database server (scripts/test.sh's PostgreSQL pass), unless one is named.
+        admin_url = admin_url or os.environ.get("PEERJS_TEST_DATABASE_URL") or None
         self.admin_url = admin_url
         self.tmp = tempfile.mkdtemp(prefix="peerjs-db-")
+        template = self._template(admin_url)
         if admin_url:
             self.name = f"peerjs_test_{uuid.uuid4().hex[:10]}"
             self.url = admin_url.rsplit("/", 1)[0] + "/" + self.name
-            self._psql(f'CREATE DATABASE "{self.name}"')
+            self._psql(f'CREATE DATABASE "{self.name}" TEMPLATE "{template}"')
         else:
             self.url = f"sqlite:///{self.tmp}/peers.sqlite3"
-        env = {**os.environ, "DATABASE_URL": self.url, "DJANGO_SECRET_KEY": TEST_SECRET_KEY}
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-        )
+            shutil.copyfile(template, f"{self.tmp}/peers.sqlite3")
+
+    @classmethod
+    def _template(cls, admin_url):
+        template = cls._templates.get(admin_url)
+        if template is not None:
+            return template
+        if admin_url:
+            template = f"peerjs_template_{uuid.uuid4().hex[:10]}"
+            url = admin_url.rsplit("/", 1)[0] + "/" + template
+            _admin_sql(admin_url, f'CREATE DATABASE "{template}"')
+            atexit.register(_drop_quietly, admin_url, template)
+        else:
+            directory = tempfile.mkdtemp(prefix="peerjs-db-template-")
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
+            template = f"{directory}/template.sqlite3"
+            url = f"sqlite:///{template}"
+        _migrate(url)
+        if not admin_url:
+            # One file, no write-ahead log beside it: what a copy must hold.
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(template)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute("PRAGMA journal_mode=DELETE")
+        cls._templates[admin_url] = template
+        return template
 
     def _psql(self, sql):
-        import psycopg
-
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql)
+        _admin_sql(self.admin_url, sql)
 
     def peer_row(self, peer_id, key="peerjs"):
         """The registry row id of a connected peer (what the admin's actions select)."""
@@ -270,6 +364,11 @@ class RedisServer:
         except OSError:
             return False
 
+    def cli(self, *command):
+        """``redis-cli`` on this server: its answer, stripped."""
+        result = subprocess.run(["redis-cli", "-p", str(self.port), *command], capture_output=True, text=True, timeout=10)
+        return result.stdout.strip()
+
     def client_ports(self):
         """The local ports of the clients connected to this redis-server."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
@@ -431,6 +530,7 @@ class TurnServer:
         # A relay port range of its own, away from the ephemeral ports other
         # servers of the tests bind to.
         low = random.randrange(40000, 50000, 100)
+        self.relay_ports = range(low, low + 100)  # where its relayed candidates live
         self.log_path = self.dir / "turnserver.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -477,16 +577,28 @@ class TurnServer:
 
 
 class Worker:
-    """One server process (daphne by default) serving p2psite.asgi:application.
+    """One server process (daphne by default) serving p2psite.asgi:application, on ``database`` (default: its own).
 
     It starts as production does, through deploy/worker-entrypoint.sh
     (ASGI_SERVER picks ``server``); ``tls`` is a TestCertificates whose
-    server certificate the worker then serves HTTPS and WSS with.
+    server certificate the worker then serves HTTPS and WSS with. It listens
+    on ``host``; None leaves ASGI_HOST unset, as production does: every
+    address of both families (reach it over 127.0.0.1 or ::1). With ``hosts``
+    (a file in /etc/hosts' format) it runs in a mount namespace of its own
+    whose /etc/hosts is that file: its names resolve as the test writes them
+    there, whenever it rewrites the file (in place), and nobody else's do.
+    ``nofile``: its (soft, hard) limits of open files.
     """
 
-    def __init__(self, database, env=None, server="daphne", name="worker", tls=None):
+    running = weakref.WeakSet()  # every worker not stopped yet: tests/conftest.py shows their logs on failure
+
+    def __init__(self, database=None, env=None, server="daphne", name="worker", tls=None, host="127.0.0.1", hosts=None,
+                 nofile=None):
         self.port = free_port()
-        self.database = database
+        # None: a database of its own, dropped when it stops. Workers without
+        # Redis must not share one: each would sweep the other's queue.
+        self.owns_database = database is None
+        self.database = database = database or Database()
         self.tls = tls
         self.log_path = Path(database.tmp) / f"{name}-{self.port}.log"
         self.env = {
@@ -500,18 +612,30 @@ class Worker:
         # Started as production starts it: deploy/worker-entrypoint.sh, with
         # the servers of this virtualenv on PATH, as the image has them.
         command = [str(ROOT / "deploy" / "worker-entrypoint.sh")]
+        if hosts is not None:
+            mount = 'mount --bind "$0" /etc/hosts && exec "$1"'
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(hosts), *command]
         self.env.update(
             ASGI_SERVER=server,
-            ASGI_HOST="127.0.0.1",
             ASGI_PORT=str(self.port),
             PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         )
+        if host is None:
+            self.env.pop("ASGI_HOST", None)
+        else:
+            self.env["ASGI_HOST"] = host
         if tls:
             self.env.update(ASGI_TLS_CERT=str(tls.cert), ASGI_TLS_KEY=str(tls.key))
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        Worker.running.add(self)
+        # nofile: (soft, hard) limits of open files to start it with, as a machine might.
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit,
+        )
         try:
-            wait_until(self._answers, 30, f"{server} on port {self.port}")
+            # Generous: on a busy machine (the suite's parallel processes) a start can take a while.
+            wait_until(self._answers, 60, f"{server} on port {self.port}")
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"server did not start:\n{self.read_log()}") from None
@@ -541,10 +665,19 @@ class Worker:
         """(status, headers, body text) of a GET to this worker; error statuses are returned too."""
         return http_get(f"{self.http}{path}", headers, context=self.ssl_context)
 
-    def read_log(self):
+    def read_log(self, since=0):
+        """The worker's log, from offset ``since`` (a :meth:`log_mark`) on: a shared worker's log holds other tests' lines."""
         if not self.log.closed:
             self.log.flush()
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+    def log_mark(self):
+        """Where the log ends now: read_log(since=mark) is what the worker logged after this."""
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.stat().st_size
 
     def signal(self, signum):
         self.proc.send_signal(signum)
@@ -552,6 +685,10 @@ class Worker:
     def stop(self):
         terminate(self.proc)
         self.log.close()
+        Worker.running.discard(self)
+        if self.owns_database:
+            self.database.drop()
+            self.owns_database = False
 
 
 class RedisCluster:
@@ -559,21 +696,28 @@ class RedisCluster:
 
     def __init__(self, masters=3):
         self.dir = Path(tempfile.mkdtemp(prefix="peerjs-redis-cluster-"))
-        self.ports = [self._free_node_port() for _ in range(masters)]
+        self.ports = [free_port() for _ in range(masters)]
         self.procs = []
         for port in self.ports:
             node_dir = self.dir / str(port)
             node_dir.mkdir()
+            # The bus port named, from this process's range too: by default
+            # it is the port + 10000, in the ephemeral range.
             self.procs.append(
                 subprocess.Popen(
-                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                    ["redis-server", "--port", str(port), "--cluster-port", str(free_port()),
+                     "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                      "--cluster-config-file", str(node_dir / "nodes.conf"), "--dir", str(node_dir),
                      "--save", "", "--appendonly", "no", "--logfile", str(node_dir / "redis.log")],
                     stdout=subprocess.DEVNULL,
                 )
             )
-        for port in self.ports:
-            wait_until(lambda p=port: self._cli(p, "PING", check=False).strip() == "PONG", 30, f"redis-server on {port}")
+        for port, proc in zip(self.ports, self.procs):
+            def up(p=port, proc=proc):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on {p} exited: {(self.dir / str(p) / 'redis.log').read_text()[-2000:]}")
+                return self._cli(p, "PING", check=False).strip() == "PONG"
+            wait_until(up, 30, f"redis-server on {port}")
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
              "--cluster-replicas", "0", "--cluster-yes"],
@@ -581,20 +725,6 @@ class RedisCluster:
         )
         wait_until(lambda: all("cluster_state:ok" in self._cli(p, "CLUSTER", "INFO") for p in self.ports), 20, "cluster_state:ok")
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
-
-    @staticmethod
-    def _free_node_port():
-        """A free port whose cluster bus port (the port + 10000) is a port, and free too."""
-        while True:
-            port = free_port()
-            if port + 10000 > 65535:
-                continue
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + 10000))
-                except OSError:
-                    continue
-            return port
 
     def _cli(self, port, *command, check=True):
         result = subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=10)
@@ -629,5 +759,89 @@ class RedisCluster:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs:
+            proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisSentinelSet:
+    """A master, a replica and one sentinel (quorum 1) on loopback ports: :meth:`kill_master`
+    SIGKILLs the master of the moment, and the sentinel promotes the replica (about 4 s)."""
+
+    NAME = "peerserver"  # the master set's
+
+    def __init__(self, password=None):
+        self.dir = Path(tempfile.mkdtemp(prefix="peerjs-redis-sentinel-"))
+        # password: every server's, the sentinel's too (Bitnami's chart with auth.sentinel)
+        self.auth = ["--requirepass", password, "--masterauth", password] if password else []
+        self.password = password
+        self.procs = {}  # port -> the redis-server (master or replica) on it
+        self.killed = []  # ports of servers killed since
+        master, replica = free_port(), free_port()
+        self._start(master)
+        self._start(replica, "--replicaof", "127.0.0.1", str(master))
+        self.sentinel_port = free_port()
+        config = self.dir / "sentinel.conf"  # the sentinel rewrites it: this set's own
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
+            f"sentinel monitor {self.NAME} 127.0.0.1 {master} 1\n"
+            f"sentinel down-after-milliseconds {self.NAME} 1000\n"
+            f"sentinel failover-timeout {self.NAME} 3000\n"
+            + (f"requirepass {password}\nsentinel auth-pass {self.NAME} {password}\n" if password else "")
+        )
+        self.sentinel = subprocess.Popen(["redis-server", str(config), "--sentinel"], stdout=subprocess.DEVNULL)
+        self.sentinels = f"127.0.0.1:{self.sentinel_port}"  # PEERJS_REDIS_SENTINELS
+        # REDIS_URL beside them: the master's database (and password); its host does not
+        # resolve, so that nothing reaches Redis but through the sentinels.
+        credentials = f":{urllib.parse.quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{credentials}master.invalid:6379/0"
+        wait_until(lambda: self._replica_ready(master), 30, "the replica in sync and known to the sentinel")
+
+    def _start(self, port, *extra):
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--logfile", str(self.dir / f"redis-{port}.log"),
+             "--repl-diskless-sync-delay", "0", *self.auth, *extra],  # the replica syncs at once, not after 5 s
+            stdout=subprocess.DEVNULL,
+        )
+        wait_until(lambda: self.cli(port, "PING", check=False).strip() == "PONG", 10, f"redis-server on {port}")
+
+    def cli(self, port, *command, check=True):
+        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
+        result = subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=10, env=env)
+        if check and result.returncode:
+            raise RuntimeError(result.stderr)
+        return result.stdout
+
+    def master_port(self):
+        """The master's port, as the sentinel says now."""
+        return int(self.cli(self.sentinel_port, "SENTINEL", "get-master-addr-by-name", self.NAME).split()[1])
+
+    def _replica_ready(self, master):
+        replication = self.cli(master, "INFO", "replication", check=False)
+        known = self.cli(self.sentinel_port, "SENTINEL", "REPLICAS", self.NAME, check=False)
+        # Without the replica in its list (learnt from the master's INFO) the sentinel has nobody to promote.
+        return "state=online" in replication and "slave" in known.split() and "s_down" not in known
+
+    def kill_master(self):
+        """SIGKILL the master of the moment; its port."""
+        port = self.master_port()
+        self.killed.append(port)
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait()
+        return port
+
+    def replace_killed(self):
+        """Start what was killed again, as a replica of the master of the moment, so that the set can fail over once more."""
+        master = self.master_port()
+        while self.killed:
+            self._start(self.killed.pop(), "--replicaof", "127.0.0.1", str(master))
+        wait_until(lambda: self._replica_ready(master), 30, "the replica in sync and known to the sentinel")
+
+    def stop(self):
+        for proc in [*self.procs.values(), self.sentinel]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.procs.values(), self.sentinel]:
             proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""A Django app for test workers: writes down every peer_connected, peer_disconnected and peer_message signal.
+"""A Django app for test workers: writes down every peer_connected, peer_disconnected and peer_message signal,
+and on SIGUSR2 the garbage only the cyclic collector would free (with PEERJS_GARBAGE_PROBE).
 
 A worker started with DJANGO_SETTINGS_MODULE=tests.probe_settings has it
 installed; it appends one JSON line per signal to the file named by
@@ -6,10 +7,33 @@ PEERJS_SIGNAL_PROBE, with the arguments as a receiver got them and whether
 it ran on the worker's event loop (where the hub sends them).
 """
 import asyncio
+import collections
+import gc
 import json
 import os
+import signal as signal_module
 
 from django.apps import AppConfig
+
+
+def _write_garbage(signum, frame):
+    """On SIGUSR2: collect, and write what the collection found unreachable (by type) to PEERJS_GARBAGE_PROBE.
+
+    Everything, frozen or not (gc.unfreeze first): what a closed socket
+    leaves to the cyclic collector instead of freeing it at once.
+    """
+    gc.unfreeze()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    gc.collect()
+    gc.freeze()
+    with open(os.environ["PEERJS_GARBAGE_PROBE"], "w") as probe:
+        json.dump(dict(types), probe)
 
 
 def _on_event_loop():
@@ -25,6 +49,12 @@ class SignalProbeConfig(AppConfig):
     label = "signal_probe"
 
     def ready(self):
+        if os.environ.get("PEERJS_GARBAGE_PROBE"):
+            signal_module.signal(signal_module.SIGUSR2, _write_garbage)
+        if os.environ.get("PEERJS_SIGNAL_PROBE"):
+            self.record_signals()
+
+    def record_signals(self):
         from signaling.signals import peer_connected, peer_disconnected, peer_message
 
         path = os.environ["PEERJS_SIGNAL_PROBE"]

@@ -5,7 +5,7 @@ from django.utils import timezone
 from signaling import registry
 from signaling.models import Peer
 
-pytestmark = [pytest.mark.db, pytest.mark.django_db]
+pytestmark = [pytest.mark.fast, pytest.mark.db, pytest.mark.django_db, pytest.mark.postgres]
 
 
 @pytest.fixture

@@ -76,6 +76,21 @@ def test_behind_the_proxy_the_address_it_added_is_the_one_counted(make_server):
     assert operator.login(username, PASSWORD).status == 200 and operator.logged_in
 
 
+def test_fresh_addresses_of_one_ipv6_network_bring_no_fresh_tries(make_server):
+    worker = make_server({"PEERJS_PROXIED": "1"})
+    username = create_superuser(worker, PASSWORD)
+    answers = []
+    for n in range(LIMIT):  # each try from another address of one /64, as its owner may
+        attacker = AdminSession(worker, headers={"X-Forwarded-For": f"2001:db8:77:1::{n + 1:x}"})
+        answers.append(attacker.login(username, "wrong").status)
+    assert answers == [200] * (LIMIT - 1) + [429]
+    again = AdminSession(worker, headers={"X-Forwarded-For": "2001:db8:77:1:ffff::1"})
+    assert again.login(username, PASSWORD).status == 429
+    # Another network is another client.
+    operator = AdminSession(worker, headers={"X-Forwarded-For": "2001:db8:77:2::1"})
+    assert operator.login(username, PASSWORD).status == 200 and operator.logged_in
+
+
 def test_the_limit_and_cool_off_come_from_the_environment(make_server):
     worker = make_server({"DJANGO_LOGIN_FAILURE_LIMIT": "2", "DJANGO_LOGIN_COOLOFF_MINUTES": "1"})
     username = create_superuser(worker, PASSWORD)

@@ -19,13 +19,15 @@ from tests.test_cluster import Cluster
 from tests.test_metrics import samples, scrape
 
 pytestmark = pytest.mark.cluster
+XDIST_GROUPS = "test"  # no server shared between its tests (tests/conftest.py)
 
 PASSWORD = "stage-manager-pw"
-PAGE, DATA = "/admin/overview/", "/admin/overview/data/"
+PAGE, DATA = "/admin/signaling/overview/", "/admin/signaling/overview/data/"
 
 
 @pytest.fixture
 def cluster(redis_server):
+    """Fresh workers: the overview's figures are their whole lives."""
     cluster = Cluster(redis_server, server="uvicorn")
     yield cluster
     cluster.stop()
@@ -123,15 +125,15 @@ async def test_the_overview_shows_what_each_worker_holds_and_relayed(cluster):
     assert re.search(r'<tfoot>\s*<tr><td class="column-name">2 workers</td>', page)
     assert 'src="/static/signaling/overview.js"' in page and "<script>" not in page  # no inline script
     assert '<a href="/admin/">Home</a>' in page  # the admin's breadcrumbs
-    # The admin's index leads there.
-    assert f'<a href="{PAGE}">Overview</a>' in (await asyncio.to_thread(admin.get, "/admin/")).body
+    # The admin's index leads there, under the app, as to its models.
+    assert f'<a href="{PAGE}">Cluster overview</a>' in (await asyncio.to_thread(admin.get, "/admin/")).body
     for client in (a, a2, b):
         await client.close()
 
 
-def test_the_overview_is_for_staff_who_may_see_workers_only(cluster):
-    w1 = cluster.workers[0]
-    database = cluster.database
+def test_the_overview_is_for_staff_who_may_see_workers_only(make_server):
+    w1 = make_server(server="uvicorn")
+    database = w1.database
     for path in (PAGE, DATA):
         status, headers, _ = w1.get(path)
         assert status == 302 and headers["Location"] == f"/admin/login/?next={path}", path
@@ -144,7 +146,7 @@ def test_the_overview_is_for_staff_who_may_see_workers_only(cluster):
     for path in (PAGE, DATA):
         answer = staff.get(path)
         assert answer.status == 403 and "column-peers" not in answer.body, path
-    assert "Overview" not in staff.get("/admin/").body
+    assert PAGE not in staff.get("/admin/").body
     # No longer staff, still logged in: sent to the admin's login like a stranger.
     database.query("UPDATE auth_user SET is_staff = ? WHERE username = ?", (False, username))
     for path in (PAGE, DATA):
@@ -156,7 +158,7 @@ def test_the_overview_is_for_staff_who_may_see_workers_only(cluster):
 async def test_a_worker_that_stopped_beating_is_flagged_stale(make_server):
     # A worker reaps the silent only once its own beats have run for the
     # worker timeout: with a minute of it, the silent row stays to be seen.
-    worker = make_server({"PEERJS_WORKER_TIMEOUT": "60000"}, private=True, server="uvicorn")
+    worker = make_server({"PEERJS_WORKER_TIMEOUT": "60000"}, own=True, server="uvicorn")
     database = worker.database
     last_beat = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     when = last_beat if database.admin_url else last_beat.strftime("%Y-%m-%d %H:%M:%S.%f")

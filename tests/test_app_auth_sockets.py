@@ -1,7 +1,7 @@
 """Who may connect, over real sockets: signed tokens and the site's session, across two production workers.
 
 Apps are made in the admin of worker 1 (real HTTP); sockets open on either
-worker. Tokens are made as the README tells an app's backend to make them
+worker. Tokens are made as docs/apps.md tells an app's backend to make them
 (PyJWT, HS256, the app's token secret); the site's users log in through the
 admin's login form, and their session cookie goes with the handshake as a
 browser sends it.
@@ -49,7 +49,7 @@ def new_key(prefix="app"):
 
 
 def token(secret, peer_id, key, ttl=600, issued=None):
-    """A connect token as the README's Python backend makes one."""
+    """A connect token as docs/apps.md's Python backend makes one."""
     now = int(time.time() if issued is None else issued)
     return jwt.encode({"sub": peer_id, "aud": key, "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
 

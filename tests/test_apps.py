@@ -15,7 +15,7 @@ from django.test import override_settings
 from signaling import applications, conf
 from signaling.models import App
 
-pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.fast, pytest.mark.db, pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +23,17 @@ def fresh_cache():
     applications.forget()
     yield
     applications.forget()
+
+
+# A webhook's host must be public or allowed (signaling.webhooks.resolve): the
+# webhooks of these tests, never sent, go to a documentation network allowed
+# as an operator allows a backend on the LAN.
+WEBHOOK_URL = "https://192.0.2.10/peers"
+
+
+@pytest.fixture(autouse=True)
+def webhook_network_allowed(settings):
+    settings.PEERJS = {**conf.from_environ({}), "WEBHOOK_ALLOW_NETWORKS": ["192.0.2.0/24"]}
 
 
 def peerjs(**overrides):
@@ -98,7 +109,7 @@ def test_a_row_has_its_own_limit_origins_and_generated_token_secret():
 
 def test_secrets_stay_out_of_the_settings_repr():
     make_app(token_secret="t" * 40, turn_urls="turn:x", turn_secret="turn-secret-value",
-             webhook_url="https://hooks.example/p", webhook_secret="hook-secret-value")
+             webhook_url=WEBHOOK_URL, webhook_secret="hook-secret-value")
     with peerjs():
         text = repr(applications.get_app("stage"))
     assert "t" * 40 not in text and "turn-secret-value" not in text and "hook-secret-value" not in text
@@ -185,7 +196,7 @@ def test_ice_urls_must_be_stun_or_turn_and_turn_needs_the_shared_secret():
 
 def test_a_webhook_needs_a_secret():
     with pytest.raises(ValidationError) as error:
-        make_app(webhook_url="https://hooks.example/peers")
+        make_app(webhook_url=WEBHOOK_URL)
     assert "webhook_secret" in error.value.message_dict
 
 
@@ -244,7 +255,7 @@ def test_the_token_secret_is_readable_and_rotates_on_request(admin_client):
 
 def test_turn_and_webhook_secrets_are_write_only(admin_client):
     admin_client.post(ADD, form(turn_urls="turn:turn.example:3478", turn_secret="turn-secret-value",
-                                webhook_url="https://hooks.example/peers", webhook_secret="hook-secret-value"))
+                                webhook_url=WEBHOOK_URL, webhook_secret="hook-secret-value"))
     app = App.objects.get(key="stage")
     assert (app.turn_secret, app.webhook_secret) == ("turn-secret-value", "hook-secret-value")
     page = admin_client.get(change_url(app)).content.decode()
@@ -252,12 +263,12 @@ def test_turn_and_webhook_secrets_are_write_only(admin_client):
     assert len(re.findall(r"<b>Set.</b>", page)) == 2
     # Saved with the secret fields left blank: both kept.
     admin_client.post(change_url(app), form(name="Renamed", turn_urls="turn:turn.example:3478",
-                                            webhook_url="https://hooks.example/peers"))
+                                            webhook_url=WEBHOOK_URL))
     app.refresh_from_db()
     assert (app.name, app.turn_secret, app.webhook_secret) == ("Renamed", "turn-secret-value", "hook-secret-value")
     # A new value replaces the old one.
     admin_client.post(change_url(app), form(turn_urls="turn:turn.example:3478", turn_secret="rotated-turn-secret",
-                                            webhook_url="https://hooks.example/peers"))
+                                            webhook_url=WEBHOOK_URL))
     app.refresh_from_db()
     assert app.turn_secret == "rotated-turn-secret"
 

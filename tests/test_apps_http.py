@@ -29,7 +29,7 @@ def app_form(**fields):
 
 @pytest.fixture
 def two_workers():
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     env = {**TEST_ENV, "PEERJS_APP_CACHE": str(CACHE_MS)}
     workers = [Worker(database, env, name="a"), Worker(database, env, name="b")]
     yield database, workers

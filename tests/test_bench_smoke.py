@@ -89,3 +89,24 @@ async def test_the_storms_lean_client_opens_hears_frames_and_notices_a_takeover(
     await asyncio.wait_for(peer.ws.ended, 10)
     assert drops == [peer] and peer.dropped and not peer.open
     await takeover.close()
+
+
+@pytest.mark.cluster
+@pytest.mark.own_postgres
+def test_bench_scale_holds_its_peers_across_workers_and_reports_them(private_postgres, tmp_path):
+    """``make bench-scale`` at a hundredth of a thousandth of its size: two workers, two load generators."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--peers", "400", "--workers", "2", "--clients", "2",
+         "--hold", "6", "--pairs", "1", "--baseline", "1", "--postgres", private_postgres.admin_url, "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=110, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (path,) = tmp_path.glob("scale-*.json")
+    result = json.loads(path.read_text())["result"]
+    assert result["open"]["opened"] == 400 and not result["open"]["failures"]
+    # The registry held every idle peer and the pair's two, from two source addresses.
+    assert result["hold"]["registry_rows"] == 402
+    assert result["hold"]["alive_at_end"] == 400 and result["hold"]["dropped"] == 0
+    relay = result["hold"]["relay"]
+    assert relay["sent"] > 0 and relay["received"] == relay["sent"] and relay["lost"] == 0
+    assert [v["met"] for v in result["verdicts"]] == [True] * 4

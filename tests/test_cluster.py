@@ -14,15 +14,16 @@ import websockets
 from tests.admin_http import AdminSession, create_superuser
 from tests.client import connect, roundtrip, uid
 from tests.conftest import TEST_ENV
-from signaling.transport import inbox_name
+from signaling.bus.transport import inbox_name
 from tests.servers import BASE, Database, RedisCluster, RedisServer, Worker, wait_until
 
 pytestmark = pytest.mark.cluster
+XDIST_GROUPS = "fixture:cluster"  # the rest start, stop or kill clusters of their own (tests/conftest.py)
 
 
 class Cluster:
     def __init__(self, redis, count=2, env=None, server="daphne"):
-        self.database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+        self.database = Database()
         self.env = {**TEST_ENV, "REDIS_URL": redis.url, **(env or {})}
         self.workers = [Worker(self.database, self.env, server=server, name=f"w{n}") for n in range(count)]
 
@@ -35,8 +36,9 @@ class Cluster:
         return self.database.query("SELECT worker FROM signaling_peer WHERE peer_id = ?", (peer_id,))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(redis_server):
+    """Two daphne workers shared by the module's tests, which keep apart by their ids."""
     cluster = Cluster(redis_server)
     yield cluster
     cluster.stop()
@@ -92,6 +94,7 @@ async def test_id_held_on_another_worker_is_taken(cluster):
     assert (await thief.recv())["type"] == "ID-TAKEN"
 
 
+@pytest.mark.postgres
 async def test_the_same_id_claimed_on_two_workers_at_once_gets_one_open(cluster):
     w1, w2 = cluster.workers
     for _round in range(5):
@@ -102,6 +105,7 @@ async def test_the_same_id_claimed_on_two_workers_at_once_gets_one_open(cluster)
         assert sorted([(await c.recv())["type"] for c in clients]) == ["ID-TAKEN"] * 3 + ["OPEN"]
 
 
+@pytest.mark.postgres
 async def test_queued_messages_reach_a_peer_that_connects_to_another_worker(cluster):
     w1, w2 = cluster.workers
     a, later = await connect(w1), uid()
@@ -113,6 +117,7 @@ async def test_queued_messages_reach_a_peer_that_connects_to_another_worker(clus
     await roundtrip(b, a)
 
 
+@pytest.mark.postgres
 async def test_expiry_sends_one_expire_whichever_worker_sweeps(cluster):
     w1, w2 = cluster.workers
     a, c, nobody = await connect(w1), await connect(w2), uid()
@@ -125,6 +130,7 @@ async def test_expiry_sends_one_expire_whichever_worker_sweeps(cluster):
     await roundtrip(a, c)
 
 
+@pytest.mark.postgres
 async def test_discovery_and_concurrent_limit_count_the_whole_cluster(redis_server):
     cluster = Cluster(redis_server, env={"PEERJS_CONCURRENT_LIMIT": "2", "PEERJS_ALLOW_DISCOVERY": "1"})
     try:
@@ -139,6 +145,7 @@ async def test_discovery_and_concurrent_limit_count_the_whole_cluster(redis_serv
         cluster.stop()
 
 
+@pytest.mark.postgres
 async def test_relay_to_a_peer_that_left_another_worker_ends_in_expire(cluster):
     w1, w2 = cluster.workers
     for _round in range(5):
@@ -148,6 +155,7 @@ async def test_relay_to_a_peer_that_left_another_worker_ends_in_expire(cluster):
         assert await a.recv(timeout=5) == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
 
 
+@pytest.mark.postgres
 async def test_sigkill_rows_are_reaped_and_ids_come_back_with_their_tokens(redis_server):
     cluster = Cluster(redis_server, count=3, env={"PEERJS_WORKER_TIMEOUT": "6000"})
     try:
@@ -199,7 +207,8 @@ async def test_sigterm_closes_sockets_with_going_away_and_frees_rows_at_once(red
         cluster.stop()
 
 
-async def test_redis_outage_keeps_what_does_not_need_it_and_recovers(redis_server):
+async def test_redis_outage_keeps_what_does_not_need_it_and_recovers():
+    redis_server = RedisServer()  # its own: it is stopped mid-test
     cluster = Cluster(redis_server)
     try:
         w1, w2 = cluster.workers
@@ -232,6 +241,42 @@ async def test_redis_outage_keeps_what_does_not_need_it_and_recovers(redis_serve
         await roundtrip(b, a)
     finally:
         cluster.stop()
+        redis_server.stop()
+
+
+async def disconnect_in_the_admin(worker, database, client):
+    """An operator of ``worker`` disconnects ``client`` (wherever it is): its socket closes with 4102."""
+    admin = AdminSession(worker)
+    assert admin.login(create_superuser(worker, "stage-manager-pw"), "stage-manager-pw").status == 200
+    page = await asyncio.to_thread(
+        admin.post, "/admin/signaling/peer/", {"action": "disconnect", "_selected_action": [database.peer_row(client.peer_id)]}
+    )
+    assert "Asked to disconnect 1 peer" in page.body
+    code, _ = await client.closed(timeout=10)
+    assert code == 4102
+
+
+async def test_admin_disconnect_reaches_a_peer_on_another_worker_after_a_redis_restart():
+    """Redis restarted without persistence forgets every Channels group: each hub joins its groups
+    again (every beat), and an operator's Disconnect reaches the peer's worker once more."""
+    redis_server = RedisServer()  # its own: it is restarted mid-test
+    cluster = Cluster(redis_server)
+    try:
+        w1, w2 = cluster.workers
+        await connect(w1)  # daphne starts a worker's hub, and with it its groups, at its first socket
+        await disconnect_in_the_admin(w1, cluster.database, await connect(w2))
+        redis_server.stop()
+        redis_server.start()
+        # Both hubs back in every hub's group (channels-redis keeps a group in the key asgi:group:NAME).
+        await asyncio.to_thread(
+            wait_until, lambda: redis_server.cli("ZCARD", "asgi:group:peerjs.hubs") == "2", 10, "the hubs to join again"
+        )
+        target, other = await connect(w2), await connect(w2)
+        await disconnect_in_the_admin(w1, cluster.database, target)
+        await roundtrip(await connect(w2), other)  # the others stay
+    finally:
+        cluster.stop()
+        redis_server.stop()
 
 
 async def test_admin_disconnect_reaches_a_peer_on_another_worker(cluster):
@@ -307,7 +352,11 @@ async def test_a_worker_stopped_until_redis_drops_its_subscription_recovers_and_
     drops what it had buffered; the senders hear EXPIRE, nothing hangs."""
     redis = RedisServer(extra=["--client-output-buffer-limit", "pubsub 256kb 128kb 1"])
     cluster = Cluster(
-        redis, env={"REDIS_ACK_TIMEOUT": "3000", "PEERJS_WORKER_TIMEOUT": "60000", "PEERJS_FLOOD_LIMIT": "0"}
+        redis,
+        # b's client reads what w2 delivers once it wakes only after the test's
+        # next steps: its outbox may hold all of it meanwhile.
+        env={"REDIS_ACK_TIMEOUT": "3000", "PEERJS_WORKER_TIMEOUT": "60000", "PEERJS_FLOOD_LIMIT": "0",
+             "PEERJS_OUTBOX_MAX_BYTES": str(64 * 1024 * 1024)},
     )
     try:
         w1, w2 = cluster.workers
@@ -397,6 +446,8 @@ async def test_workers_on_a_redis_cluster_relay_across_shards():
         await a.relay("OFFER", later, "queued")  # the queue and the drain cross shards too
         c = await connect(w2, peer_id=later)
         assert (await c.expect("OFFER"))["payload"] == "queued"
+        # An operator's Disconnect: a group message on the default layer, channels-redis' pub/sub on a Cluster.
+        await disconnect_in_the_admin(w1, cluster.database, c)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -466,7 +517,8 @@ async def test_sigkill_of_the_receiving_worker_mid_stream_loses_no_frame_silentl
         cluster.stop()
 
 
-async def test_redis_restarted_mid_stream_loses_no_frame_silently(redis_server):
+async def test_redis_restarted_mid_stream_loses_no_frame_silently():
+    redis_server = RedisServer()  # its own: it is restarted mid-test
     cluster = Cluster(redis_server, server="uvicorn", env={"REDIS_ACK_TIMEOUT": "2000"})
     try:
         w1, w2 = cluster.workers
@@ -506,6 +558,7 @@ async def test_redis_restarted_mid_stream_loses_no_frame_silently(redis_server):
         hearing.cancel()
     finally:
         cluster.stop()
+        redis_server.stop()
 
 
 async def _until(predicate):

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sqlite3
+import subprocess
 import urllib.parse
 import urllib.request
 
@@ -27,6 +28,7 @@ from tests.cluster_command import (
     READY,
     ROOT,
     START_TIMEOUT,
+    STOP_TIMEOUT,
     TIMEOUT,
     ClusterCommand,
     command_line,
@@ -40,7 +42,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(CLUSTER_TEST_TIMEOUT)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    command = ClusterCommand(tmp_path_factory.mktemp("cluster"))
+    command = ClusterCommand(tmp_path_factory.mktemp("cluster"), make=True)  # as the README says
     try:
         command.wait_ready()
         yield command
@@ -209,10 +211,30 @@ async def test_tokens_stay_out_of_nginx_access_log(cluster):
     assert f'"GET {BASE}/peerjs HTTP/1.1" 101 ' in log
 
 
+def test_the_admin_user_command_it_prints_makes_a_user_who_logs_in_through_nginx(cluster):
+    (line,) = [line for line in cluster.lines if line.strip().startswith("admin ")]
+    assert f"http://localhost:{cluster.port}/admin/" in line
+    command = re.search(r"\(an admin user for this database: (.*)\)$", line).group(1)
+    password = "stage-manager-pw-7"
+    subprocess.run(
+        f"{command} --noinput --username stagemanager --email sm@example.com", shell=True, cwd=ROOT,
+        env={**os.environ, "DJANGO_SUPERUSER_PASSWORD": password}, check=True, capture_output=True,
+    )
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    url = f"http://localhost:{cluster.port}/admin/login/?next=/admin/"
+    with opener.open(url, timeout=TIMEOUT) as response:
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.read().decode()).group(1)
+    form = urllib.parse.urlencode({"csrfmiddlewaretoken": csrf, "username": "stagemanager", "password": password, "next": "/admin/"})
+    request = urllib.request.Request(url, data=form.encode(), headers={"Origin": f"http://localhost:{cluster.port}", "Referer": url})
+    with opener.open(request, timeout=TIMEOUT) as response:
+        assert response.url.endswith("/admin/")
+        assert "Site administration" in response.read().decode()
+
+
 def test_start_waits_for_ready_workers_and_says_why_not(tmp_path):
     # A Redis that does not answer: the workers start, but are not ready, so
     # nginx is never started and the script says which check fails.
-    command = ClusterCommand(tmp_path, env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "START_TIMEOUT": "6"})
+    command = ClusterCommand(tmp_path, env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "START_TIMEOUT": "15"})  # the workers start, slowly on a busy machine
     try:
         assert command.proc.wait(START_TIMEOUT) == 1
         assert command.ended.wait(TIMEOUT)
@@ -326,35 +348,40 @@ async def test_nginx_sends_new_sockets_past_a_draining_worker(tmp_path, private_
 
 
 # --- stopping ----------------------------------------------------------------------
+# Last in the module: it stops the module's cluster (uvicorn workers, started
+# by make) with Ctrl-C. The session's TLS cluster (daphne workers, also started
+# by make) is stopped with the kill the script's summary prints, and checked
+# the same way when the session ends (tests/conftest.py, tls_cluster).
 
 
-@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
-async def test_sigterm_stops_every_process_it_started(tmp_path, server):
-    command = ClusterCommand(tmp_path, server=server)
-    try:
-        await asyncio.to_thread(command.wait_ready)
-        assert len(command.processes) >= 4  # redis, two workers, nginx (and its worker)
-        assert sum(f"/bin/{server} " in command_line(pid) for pid, _ in command.processes) == 2
+async def test_make_cluster_stops_every_process_it_started_without_an_error(cluster):
+    assert len(cluster.processes) >= 4  # redis, two workers, nginx (and its worker)
+    assert sum("/bin/uvicorn " in command_line(pid) for pid, _ in cluster.processes) == 2
 
-        alice, bob = unique("alice"), unique("bob")
-        a = await open_peer(command.socket_url(alice, "ta"))
-        b = await open_peer(command.socket_url(bob, "tb"))
-        await a.send(json.dumps({"type": "OFFER", "dst": bob, "payload": {"sdp": "o"}}))
-        assert (await recv(b))["src"] == alice
+    alice, bob = unique("alice"), unique("bob")
+    a = await open_peer(cluster.socket_url(alice, "ta"))
+    b = await open_peer(cluster.socket_url(bob, "tb"))
+    await a.send(json.dumps({"type": "OFFER", "dst": bob, "payload": {"sdp": "o"}}))
+    assert (await recv(b))["src"] == alice
 
-        status = await asyncio.to_thread(command.stop)
-        assert status == 128 + signal.SIGTERM, command.output
-        assert "stopped" in command.output
-        assert [p for p in command.processes if running(p)] == []
-        # The open sockets were closed, not left hanging.
-        for ws in (a, b):
-            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
-        # Every port can be listened on again (closed connections may linger
-        # in TIME_WAIT; servers bind with SO_REUSEADDR, so does this check).
-        for port in [command.port, *command.worker_ports]:
-            with socket.socket() as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("127.0.0.1", port))
-                sock.listen()
-    finally:
-        command.kill_leftovers()
+    # Ctrl-C: make itself gets the SIGINT too, and ends by it: silently.
+    status = await asyncio.to_thread(cluster.interrupt)
+    assert status == -signal.SIGINT, cluster.output
+    assert_stopped_cleanly(cluster)
+    # The open sockets were closed, not left hanging.
+    for ws in (a, b):
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+    # Every port can be listened on again (closed connections may linger
+    # in TIME_WAIT; servers bind with SO_REUSEADDR, so does this check).
+    for port in [cluster.port, *cluster.worker_ports]:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+
+
+def assert_stopped_cleanly(command):
+    """The script said it stopped, make reported no error, and no process it started is left."""
+    assert "stopped" in command.output
+    assert "Error" not in command.output and "***" not in command.output, command.output
+    assert [p for p in command.processes if running(p)] == []

@@ -37,13 +37,14 @@ def vary(headers):
 
 
 @pytest.fixture(scope="module")
-def any_host(database):
+def any_host():
     from tests.conftest import TEST_ENV
-    from tests.servers import Worker
+    from tests.servers import Database, Worker
 
-    worker = Worker(database, {**TEST_ENV, "DJANGO_ALLOWED_HOSTS": "*"})
+    worker = Worker(Database(), {**TEST_ENV, "DJANGO_ALLOWED_HOSTS": "*"})
     yield worker
     worker.stop()
+    worker.database.drop()
 
 
 def test_with_any_host_allowed_a_host_derived_qr_code_is_private_to_who_asked(any_host):

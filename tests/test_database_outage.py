@@ -5,7 +5,7 @@ and start (never the machine's own), a private redis-server, and workers
 started as production starts them (deploy/worker-entrypoint.sh). The tests
 assert outcomes; how long anything takes is the benchmark's business.
 
-What must hold (README, "When the database or Redis is away"): sockets that
+What must hold (docs/cluster.md, "When the database is away"): sockets that
 are open stay open and keep relaying across workers (the directory is in
 memory); what needs the registry or the queue is answered plainly (a new
 socket hears ERROR "try again" and 1013, /id and /peers 503 with
@@ -73,14 +73,20 @@ class OutageCluster:
     @contextlib.contextmanager
     def database_frozen(self):
         """PostgreSQL frozen (every process of it stopped): queries hang, as behind a dead link."""
+        # The postmaster first, so that it forks nothing after its children
+        # are listed; a backend may still exit (its client gone) before its turn.
+        postmaster, *_ = postgres_pids(self.postgres)
+        os.kill(postmaster, signal.SIGSTOP)
         pids = postgres_pids(self.postgres)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+        for pid in pids[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         try:
             yield
         finally:
             for pid in pids:
-                os.kill(pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def worker_names(self):
         return sorted(name for (name,) in self.database.query("SELECT name FROM signaling_worker"))

@@ -78,3 +78,25 @@ def test_turning_hsts_off_is_reported():
     result = manage("check", "--deploy", "--fail-level", "WARNING",
                     DJANGO_SECRET_KEY=A_GOOD_KEY, DJANGO_HTTPS="1", DJANGO_HSTS_SECONDS="0")
     assert result.returncode != 0 and "security.W004" in result.stderr
+
+
+def test_a_key_in_a_file_named_by_the_file_variable_starts(tmp_path):
+    # docker-compose.yml's workers get their secrets so (deploy/make_secrets.py).
+    key_file = tmp_path / "django_secret_key"
+    key_file.write_text(A_GOOD_KEY)
+    result = manage("shell", "-c", "from django.conf import settings; print(settings.SECRET_KEY == open(%r).read())" % str(key_file),
+                    DJANGO_SECRET_KEY_FILE=str(key_file))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("True")
+    # The file's value is checked like any other.
+    key_file.write_text("short")
+    result = manage("check", DJANGO_SECRET_KEY_FILE=str(key_file))
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY is too weak" in result.stderr
+    # A value given directly wins over the file.
+    assert manage("check", DJANGO_SECRET_KEY_FILE=str(key_file), DJANGO_SECRET_KEY=A_GOOD_KEY).returncode == 0
+
+
+def test_an_unreadable_secret_file_is_named(tmp_path):
+    result = manage("check", DJANGO_SECRET_KEY_FILE=str(tmp_path / "missing"))
+    assert result.returncode != 0
+    assert f"DJANGO_SECRET_KEY_FILE='{tmp_path / 'missing'}' cannot be read: No such file or directory." in result.stderr

@@ -1,7 +1,11 @@
 """signaling.directory on its own: a peer that moved, learnt from an announcement or from the registry."""
 import asyncio
 
+import pytest
+
 from signaling.directory import Directory
+
+pytestmark = pytest.mark.fast  # the first tier: no server (tests/test_consumer.py)
 
 
 class Hub:
@@ -65,3 +69,28 @@ async def test_the_registry_confirming_what_an_announcement_said_holds_nothing_b
     directory.learn("new", [("k", "b")], [])
     directory.reseed([("k", "b", "new"), ("k", "mine", "here")])
     assert directory.routes == {("k", "b"): "new"} and not directory.moving
+
+
+async def test_an_update_adds_the_lately_registered_peers_and_forgets_nothing():
+    hub = Hub()
+    directory = Directory(hub)
+    directory.learn("w1", [("k", "a"), ("k", "b")], [])
+    directory.update([("k", "c", "w2"), ("k", "mine", "here")])
+    assert directory.routes == {("k", "a"): "w1", ("k", "b"): "w1", ("k", "c"): "w2"}
+    directory.update([("k", "b", "w2")])  # b moved: it waits as with an announcement
+    assert directory.routes[("k", "b")] == "w2" and list(directory.moving) == [("k", "b")]
+    await settle(hub, directory, "w1")
+    directory.reseed([("k", "c", "w2")])  # a whole re-read forgets the rest
+    assert directory.routes == {("k", "c"): "w2"}
+
+
+async def test_a_reseed_in_pages_keeps_what_announcements_told_meanwhile_and_forgets_the_rest():
+    hub = Hub()
+    directory = Directory(hub)
+    directory.learn("w1", [("k", "stale"), ("k", "a")], [])
+    directory.begin_reseed()
+    directory.update([("k", "a", "w1", 1)])
+    directory.learn("w2", [("k", "new")], [])  # arrived while the pages were read
+    directory.update([("k", "b", "w2", 2)])
+    directory.end_reseed()
+    assert directory.routes == {("k", "a"): "w1", ("k", "b"): "w2", ("k", "new"): "w2"}

@@ -1,8 +1,12 @@
-"""p2psite.asgi_servers.HandshakeGate on its own: order, places, and a handshake that fails to start.
+"""signaling.servers.uvicorn.HandshakeGate on its own: order, places, and a handshake that fails to start.
 
 The gate inside a real uvicorn worker: tests/test_hostile_clients.py.
 """
-from p2psite.asgi_servers import HandshakeGate
+import pytest
+
+from signaling.servers.uvicorn import HandshakeGate
+
+pytestmark = pytest.mark.fast  # the first tier: no server (tests/test_consumer.py)
 
 
 class Transport:

@@ -48,11 +48,12 @@ def wait_for_readiness(worker, predicate, what):
 
 
 @pytest.fixture(scope="module")
-def ready_worker(database, redis_server):
-    """A production-like uvicorn worker on the session's database and Redis."""
-    worker = Worker(database, {**TEST_ENV, "REDIS_URL": redis_server.url}, server="uvicorn", name="health")
+def ready_worker(redis_server):
+    """A production-like uvicorn worker on a database of its own and the session's Redis."""
+    worker = Worker(Database(), {**TEST_ENV, "REDIS_URL": redis_server.url}, server="uvicorn", name="health")
     yield worker
     worker.stop()
+    worker.database.drop()
 
 
 # --- healthz ---------------------------------------------------------------------
@@ -122,9 +123,9 @@ def test_docker_healthcheck_fails_when_nothing_answers():
 # --- readyz during outages -----------------------------------------------------------
 
 
-def test_readyz_names_redis_while_it_is_down_and_recovers(database):
+def test_readyz_names_redis_while_it_is_down_and_recovers():
     redis = RedisServer()
-    worker = Worker(database, {**TEST_ENV, "REDIS_URL": redis.url}, server="uvicorn", name="redis-outage")
+    worker = Worker(Database(), {**TEST_ENV, "REDIS_URL": redis.url}, server="uvicorn", name="redis-outage")
     try:
         assert readiness(worker)[0] == 200
 
@@ -142,14 +143,20 @@ def test_readyz_names_redis_while_it_is_down_and_recovers(database):
         assert body == {"ready": True, "database": "ok", "redis": "ok", "draining": False}
     finally:
         worker.stop()
+        worker.database.drop()
         redis.stop()
+
+
+METRICS_TOKEN = "tests-only-metrics-token-3f9a1c7e5b2d4f60"
+PUBLIC = {"X-Forwarded-For": "203.0.113.50"}  # a client through the proxy: not allowed to read /metrics
 
 
 @pytest.fixture
 def postgres_worker(private_postgres):
-    """A uvicorn worker whose database lives on the private PostgreSQL server."""
+    """A uvicorn worker whose database lives on the private PostgreSQL server, behind a proxy (the test)."""
     db = Database(private_postgres.admin_url)
-    worker = Worker(db, TEST_ENV, server="uvicorn", name="pg-outage")
+    env = {**TEST_ENV, "PEERJS_PROXIED": "1", "PEERJS_METRICS_TOKEN": METRICS_TOKEN}
+    worker = Worker(db, env, server="uvicorn", name="pg-outage")
     yield worker
     worker.stop()
     db.drop()
@@ -168,6 +175,25 @@ def test_readyz_names_the_database_while_it_is_down_and_recovers(private_postgre
         private_postgres.start()
     status, body, _ = readiness(postgres_worker)
     assert status == 200 and body["database"] == "ok"
+
+
+def test_readyz_tells_anyone_which_part_fails_and_only_a_metrics_reader_why(private_postgres, postgres_worker):
+    port = str(private_postgres.port)
+    try:
+        private_postgres.stop()
+        status, body, _ = readiness(postgres_worker, PUBLIC)
+        assert status == 503
+        assert body == {"ready": False, "database": "unreachable", "redis": "not used", "draining": False}
+        # Whoever may read /metrics (the bearer token, or an allowed address) reads why.
+        status, body, _ = readiness(postgres_worker, {**PUBLIC, "Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert status == 503 and body["database"].startswith("unreachable: ") and port in body["database"]
+        assert port in readiness(postgres_worker)[1]["database"]  # from 127.0.0.1, in PEERJS_METRICS_ALLOW
+    finally:
+        private_postgres.start()
+    logged = [line for line in postgres_worker.read_log().splitlines() if "readiness: database unreachable: " in line]
+    assert logged and port in logged[0]  # the operator's log has the details
+    status, body, _ = readiness(postgres_worker, PUBLIC)
+    assert status == 200 and body == {"ready": True, "database": "ok", "redis": "not used", "draining": False}
 
 
 def postmaster_pid(pg):
@@ -219,7 +245,8 @@ def drain_held_up(database, worker_name):
             conn.close()
 
 
-def test_readyz_says_draining_while_a_worker_drains_after_sigterm(database):
+def test_readyz_says_draining_while_a_worker_drains_after_sigterm():
+    database = Database()
     worker = Worker(database, TEST_ENV, server="uvicorn", name="draining")
     try:
         assert readiness(worker)[0] == 200
@@ -236,3 +263,4 @@ def test_readyz_says_draining_while_a_worker_drains_after_sigterm(database):
         assert database.query("SELECT count(*) FROM signaling_worker WHERE name = ?", (name,)) == [(0,)]
     finally:
         worker.stop()
+        database.drop()

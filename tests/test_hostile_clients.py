@@ -6,6 +6,7 @@ would refuse to misbehave (half a frame, a client that never reads).
 """
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import os
@@ -207,8 +208,8 @@ def production_flood(make_server):
     })
 
 
-async def test_payloads_nested_deeper_than_any_parser_follows_get_an_error_and_every_socket_cleans_up(make_server, database):
-    worker = make_server(private=True, env={"PEERJS_CONCURRENT_LIMIT": "30"})
+async def test_payloads_nested_deeper_than_any_parser_follows_get_an_error_and_every_socket_cleans_up(make_server):
+    worker = make_server(own=True, env={"PEERJS_CONCURRENT_LIMIT": "30"})
     receiver = await connect(worker)
     deep = "[" * 600 + "]" * 600  # deep, but JSON.stringify writes it: relayed as it is
     sender = await connect(worker)
@@ -368,7 +369,7 @@ async def test_what_one_sender_may_queue_is_capped(make_server):
 
 async def test_the_queue_as_a_whole_is_capped_and_the_database_stops_growing(make_server):
     worker = make_server(
-        private=True,
+        own=True,
         env={"PEERJS_QUEUE_TOTAL_MAX_BYTES": str(2 * 1024 * 1024), "PEERJS_EXPIRE_TIMEOUT": "1000", "PEERJS_FLOOD_LIMIT": "0"},
     )
     files = [Path(worker.database.url.removeprefix("sqlite:///"))]
@@ -393,32 +394,155 @@ async def test_the_queue_as_a_whole_is_capped_and_the_database_stops_growing(mak
     assert max(sizes) < 9 * 1024 * 1024, sizes
 
 
-# --- slow handshakes --------------------------------------------------------------------
+# --- slow requests, and many of them (issue 21) ----------------------------------------
 
 
-async def test_a_request_whose_headers_never_finish_is_cut_off(make_server):
-    worker = make_server(server="uvicorn", env={"ASGI_HEADER_TIMEOUT": "1"})
+async def read_all(reader, timeout=15):
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+            data += chunk
+    return data
+
+
+async def test_a_request_that_does_not_arrive_whole_in_time_is_answered_408_and_closed(make_server):
+    worker = make_server(server="uvicorn", env={"PEERJS_REQUEST_TIMEOUT": "1000"})
+    # Its headers never finish (a WebSocket handshake here)...
     reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
     writer.write(f"GET {BASE}/peerjs?key=peerjs&id=slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n".encode())
-    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, without an answer
+    assert (await read_all(reader)).startswith(b"HTTP/1.1 408 ")
     writer.close()
+    # ...or its body never does: a byte of 100, then nothing.
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    writer.write(f"POST {BASE}/peerjs/id HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nx".encode())
+    assert (await read_all(reader)).startswith(b"HTTP/1.1 408 ")
+    writer.close()
+    # A connection that says nothing at all is closed without a word.
     silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", worker.port)
-    assert await asyncio.wait_for(silent_reader.read(), 10) == b""  # one that says nothing at all, too
+    assert await read_all(silent_reader) == b""
     silent_writer.close()
+    # A request that took its time but came whole, on a connection kept alive, is served.
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.port)
+    for _ in range(2):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        await asyncio.sleep(0.3)
+        writer.write(b"\r\n")
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 10)  # chunked: to its last chunk
+        assert response.startswith(b"HTTP/1.1 200 "), response
+    writer.close()
     await roundtrip(await connect(worker), await connect(worker))  # the others are served as ever
+    assert "Traceback" not in worker.read_log()
+
+
+async def slow_bodies(worker, count, source="127.0.0.1"):
+    """``count`` connections from ``source``, each sending a POST's headers and the first byte of its body."""
+    held = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", worker.port, local_addr=(source, 0))
+        writer.write(f"POST {BASE}/peerjs/id HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nx".encode())
+        held.append((reader, writer))
+    return held
+
+
+def get_from(worker, path, source):
+    """(status, body) of a GET to ``worker`` from the local address ``source``."""
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_slow_request_bodies_from_one_address_do_not_take_a_worker_down(make_server):
+    """1 000 connections from one address send a body a byte at a time, to a worker
+    started with a soft limit of 256 open files: it raises the limit to the hard one
+    (512), serves at most PEERJS_MAX_HTTP_CONNECTIONS_PER_ADDRESS (256) of them and
+    answers the rest 429, and another address is served as ever. The log says so in
+    a few lines."""
+    worker = make_server(server="uvicorn", nofile=(256, 512), env={"PEERJS_REQUEST_TIMEOUT": "600000"})
+    assert "open files: raised the limit from 256 to 512 (the hard limit)" in worker.read_log()
+    witness = await connect(worker, local_addr=("127.0.0.2", 0))
+    held = await slow_bodies(worker, 1000)
+    reads = [asyncio.ensure_future(read_all(reader, timeout=600)) for reader, _ in held]
+    answered = []
+    for read in asyncio.as_completed(reads, timeout=60):
+        answered.append(await read)
+        if len(answered) == 1000 - 256:
+            break
+    assert all(answer.startswith(b"HTTP/1.1 429 ") for answer in answered), collections.Counter(answered)
+    # Another address: the health check and a new socket are served.
+    assert get_from(worker, "/healthz", "127.0.0.2") == (200, b'{"status": "ok"}')
+    await roundtrip(await connect(worker, local_addr=("127.0.0.2", 0)), witness)
+    # The 256 held are still there (the deadline is far): the cap alone did it.
+    assert sum(not read.done() for read in reads) == 256
+    for read in reads:
+        read.cancel()
+    for _, writer in held:
+        writer.close()
+    log = worker.read_log()
+    assert "Traceback" not in log and log.count("the most one address may") == 1, log
+    assert len(log.splitlines()) < 20, log
+
+
+async def test_a_worker_out_of_file_descriptors_says_so_once_a_minute_and_recovers(make_server):
+    """Slow requests from many addresses (each under the cap) exhaust a worker's
+    descriptors: asyncio fails every accept, and the log gets a line, not one per
+    failure. The request deadline frees the descriptors and the worker serves again."""
+    worker = make_server(server="uvicorn", nofile=(256, 256), env={"PEERJS_REQUEST_TIMEOUT": "3000"})
+    assert "open files: limit 256 (the hard limit)" in worker.read_log()
+    held = []
+    for n in range(2, 8):  # 6 addresses x 60 connections: more than 256 descriptors
+        held += await slow_bodies(worker, 60, source=f"127.0.0.{n}")
+    wait_until(lambda: "Too many open files" in worker.read_log(), 30, "the worker to run out of descriptors")
+    for _, writer in held:
+        writer.close()
+    wait_until(lambda: _answers(worker), 60, "the worker to serve again")
+    log = worker.read_log()
+    assert log.count("cannot accept connections: [Errno 24] Too many open files") == 1, log
+    assert "Traceback" not in log and len(log.splitlines()) < 20, log
+
+
+def _answers(worker):
+    try:
+        return get_from(worker, "/healthz", "127.0.0.9")[0] == 200
+    except OSError:
+        return False
+
+
+async def test_trusted_proxies_may_hold_any_number_of_connections_and_websockets_leave_the_count(make_server):
+    """Behind nginx every connection is nginx's: it is not capped. And a client's
+    WebSockets count in the app's socket cap, not in the HTTP one."""
+    capped = make_server(server="uvicorn", env={"PEERJS_MAX_HTTP_CONNECTIONS_PER_ADDRESS": "5"})
+    sockets = [await connect(capped) for _ in range(10)]
+    await roundtrip(sockets[0], sockets[-1])
+    held = await slow_bodies(capped, 6)
+    assert (await read_all(held[5][0])).startswith(b"HTTP/1.1 429 ")
+    for _, writer in held:
+        writer.close()
+    proxied = make_server(server="uvicorn", env={
+        "PEERJS_MAX_HTTP_CONNECTIONS_PER_ADDRESS": "5", "PEERJS_PROXIED": "1", "PEERJS_TRUSTED_PROXIES": "127.0.0.1",
+    })
+    held = await slow_bodies(proxied, 20)
+    assert get_from(proxied, "/healthz", "127.0.0.1")[0] == 200
+    for reader, writer in held:
+        assert not reader.at_eof()
+        writer.close()
 
 
 # --- handshakes in bulk (issue 8's reconnect storm) ---------------------------------
 
 
 async def test_with_one_handshake_at_a_time_every_way_a_handshake_ends_lets_the_next_one_in(make_server):
-    """A worker works on ASGI_HANDSHAKE_CONCURRENCY handshakes at once; the rest wait their turn.
+    """A worker works on PEERJS_HANDSHAKE_CONCURRENCY handshakes at once; the rest wait their turn.
 
     With one place, a handshake that ended without giving its place back would
     leave every later socket waiting for ever: each way one can end is tried,
     and sockets still open after it.
     """
-    worker = make_server(server="uvicorn", env={"ASGI_HANDSHAKE_CONCURRENCY": "1"})
+    worker = make_server(server="uvicorn", env={"PEERJS_HANDSHAKE_CONCURRENCY": "1"})
     # Many at once: each waits its turn, none is lost.
     crowd = await asyncio.gather(*(connect(worker) for _ in range(30)))
     await roundtrip(crowd[0], crowd[-1])

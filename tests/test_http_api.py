@@ -64,7 +64,7 @@ def test_peers_is_401_unless_discovery_is_allowed(server):
 
 
 async def test_peers_lists_connected_ids_with_discovery(make_server):
-    worker = make_server({"PEERJS_ALLOW_DISCOVERY": "true"}, private=True)
+    worker = make_server({"PEERJS_ALLOW_DISCOVERY": "true"}, own=True)
     a, b = await connect(worker), await connect(worker)
     status, _, body = get(worker, f"{BASE}/peerjs/peers")
     assert status == 200 and sorted(json.loads(body)) == sorted([a.peer_id, b.peer_id])

@@ -1,13 +1,20 @@
-"""signaling.layer's rounds on a real redis-server: in order, none stalled.
+"""signaling.bus on a real redis-server: rounds in order, none stalled; acknowledgements,
+duplicates and a Redis Cluster's MOVED.
 
 The cluster tests cover the layer between worker processes; these look at
-one event loop's rounds, where an ordering slip would be hard to see there.
+one event loop's rounds and at each way a batch can fail, where a slip would
+be hard to see there.
 """
 import asyncio
+import collections
+import re
 
 import pytest
 
-from signaling.layer import RedisBatchLayer
+from signaling.bus import wire
+from signaling.bus.layer import RedisBatchLayer
+from signaling.bus.transport import GONE, Transport, inbox_name
+from tests.servers import RedisCluster, wait_until
 
 
 class Inbox:
@@ -60,3 +67,140 @@ async def test_messages_put_over_many_turns_arrive_once_each_in_order(layer):
     assert inbox.messages == list(range(count))
     await asyncio.wait_for(layer.settled("inbox"), 10)
     assert layer.in_flight() == 0
+
+
+async def subscribed_tap(redis_server, channel):
+    """A bare subscriber of the Redis channel ``channel``: it takes what is published there and acknowledges nothing.
+
+    Returns the connection and the list its messages' payloads go to.
+    """
+    tap = await wire.Connection("127.0.0.1", redis_server.port).open()
+    taken, subscribed = [], asyncio.get_running_loop().create_future()
+
+    def pushed(push):
+        if push[0] == b"ssubscribe":
+            subscribed.set_result(None)
+        elif push[0] == b"smessage":
+            taken.append(push[2])
+
+    tap.on_push = pushed
+    tap.send([("SSUBSCRIBE", channel)])
+    await asyncio.wait_for(subscribed, 5)
+    return tap, taken
+
+
+class Lost:
+    """What a transport hands back as undelivered: (worker, messages, reason)."""
+
+    def __init__(self):
+        self.calls = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, worker, messages, reason):
+        self.calls.append((worker, [message["n"] for message in messages], reason))
+        self.changed.set()
+
+
+async def test_a_batch_nobody_acknowledges_is_handed_back_after_the_ack_timeout_as_lost(redis_server):
+    # The receiving worker took the batch and died with it (or froze): Redis
+    # counted a subscriber, so only the missing acknowledgement tells.
+    layer = RedisBatchLayer(url=redis_server.url, ack_timeout=0.3)
+    lost, stats = Lost(), collections.Counter()
+    sender = Transport(layer, "sender", stats, on_messages=lambda messages: None, on_undelivered=lost)
+    tap = None
+    try:
+        await sender.start()
+        tap, taken = await subscribed_tap(redis_server, "{" + inbox_name("frozen") + "}")
+        sent_at = asyncio.get_running_loop().time()
+        assert sender.send("frozen", {"type": "peerjs.relay", "n": 1}) and sender.send("frozen", {"type": "peerjs.relay", "n": 2})
+        await asyncio.wait_for(lost.changed.wait(), 5)
+        assert asyncio.get_running_loop().time() - sent_at >= 0.3
+        assert len(taken) == 1  # one batch, and Redis handed it over
+        # Not GONE: the hub answers their senders with EXPIRE rather than rerouting them (signaling.hub.undelivered).
+        assert lost.calls == [("frozen", [1, 2], "not acknowledged within 0.3 s")]
+        assert stats["redis_errors"] == 1 and sender.in_flight() == 0
+    finally:
+        if tap is not None:
+            tap.close()
+        await layer.close()
+
+
+async def test_a_batch_for_an_inbox_nobody_reads_is_handed_back_at_once_as_gone(redis_server):
+    layer = RedisBatchLayer(url=redis_server.url, ack_timeout=30)
+    lost, stats = Lost(), collections.Counter()
+    sender = Transport(layer, "sender", stats, on_messages=lambda messages: None, on_undelivered=lost)
+    try:
+        await sender.start()
+        assert sender.send("dead", {"type": "peerjs.relay", "n": 1})
+        await asyncio.wait_for(lost.changed.wait(), 5)  # well before the acknowledgement timeout
+        assert lost.calls == [("dead", [1], GONE)]
+        assert stats["redis_errors"] == 0
+    finally:
+        await layer.close()
+
+
+async def test_a_batch_published_twice_is_delivered_once(layer, redis_server):
+    # A round sent again on a new connection after its reply was lost brings
+    # Redis the same batch twice: the receiver takes it once.
+    inbox = Inbox()
+    await layer.listen("inbox", on_messages=inbox.take)
+    tap, taken = await subscribed_tap(redis_server, "{inbox}")
+    try:
+        layer.send_nowait("inbox", {"n": 0})
+        layer.send_nowait("inbox", {"n": 1})
+        await asyncio.wait_for(inbox.until(2), 5)
+        (batch,) = taken
+        again = await wire.Connection("127.0.0.1", redis_server.port).open()
+        try:
+            assert await again.call([("SPUBLISH", "{inbox}", batch)], 5) == [2]  # the inbox and the tap took it
+        finally:
+            again.close()
+        layer.send_nowait("inbox", {"n": 2})
+        await asyncio.wait_for(inbox.until(3), 5)
+        assert inbox.messages == [0, 1, 2]
+        assert layer.stats["duplicates"] == 2
+    finally:
+        tap.close()
+
+
+def moved_errors(cluster, port):
+    """How many MOVED replies the node on ``port`` has given."""
+    stats = cluster._cli(port, "INFO", "errorstats")
+    found = re.search(r"errorstat_MOVED:count=(\d+)", stats)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.cluster
+async def test_a_sender_told_moved_learns_the_new_shard_and_the_batch_arrives():
+    """REDIS_CLUSTER: the inbox's slot moves to another shard; its reader follows it, and a sender
+    that still knows the old shard hears MOVED, learns the slots again and publishes there."""
+    cluster = RedisCluster()
+    receiver = RedisBatchLayer(url=cluster.url, cluster=True)
+    sender = RedisBatchLayer(url=cluster.url, cluster=True)
+    try:
+        inbox = Inbox()
+        await receiver.listen("inbox", on_messages=inbox.take)
+        await sender.listen("sender")  # where its acknowledgements arrive
+        sender.send_nowait("inbox", {"n": 0})
+        await asyncio.wait_for(inbox.until(1), 10)  # the sender knows which shard holds the inbox
+        slot = int(cluster._cli(cluster.ports[0], "CLUSTER", "KEYSLOT", "{inbox}"))
+        source = cluster.shard_of("{inbox}")
+        target = next(port for port in cluster.ports if port != source)
+        target_id = cluster._cli(target, "CLUSTER", "MYID").strip()
+        for port in (target, source, *(p for p in cluster.ports if p not in (source, target))):
+            cluster._cli(port, "CLUSTER", "SETSLOT", str(slot), "NODE", target_id)
+        # (polled on a thread: the reader follows in this event loop)
+        await asyncio.to_thread(
+            wait_until, lambda: cluster.subscribers(target, "{inbox}") == 1, 10, "the inbox's reader to follow its slot"
+        )
+        refused = moved_errors(cluster, source)
+        sender.send_nowait("inbox", {"n": 1})
+        await asyncio.wait_for(inbox.until(2), 10)
+        assert inbox.messages == [0, 1]
+        assert moved_errors(cluster, source) == refused + 1
+        await asyncio.wait_for(sender.settled("inbox"), 10)
+        assert sender.stats["undelivered"] == 0 and sender.in_flight() == 0
+    finally:
+        await sender.close()
+        await receiver.close()
+        cluster.stop()

@@ -81,7 +81,7 @@ def metric(worker, name):
 @pytest.fixture(scope="module")
 def cluster(redis_server):
     """Two workers sharing a private redis-server and a database, bans re-read only when told."""
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     env = {**TEST_ENV, **LIMITS, "REDIS_URL": redis_server.url, "PEERJS_BAN_REFRESH": "600000"}
     workers = [Worker(database, env, name=f"w{n}") for n in range(2)]
     yield workers
@@ -152,7 +152,7 @@ async def test_opens_and_ids_spread_over_two_workers_count_together(cluster):
 
 async def test_with_redis_away_each_worker_counts_alone_and_still_answers():
     redis = RedisServer()
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     worker = Worker(database, {**TEST_ENV, **LIMITS, "REDIS_URL": redis.url}, name="alone")
     try:
         crowded = address()
@@ -177,6 +177,7 @@ def ban_rows(cluster, column, value):
     return cluster[0].database.query(f"SELECT id FROM signaling_ban WHERE {column} = ?", (value,))
 
 
+@pytest.mark.postgres
 async def test_a_ban_made_in_the_admin_holds_on_every_worker_until_it_is_lifted(cluster, operator):
     w1, w2 = cluster
     home = address()
@@ -216,6 +217,7 @@ async def test_a_ban_made_in_the_admin_holds_on_every_worker_until_it_is_lifted(
     await roundtrip(back, bystander)
 
 
+@pytest.mark.postgres
 async def test_a_ban_of_an_address_refuses_every_peer_from_it_and_closes_those_connected(cluster, operator):
     w1, w2 = cluster
     banned, other = address(), address()
@@ -247,10 +249,11 @@ async def test_a_ban_of_an_address_refuses_every_peer_from_it_and_closes_those_c
     assert ban_rows(cluster, "address", nat)
 
 
+@pytest.mark.postgres
 async def test_a_ban_ends_by_itself_and_workers_reread_bans_on_their_own(make_server):
     """A ban written straight to the database (no admin, nobody told) is found by the
     workers' periodic re-read, and refuses nobody once its time is over."""
-    worker = make_server({"PEERJS_BAN_REFRESH": "200"}, private=True)
+    worker = make_server({"PEERJS_BAN_REFRESH": "200"}, own=True)
     peer_id = uid()
     ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3)
     value = ends if worker.database.admin_url else ends.strftime("%Y-%m-%d %H:%M:%S.%f")
@@ -285,9 +288,10 @@ async def test_a_ban_ends_by_itself_and_workers_reread_bans_on_their_own(make_se
 # The plain Disconnect.
 
 
+@pytest.mark.postgres
 async def test_disconnect_of_a_peer_whose_worker_is_dead_warns_instead_of_failing(redis_server, make_server):
     # Rows of silent workers are reaped after PEERJS_WORKER_TIMEOUT: not during this test.
-    worker = make_server({"REDIS_URL": redis_server.url, "PEERJS_WORKER_TIMEOUT": "60000"}, private=True)
+    worker = make_server({"REDIS_URL": redis_server.url, "PEERJS_WORKER_TIMEOUT": "60000"}, own=True)
     admin = AdminSession(worker)
     admin.login(create_superuser(worker, PASSWORD), PASSWORD)
     live = await connect(worker)
@@ -315,7 +319,7 @@ async def test_opens_are_counted_on_a_redis_cluster_too():
     from tests.servers import RedisCluster
 
     redis_cluster = RedisCluster()
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     env = {**TEST_ENV, **LIMITS, "REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": "1"}
     workers = []
     try:

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from signaling import metrics
 from tests.client import connect, socket_url, uid
-from tests.servers import Worker, free_port, http_get, wait_until
+from tests.servers import Database, Worker, free_port, http_get, wait_until
 from tests.test_cluster import Cluster
 
 pytestmark = pytest.mark.db
@@ -98,7 +98,7 @@ def busy_worker(make_server):
             # A network, not just the default addresses.
             "PEERJS_METRICS_ALLOW": "127.0.0.0/8,::1",
         },
-        private=True,
+        own=True,
         server="uvicorn",
     )
 
@@ -145,6 +145,12 @@ async def test_sockets_and_frames_are_counted_as_clients_saw_them(busy_worker):
         "frames_queued": 1, "expire_sent": 1,
         "peers": 2, "sockets": 2, "opens timed": 2,
     })
+
+    # The production server's fast paths (signaling.servers.uvicorn) took
+    # frames: an upgrade of uvicorn that turned them off would show here.
+    found = samples(scrape(w))
+    assert value(found, "peerjs_fast_path_frames_total", way="received") > 0
+    assert value(found, "peerjs_fast_path_frames_total", way="written") > 0
 
     # A peer that leaves is no longer connected.
     await b.close()
@@ -280,9 +286,9 @@ def test_this_machine_may_read_it_by_default(server):
     assert status == 200 and "peerjs_open_sockets" in body
 
 
-def test_behind_the_proxy_the_address_the_proxy_saw_decides(database):
+def test_behind_the_proxy_the_address_the_proxy_saw_decides():
     # As make cluster runs workers: nginx on 127.0.0.1, PEERJS_PROXIED on.
-    worker = Worker(database, {"PEERJS_PROXIED": "1"}, server="uvicorn", name="proxied-metrics")
+    worker = Worker(Database(), {"PEERJS_PROXIED": "1"}, server="uvicorn", name="proxied-metrics")
     try:
         # A public client through the local proxy is not this machine...
         assert worker.get("/metrics", {"X-Forwarded-For": "203.0.113.9"})[0] == 403
@@ -293,6 +299,7 @@ def test_behind_the_proxy_the_address_the_proxy_saw_decides(database):
         assert worker.get("/metrics")[0] == 200
     finally:
         worker.stop()
+        worker.database.drop()
 
 
 

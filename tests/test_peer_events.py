@@ -4,7 +4,7 @@ Two uvicorn workers share one database and one Redis. Each has
 tests.signal_probe installed (DJANGO_SETTINGS_MODULE=tests.probe_settings),
 which writes down every peer_connected and peer_disconnected signal as a
 receiver gets it. An app made in the admin posts its webhooks to a small
-HTTP server the test runs, which checks each signature as the README tells
+HTTP server the test runs, which checks each signature as docs/apps.md tells
 a backend to. Every event names its socket (``connection``): a connect and
 its disconnect are matched by it, and by the registry row that socket held.
 """
@@ -47,7 +47,7 @@ class Backend:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                # What the README tells a receiver to do before trusting the body.
+                # What docs/apps.md tells a receiver to do before trusting the body.
                 expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
                 signed = hmac.compare_digest(self.headers.get("X-PeerJS-Signature", ""), expected)
                 with backend.lock:
@@ -98,6 +98,9 @@ def cluster(redis_server, probe):
         "DJANGO_SETTINGS_MODULE": "tests.probe_settings",
         "PEERJS_SIGNAL_PROBE": str(probe.path),
         "PEERJS_APP_CACHE": "500",
+        # The backend is the test's, on this machine: allowed on purpose.
+        "PEERJS_WEBHOOK_ALLOW_HTTP": "1",
+        "PEERJS_WEBHOOK_ALLOW_NETWORKS": "127.0.0.1/32",
     }
     cluster = Cluster(redis_server, count=2, server="uvicorn", env=env)
     yield cluster
@@ -145,7 +148,7 @@ def registration(cluster, key, peer_id):
 
 def when(event):
     at = datetime.datetime.fromisoformat(event["at"])
-    assert at.utcoffset() == datetime.timedelta(0), event["at"]  # UTC, as the README says
+    assert at.utcoffset() == datetime.timedelta(0), event["at"]  # UTC, as docs/apps.md says
     return at
 
 

@@ -15,6 +15,7 @@ LIMIT_MSG = "Server has reached its concurrent user limit"
 
 
 @pytest.mark.db
+@pytest.mark.postgres
 async def test_a_burst_to_an_offline_peer_is_answered_from_memory_while_others_open(make_server):
     """5 000 CANDIDATEs for an id nobody holds, from one socket, while other sockets open beside it.
 
@@ -45,10 +46,11 @@ async def test_a_burst_to_an_offline_peer_is_answered_from_memory_while_others_o
 
 
 @pytest.mark.cluster
+@pytest.mark.postgres
 async def test_the_concurrent_limit_is_exact_when_sockets_race_across_workers(redis_server):
     """Sockets racing for the last places on three workers: exactly the limit open, the rest are told why."""
     limit, racers = 10, 36
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     env = {**TEST_ENV, "REDIS_URL": redis_server.url, "PEERJS_CONCURRENT_LIMIT": str(limit)}
     workers = []
     try:

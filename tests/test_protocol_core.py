@@ -6,6 +6,8 @@ import pytest
 from signaling import protocol
 from signaling.conf import options
 
+pytestmark = pytest.mark.fast  # the first tier: no server (tests/test_consumer.py)
+
 
 def parse(text, max_bytes=1024):
     return protocol.parse_frame(text, max_bytes)
@@ -38,6 +40,25 @@ def test_oversize_frame_counts_utf8_bytes():
 
 def interpret(text, src="alice", id_max_length=64):
     return protocol.interpret(parse(text, 65536), text, src, id_max_length)
+
+
+@pytest.mark.parametrize(
+    "frame, dst",
+    [
+        ({"type": "OFFER", "dst": "bob", "payload": {"metadata": "x" * 1000}}, "bob"),
+        ({"type": "CANDIDATE", "dst": "bob", "payload": "x" * 1000}, "bob"),
+        ({"type": "HEARTBEAT", "padding": "x" * 1000}, None),  # for no peer
+        ({"type": "LEAVE", "dst": "bob", "payload": "x" * 1000}, None),  # nothing to expire
+        ({"type": "OFFER", "dst": "not an id!", "payload": "x" * 1000}, None),
+    ],
+)
+def test_an_oversize_frame_names_the_peer_it_was_for(frame, dst):
+    """What the consumer answers with EXPIRE (about ``dst``) instead of ERROR."""
+    text = json.dumps(frame)
+    with pytest.raises(protocol.FrameTooBig):
+        protocol.parse_frame(text, 1000)
+    assert protocol.oversize_destination(text, 255) == dst
+    assert protocol.oversize_destination("not json" + "x" * 1000, 255) is None
 
 
 def test_relay_sets_src_and_drops_extra_fields():

@@ -17,54 +17,54 @@ pytestmark = pytest.mark.db
 FORGED = "203.0.113.66"
 
 
-def address_of(database, peer_id):
+def address_of(worker, peer_id):
     # Text on SQLite; PostgreSQL's inet column comes back as an ipaddress object.
-    return str(database.query("SELECT address FROM signaling_peer WHERE peer_id = ?", (peer_id,))[0][0])
+    return str(worker.database.query("SELECT address FROM signaling_peer WHERE peer_id = ?", (peer_id,))[0][0])
 
 
 @pytest.fixture(scope="module")
-def direct_worker(database):
+def direct_worker():
     """Not behind a proxy: PEERJS_PROXIED off."""
-    worker = Worker(database, {**TEST_ENV, "PEERJS_PROXIED": "0"}, server="uvicorn", name="direct")
+    worker = Worker(env={**TEST_ENV, "PEERJS_PROXIED": "0"}, server="uvicorn", name="direct")
     yield worker
     worker.stop()
 
 
 @pytest.fixture(scope="module")
-def proxied_worker(database):
+def proxied_worker():
     """Behind a proxy on 127.0.0.1, the default trusted proxy address."""
-    worker = Worker(database, {**TEST_ENV, "PEERJS_PROXIED": "1"}, server="uvicorn", name="proxied")
+    worker = Worker(env={**TEST_ENV, "PEERJS_PROXIED": "1"}, server="uvicorn", name="proxied")
     yield worker
     worker.stop()
 
 
 @pytest.fixture(scope="module")
-def worker_behind_another_proxy(database):
+def worker_behind_another_proxy():
     """PEERJS_PROXIED on, but the trusted proxy is elsewhere: these test sockets come past it."""
     env = {**TEST_ENV, "PEERJS_PROXIED": "1", "PEERJS_TRUSTED_PROXIES": "192.0.2.1"}
-    worker = Worker(database, env, server="uvicorn", name="elsewhere")
+    worker = Worker(env=env, server="uvicorn", name="elsewhere")
     yield worker
     worker.stop()
 
 
-async def test_a_client_that_comes_past_the_proxy_is_known_by_its_own_address(worker_behind_another_proxy, database):
+async def test_a_client_that_comes_past_the_proxy_is_known_by_its_own_address(worker_behind_another_proxy):
     peer = await connect(worker_behind_another_proxy, additional_headers={"X-Forwarded-For": FORGED})
     try:
-        assert address_of(database, peer.peer_id) == "127.0.0.1"
+        assert address_of(worker_behind_another_proxy, peer.peer_id) == "127.0.0.1"
     finally:
         await peer.close()
 
 
-async def test_without_a_proxy_a_forged_forwarded_for_is_ignored(direct_worker, database):
+async def test_without_a_proxy_a_forged_forwarded_for_is_ignored(direct_worker):
     # The request comes from 127.0.0.1, which uvicorn trusts by default.
     peer = await connect(direct_worker, additional_headers={"X-Forwarded-For": FORGED})
     try:
-        assert address_of(database, peer.peer_id) == "127.0.0.1"
+        assert address_of(direct_worker, peer.peer_id) == "127.0.0.1"
     finally:
         await peer.close()
 
 
-async def test_behind_the_proxy_the_last_line_s_last_entry_counts(proxied_worker, database):
+async def test_behind_the_proxy_the_last_line_s_last_entry_counts(proxied_worker):
     # A client's own line first, then the line a proxy appended: only the
     # proxy's entry (the last of the last line) is one we can believe.
     headers = [
@@ -73,7 +73,7 @@ async def test_behind_the_proxy_the_last_line_s_last_entry_counts(proxied_worker
     ]
     peer = await connect(proxied_worker, additional_headers=headers)
     try:
-        assert address_of(database, peer.peer_id) == "192.0.2.20"
+        assert address_of(proxied_worker, peer.peer_id) == "192.0.2.20"
     finally:
         await peer.close()
 

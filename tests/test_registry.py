@@ -7,13 +7,13 @@ from django.db import connection
 from django.utils import timezone
 
 from signaling import registry
-from signaling.models import Peer, QueuedMessage, Worker
+from signaling.models import Peer, PeerCount, QueuedMessage, Worker
 
-pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.fast, pytest.mark.db, pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
 
-def claim(peer_id, token="t", worker="w1", connection_id="c1", limit=100, key="peerjs"):
-    return registry.claim(key, peer_id, token, worker, connection_id, "127.0.0.1", limit)
+def claim(peer_id, token="t", worker="w1", connection_id="c1", limit=100, key="peerjs", address="127.0.0.1", **rules):
+    return registry.claim(key, peer_id, token, worker, connection_id, address, limit, **rules)
 
 
 def race(count, attempt):
@@ -215,9 +215,109 @@ def test_reaping_frees_the_ids_of_silent_workers_only():
     assert list(Peer.objects.values_list("peer_id", flat=True)) == ["on-alive"]
 
 
+def counts():
+    """Each key's count as the claims read it, beside its rows as counted."""
+    kept = {c.key: c.peers for c in PeerCount.objects.all() if c.peers}
+    actual = {}
+    for key in Peer.objects.values_list("key", flat=True):
+        actual[key] = actual.get(key, 0) + 1
+    return kept, actual
+
+
+def test_each_keys_count_follows_its_rows_however_they_come_and_go():
+    long_ago = timezone.now() - datetime.timedelta(minutes=5)
+    Worker.objects.create(name="dead", host="h", pid=2, started_at=long_ago, last_beat=long_ago)
+    registry.worker_beat("w1", "h", 1, timezone.now(), {})
+    for n in range(3):
+        claim(f"a{n}", connection_id=f"a{n}")
+        claim(f"t{n}", key="theatre", connection_id=f"t{n}", worker="dead")
+    claim("a0", token="other", connection_id="x")  # taken: no row
+    claim("a1", connection_id="a1-again")  # a takeover: the same row
+    assert counts() == ({"peerjs": 3, "theatre": 3}, {"peerjs": 3, "theatre": 3})
+    assert registry.release("peerjs", "a0", "a0")
+    assert not registry.release("peerjs", "a1", "a1")  # no longer its socket: nothing removed
+    registry.release_connections(["a2", "t0"])
+    assert counts() == ({"peerjs": 1, "theatre": 2}, {"peerjs": 1, "theatre": 2})
+    registry.reap(10_000)  # the dead worker's two
+    with connection.cursor() as cursor:  # a row written by hand is counted too
+        cursor.execute(
+            "INSERT INTO signaling_peer (key, peer_id, token_hash, worker, connection, address, connected_at, last_seen)"
+            " VALUES ('theatre', 'by-hand', 'h', 'w1', 'c', NULL, %s, %s)", [timezone.now(), timezone.now()],
+        )
+    assert counts() == ({"peerjs": 1, "theatre": 1}, {"peerjs": 1, "theatre": 1})
+    Peer.objects.all().delete()
+    assert counts() == ({}, {})
+
+
+def test_the_count_stays_exact_under_concurrent_claims_and_releases_of_several_keys():
+    # Batches over two keys (given in both orders) against releases, and a
+    # bulk delete over both: nothing deadlocks, and the count is the rows'.
+    def work(n):
+        keys = ["one", "two"] if n % 2 else ["two", "one"]
+        requests = [registry.ClaimRequest(keys[i % 2], f"p{n}-{i}", "t", "w1", f"c{n}-{i}", "127.0.0.1", 1000) for i in range(20)]
+        outcomes = [o.outcome for o in registry.claim_all(requests)]
+        for i in range(0, 20, 2):
+            registry.release(keys[i % 2], f"p{n}-{i}", f"c{n}-{i}")
+        registry.release_connections([f"c{n}-{i}" for i in range(1, 20, 4)])
+        return outcomes
+
+    outcomes = race(6, work)
+    assert outcomes == [registry.CLAIMED] * 120
+    kept, actual = counts()
+    assert kept == actual and sum(actual.values()) == 6 * 5
+
+
 def test_a_reaped_worker_learns_it_on_its_next_beat():
     started = timezone.now()
     assert registry.worker_beat("w", "h", 1, started, {}) is False  # first beat: announced
     assert registry.worker_beat("w", "h", 1, started, {}) is True
     Worker.objects.filter(name="w").delete()
     assert registry.worker_beat("w", "h", 1, started, {}) is False
+
+
+def test_a_takeover_from_another_address_is_refused_only_where_the_app_asks():
+    claim("a", address="203.0.113.10", connection_id="c1")
+    kept = claim("a", address="198.51.100.66", connection_id="c2", takeover_same_address=True)
+    assert kept == registry.Claim(registry.KEPT, "w1", "c1", "203.0.113.10")
+    assert Peer.objects.get(peer_id="a").connection == "c1"  # still the holder's
+    moved = claim("a", address="198.51.100.66", connection_id="c3")  # the default rule
+    assert moved == registry.Claim(registry.REPLACED, "w1", "c1", "203.0.113.10")
+    assert claim("a", address="198.51.100.66", connection_id="c4", takeover_same_address=True).outcome == registry.REPLACED
+    # IPv6: an address of the holder's network is the same client.
+    claim("b", address="2001:db8:1:2::1", connection_id="c5")
+    assert claim("b", address="2001:db8:1:2::99", connection_id="c6", takeover_same_address=True).outcome == registry.REPLACED
+    assert claim("b", address="2001:db8:1:3::1", connection_id="c7", takeover_same_address=True).outcome == registry.KEPT
+
+
+def test_touch_writes_the_last_seen_time_of_the_given_sockets_only():
+    for n in range(1200):  # more than one statement's worth on SQLite
+        claim(f"p{n}", connection_id=f"c{n}", limit=10_000)
+    long_ago = timezone.now() - datetime.timedelta(minutes=5)
+    Peer.objects.update(last_seen=long_ago)
+    registry.touch([f"c{n}" for n in range(0, 1200, 2)])
+    recent = set(Peer.objects.filter(last_seen__gt=long_ago).values_list("connection", flat=True))
+    assert recent == {f"c{n}" for n in range(0, 1200, 2)}
+
+
+def test_locations_since_a_time_are_the_peers_registered_or_taken_over_since():
+    claim("old", connection_id="c-old")
+    claim("moved", connection_id="c-moved")
+    Peer.objects.update(connected_at=timezone.now() - datetime.timedelta(minutes=5))
+    since = timezone.now() - datetime.timedelta(seconds=1)
+    claim("new", connection_id="c-new", worker="w2")
+    claim("moved", connection_id="c-moved-2", worker="w3")  # the same client, reconnected elsewhere
+    assert sorted(row[:3] for row in registry.locations(since)) == [("peerjs", "moved", "w3"), ("peerjs", "new", "w2")]
+    assert sorted(row[1] for row in registry.locations()) == ["moved", "new", "old"]
+
+
+def test_locations_come_a_page_at_a_time_each_row_once():
+    for n in range(25):
+        claim(f"p{n}", connection_id=f"c{n}")
+    seen, after = [], 0
+    while True:
+        page = registry.locations(after=after, limit=10)
+        seen += [row[1] for row in page]
+        if len(page) < 10:
+            break
+        after = page[-1][3]
+    assert sorted(seen) == sorted(f"p{n}" for n in range(25))

@@ -6,7 +6,7 @@ nginx may send elsewhere (X-PeerJS-Retry-Elsewhere: 1, from a trusted
 proxy, under uvicorn) with HTTP 503: nginx asks the next worker and takes
 this one out for its fail_timeout. When every worker is unready, nginx's
 last try leaves the header off and a worker answers as it always did:
-ERROR "try again" and close 1013 (README, "What nginx knows about the
+ERROR "try again" and close 1013 (docs/cluster.md, "What nginx knows about the
 workers' health").
 
 Real processes throughout: uvicorn and daphne workers started as production
@@ -159,11 +159,11 @@ async def test_the_header_counts_only_from_our_proxy_on_a_server_that_can_deny(w
 
 
 @pytest.mark.db
-async def test_a_worker_that_cannot_hear_redis_turns_away_what_nginx_may_send_elsewhere(database, redis_server):
+async def test_a_worker_that_cannot_hear_redis_turns_away_what_nginx_may_send_elsewhere(redis_server):
     """Its new peer would not hear what other workers send it. Without the header (the last
     try) the socket opens: registering a peer needs only the database."""
     forwarder = Forwarder(redis_server.port)
-    worker = Worker(database, {**TEST_ENV, **PROXIED, "REDIS_URL": forwarder.through(redis_server.url)},
+    worker = Worker(Database(), {**TEST_ENV, **PROXIED, "REDIS_URL": forwarder.through(redis_server.url)},
                     server="uvicorn", name="redis-alone")
     try:
         await connect(worker, additional_headers=RETRY_ELSEWHERE)
@@ -186,6 +186,7 @@ async def test_a_worker_that_cannot_hear_redis_turns_away_what_nginx_may_send_el
                 await asyncio.sleep(0.2)
     finally:
         worker.stop()
+        worker.database.drop()
         forwarder.kill()
 
 

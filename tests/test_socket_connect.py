@@ -6,7 +6,7 @@ import pytest
 from tests.client import connect, roundtrip, socket_url, uid
 from tests.servers import BASE
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.postgres]
 
 POLICY = 4008  # 1008 policy violation; daphne reserves 1000-2999, so 4000 + 8
 
@@ -35,7 +35,7 @@ async def test_id_held_with_another_token_is_taken(server):
 
 
 async def test_concurrent_limit_refuses_the_peer_over_it(make_server):
-    worker = make_server({"PEERJS_CONCURRENT_LIMIT": "2"}, private=True)
+    worker = make_server({"PEERJS_CONCURRENT_LIMIT": "2"}, own=True)
     a, _b = await connect(worker), await connect(worker)
     c = await connect(worker, expect_open=False)
     code, frames = await c.closed()
@@ -162,8 +162,8 @@ async def test_registry_rows_follow_the_sockets(server, database):
     )
 
 
-async def test_proxied_takes_the_address_our_proxy_saw(make_server, database):
+async def test_proxied_takes_the_address_our_proxy_saw(make_server):
     worker = make_server({"PEERJS_PROXIED": "1"})
     client = await connect(worker, additional_headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.7"})
-    rows = database.query("SELECT address FROM signaling_peer WHERE peer_id = ?", (client.peer_id,))
+    rows = worker.database.query("SELECT address FROM signaling_peer WHERE peer_id = ?", (client.peer_id,))
     assert [str(address) for (address,) in rows] == ["203.0.113.7"]

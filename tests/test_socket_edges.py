@@ -4,8 +4,8 @@ Each case runs on the server where it happens: daphne (``manage.py
 runserver``) and uvicorn as production runs it (deploy/worker-entrypoint.sh).
 Whatever a client sends, it hears why it is refused -- an HTTP status, an
 ERROR frame or a close frame with a code -- never a dropped connection, and
-the worker logs no traceback for it. p2psite/asgi_servers.py adapts the
-servers where they fell short.
+the worker logs no traceback for it. signaling/servers/ adapts the servers
+where they fell short. The options are the defaults.
 """
 import asyncio
 import contextlib
@@ -19,12 +19,13 @@ from tests.client import connect, roundtrip, socket_url, uid
 pytestmark = pytest.mark.db
 
 SERVERS = ["daphne", "uvicorn"]
-MAX_FRAME = 1000
+MAX_FRAME = 256 * 1024  # PEERJS_MAX_FRAME_BYTES: relayed
+MAX_MESSAGE = 1024 * 1024  # PEERJS_MAX_MESSAGE_BYTES: refused at the frame header
 
 
 @pytest.fixture(params=SERVERS)
 def worker(request, make_server):
-    return make_server({"PEERJS_MAX_FRAME_BYTES": str(MAX_FRAME)}, server=request.param)
+    return make_server(server=request.param)
 
 
 def server_of(worker):
@@ -45,29 +46,32 @@ async def test_invalid_utf8_is_closed_with_1007_and_a_close_frame(worker):
     assert_no_traceback(worker)
 
 
-async def test_frames_over_the_size_limit(worker):
-    a, b = await connect(worker), await connect(worker)
-    at_limit = json.dumps({"type": "CANDIDATE", "dst": b.peer_id, "payload": ""})
-    at_limit = at_limit.replace('""', '"' + "x" * (MAX_FRAME - len(at_limit)) + '"')
-    assert len(at_limit) == MAX_FRAME
-    await a.send(at_limit)
-    assert (await b.expect("CANDIDATE"))["src"] == a.peer_id  # the limit itself passes, src added
-    if server_of(worker) == "uvicorn":
-        # The production worker refuses a message over the limit at its header:
-        # 1009, with a close frame, before buffering it.
-        await a.relay("CANDIDATE", b.peer_id, "x" * 2 * MAX_FRAME)
-        code, frames = await a.closed()
-        assert code == 1009 and frames == []
-    else:
-        # daphne: over it, the server answers (and a socket that keeps at it is closed with 1009)...
-        await a.relay("CANDIDATE", b.peer_id, "x" * 2 * MAX_FRAME)
-        assert await a.recv() == {"type": "ERROR", "payload": {"msg": f"Message too big: the limit is {MAX_FRAME} bytes"}}
-        await roundtrip(a, b)
-        # ...and far over it, autobahn closes as the frame arrives, never buffering it whole.
-        await a.relay("CANDIDATE", b.peer_id, "x" * 4 * MAX_FRAME)
-        code, frames = await a.closed()
-        assert code == 1009 and frames == []
-    await roundtrip(b, await connect(worker))
+def frame_of(kind, dst, size):
+    """A frame of exactly ``size`` bytes."""
+    frame = json.dumps({"type": kind, "dst": dst, "payload": ""})
+    return frame.replace('""', '"' + "x" * (size - len(frame)) + '"')
+
+
+async def test_frames_over_the_size_limits(worker):
+    """The relay cap (256 KiB), and the hard limit (1 MiB) past which the server does not even read a frame."""
+    a, b, c = await connect(worker), await connect(worker), await connect(worker)
+    await a.send(frame_of("CANDIDATE", b.peer_id, MAX_FRAME))
+    assert (await b.expect("CANDIDATE"))["src"] == a.peer_id  # the cap itself passes, src added
+    # Over the cap, for a peer (PeerJS's OFFER with an app's 300 KB of
+    # metadata): EXPIRE for that message (PeerJS: peer-unavailable), and the
+    # socket carries on. An ERROR would end the sender's whole Peer.
+    await a.send(frame_of("OFFER", b.peer_id, 300_000))
+    assert await a.recv() == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
+    await roundtrip(a, b)
+    await roundtrip(b, a)
+    # Over the cap and for nobody: ERROR.
+    await a.send(json.dumps({"type": "HEARTBEAT", "padding": "x" * MAX_FRAME}))
+    assert await a.recv() == {"type": "ERROR", "payload": {"msg": f"Message too big: the limit is {MAX_FRAME} bytes"}}
+    # Over the hard limit: closed with 1009 as the frame arrives, never buffered whole.
+    await a.send(frame_of("OFFER", b.peer_id, MAX_MESSAGE + 1))
+    code, frames = await a.closed()
+    assert code == 1009 and frames == []
+    await roundtrip(b, c)
     assert_no_traceback(worker)
 
 
@@ -129,6 +133,20 @@ async def test_frames_after_the_server_closed_the_socket_are_ignored_quietly(wor
     await roundtrip(c, b)
     await asyncio.sleep(0.5)  # what the server does with the leftovers, it does now
     assert_no_traceback(worker)
+
+
+async def test_a_handshake_to_another_path_is_refused_quietly(worker):
+    """Not the socket's path: 404 under uvicorn (403 under daphne, which lets an app
+    answer a handshake no other way), and a line in the log at most once a minute."""
+    for n in range(50):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{worker.ws}/not/the/socket/{n}", open_timeout=10)
+        assert refused.value.response.status_code == (404 if server_of(worker) == "uvicorn" else 403)
+    a, b = await connect(worker), await connect(worker)
+    await roundtrip(a, b)
+    log = worker.read_log()
+    assert_no_traceback(worker)
+    assert log.count("paths that are not the socket") == 1, log
 
 
 async def test_a_client_that_vanishes_while_it_is_answered_leaves_no_traceback(worker):

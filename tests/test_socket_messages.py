@@ -10,7 +10,7 @@ import websockets
 from tests.client import connect, roundtrip, uid
 from tests.servers import wait_until
 
-pytestmark = pytest.mark.db
+pytestmark = [pytest.mark.db, pytest.mark.postgres]
 
 POLICY, TOO_BIG = 4008, 4009  # 1008 and 1009 where daphne reserves the standard range
 
@@ -96,10 +96,10 @@ async def test_peer_closing_while_a_message_is_in_flight_never_means_silence_nor
     """The message reaches the closing peer before its close, or the sender hears EXPIRE.
 
     On the production worker (uvicorn), which reports a write to a socket it
-    knows is closed. daphne drops such a write without a word (README,
+    knows is closed. daphne drops such a write without a word (docs/cluster.md,
     failure modes), so ``manage.py runserver`` cannot make this promise.
     """
-    server = make_server(server="uvicorn", private=True)
+    server = make_server(server="uvicorn", own=True)
     for _round in range(10):
         a, b = await connect(server), await connect(server)
         b_frames = asyncio.create_task(b.closed())  # everything b receives until closed
@@ -149,12 +149,12 @@ async def test_any_frame_counts_as_a_sign_of_life(make_server):
     await roundtrip(chatty, listener)
 
 
-async def test_alive_timeout_frees_the_id(make_server, database):
+async def test_alive_timeout_frees_the_id(make_server):
     worker = make_server({"PEERJS_ALIVE_TIMEOUT": "1000"})
     silent = await connect(worker)
     code, _ = await silent.closed(timeout=5)
     assert code == 4101
-    wait_until(lambda: not database.query("SELECT 1 FROM signaling_peer WHERE peer_id = ?", (silent.peer_id,)), 5, "row")
+    wait_until(lambda: not worker.database.query("SELECT 1 FROM signaling_peer WHERE peer_id = ?", (silent.peer_id,)), 5, "row")
     await connect(worker, peer_id=silent.peer_id, token="someone-else")
 
 
@@ -168,7 +168,8 @@ async def test_alive_timeout_frees_the_id(make_server, database):
         ("{}", "Invalid message: no type"),
         ('{"type":"HELLO","dst":"x"}', "Invalid message: unknown type 'HELLO'"),
         (b"\x00\x01binary", "Invalid message: binary frames are not supported"),
-        (json.dumps({"type": "CANDIDATE", "dst": "x", "payload": "a" * 300_000}), "Message too big: the limit is 262144 bytes"),
+        # Oversize and for nobody (one for a peer gets EXPIRE: tests/test_socket_edges.py).
+        (json.dumps({"type": "HEARTBEAT", "padding": "a" * 300_000}), "Message too big: the limit is 262144 bytes"),
     ],
 )
 async def test_bad_frames_get_a_precise_error_and_nothing_else_breaks(server, frame, msg):
@@ -207,7 +208,7 @@ async def test_invalid_utf8_closes_only_that_socket(server):
     await a.ws.send(b'{"type":"OFFER","dst":"\xff\xfe"}', text=True)
     code, frames = await a.closed()
     # The WebSocket layer closes it with 1007 and a close frame (under daphne
-    # thanks to p2psite/asgi_servers.py; tests/test_socket_edges.py has both servers).
+    # as signaling/servers/daphne.py sets it; tests/test_socket_edges.py has both servers).
     assert code == 1007 and frames == []
     await roundtrip(b, await connect(server))
 
@@ -223,12 +224,13 @@ async def test_a_socket_that_keeps_sending_garbage_is_closed(make_server):
 
 
 async def test_repeated_oversize_frames_close_with_too_big(make_server):
+    """Oversize frames that are not for a peer get ERROR, and a socket that keeps sending them is closed."""
     worker = make_server({"PEERJS_BAD_FRAME_LIMIT": "2", "PEERJS_MAX_FRAME_BYTES": "1000"})
     a = await connect(worker)
     for _ in range(2):
-        await a.relay("CANDIDATE", "x", "y" * 2000)
+        await a.send(json.dumps({"type": "HEARTBEAT", "padding": "y" * 2000}))
     code, frames = await a.closed()
-    assert code == TOO_BIG and len(frames) == 2
+    assert code == TOO_BIG and [f["type"] for f in frames] == ["ERROR", "ERROR"]
 
 
 async def test_a_burst_of_a_thousand_frames_passes(server):

@@ -21,9 +21,9 @@ def certificates(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=["uvicorn", "daphne"])
-def tls_worker(request, database, certificates):
+def tls_worker(request, certificates):
     env = {**TEST_ENV, "DJANGO_HTTPS": "1", "PEERJS_PROXIED": "0"}
-    worker = Worker(database, env, server=request.param, tls=certificates, name=f"tls-{request.param}")
+    worker = Worker(env=env, server=request.param, tls=certificates, name=f"tls-{request.param}")
     yield worker
     worker.stop()
 

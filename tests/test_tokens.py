@@ -1,7 +1,7 @@
 """Signed connect tokens: what an app's backend mints and what the server says about it.
 
 Pure tests of signaling.tokens (no database, no server), then the
-`mint_token` management command and a Node backend's token (the README's
+`mint_token` management command and a Node backend's token (docs/apps.md's
 snippet, with the real `jsonwebtoken` package) checked the same way.
 """
 import base64
@@ -18,6 +18,8 @@ import pytest
 from signaling import conf, tokens
 from signaling.applications import AppSettings
 from tests.servers import ROOT, TEST_SECRET_KEY
+
+pytestmark = pytest.mark.fast  # the first tier: no server (tests/test_consumer.py)
 
 SECRET = "app-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -130,7 +132,7 @@ def test_mint_token_prints_a_token_for_an_apps_peer(database):
 
 
 NODE_BACKEND = """
-// The README's Node backend, as it is written there.
+// docs/apps.md's Node backend, as it is written there.
 const jwt = require("jsonwebtoken");
 function connectToken(peerId, key, secret) {
   return jwt.sign({}, secret, { algorithm: "HS256", subject: peerId, audience: key, expiresIn: 3600 });

@@ -7,6 +7,7 @@ rules (tokens, session, origins) are checked against rows the test writes
 in the database the worker reads.
 """
 import dataclasses
+import datetime
 import json
 import re
 import time
@@ -19,10 +20,10 @@ from django.db import connection
 
 from signaling import conf, tokens, turn
 from signaling.applications import AppSettings, from_row
-from signaling.models import App
+from signaling.models import App, Ban
 from tests.admin_http import AdminSession
 from tests.conftest import TEST_ENV, TURN_SECRET
-from tests.servers import BASE, SharedTestDatabase, Worker
+from tests.servers import BASE, SharedTestDatabase, Worker, wait_until
 
 pytestmark = [pytest.mark.db, pytest.mark.django_db(transaction=True)]
 
@@ -211,3 +212,76 @@ def test_an_app_for_the_sites_users_answers_only_a_logged_in_browser(worker, tur
     assert browser.login("alice", "a-long-enough-password-1").status == 200
     answer = browser.get(f"{BASE}/members/ice-servers")
     assert answer.status == 200 and re.match(r"^\d+:", turn_entry(json.loads(answer.body))["username"])
+
+
+# --- not a free relay for strangers -------------------------------------------------
+
+
+def expiry_in(answer):
+    return int(turn_entry(answer)["username"].split(":")[0]) - int(time.time())
+
+
+def test_an_app_without_authentication_hands_out_short_lived_credentials(worker, turn_server):
+    # Anyone who finds the page gets them: at most PEERJS_TURN_TTL_WITHOUT_AUTH (600 s), whatever the app says.
+    App.objects.create(key="open-day", name="Open", turn_urls=turn_server.url(), turn_secret=TURN_SECRET, turn_ttl=86400)
+    status, _, answer = ice_servers(worker, key="open-day")
+    assert status == 200 and answer["ttl"] == 600
+    assert 595 <= expiry_in(answer) <= 600
+    # An app that knows its peers keeps the lifetime it was given.
+    app = App.objects.create(key="signed-day", name="Signed", auth=conf.AUTH_TOKEN, turn_urls=turn_server.url(),
+                             turn_secret=TURN_SECRET, turn_ttl=86400)
+    token = tokens.mint(from_row(app), "stage-left")
+    status, _, answer = ice_servers(worker, key="signed-day", query=f"?id=stage-left&token={token}")
+    assert status == 200 and answer["ttl"] == 86400 and expiry_in(answer) > 86000
+
+
+def credentials_counted(worker, key):
+    _, _, body = worker.get("/metrics")  # the test's 127.0.0.1 is in PEERJS_METRICS_ALLOW
+    found = re.search(rf'^peerjs_turn_credentials_total{{key="{re.escape(key)}"}} (\S+)$', body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_credentials_handed_out_are_counted_per_app(worker):
+    before = credentials_counted(worker, "peerjs")
+    for _ in range(2):
+        assert ice_servers(worker)[0] == 200
+    assert credentials_counted(worker, "peerjs") == before + 2
+    # STUN alone is no credential.
+    App.objects.create(key="stun-only", name="STUN", turn_urls="stun:stun.example:3478")
+    assert ice_servers(worker, key="stun-only")[0] == 200
+    assert credentials_counted(worker, "stun-only") == 0
+
+
+def test_a_banned_address_gets_no_credentials(worker):
+    # No socket has reached this daphne worker, so it has no hub and reads the bans now.
+    Ban.objects.create(address="127.0.0.1", reason="relay abuse")
+    status, _, body = ice_servers(worker, query="?id=stage-left")
+    assert status == 403
+    assert body == "Banned: this address may not connect to the server until an operator lifts the ban (relay abuse)"
+
+
+def test_ice_servers_count_in_the_address_rate_limit_and_bans_hold_on_a_running_worker(make_server, turn_server):
+    worker = make_server({
+        "PEERJS_PROXIED": "1", "PEERJS_RATE_LIMIT_ICE": "3", "PEERJS_RATE_LIMIT_WINDOW": "2000", "PEERJS_BAN_REFRESH": "200",
+        "PEERJS_TURN_URLS": turn_server.url(), "PEERJS_TURN_SECRET": TURN_SECRET,
+    }, server="uvicorn", own=True)
+    crowded, banned = {"X-Forwarded-For": "198.18.7.1"}, {"X-Forwarded-For": "198.18.7.2"}
+    for _ in range(3):
+        assert ice_servers(worker, headers=crowded)[0] == 200
+    status, headers, body = ice_servers(worker, headers=crowded)
+    assert status == 429 and f"try again in {headers['Retry-After']} s" in body
+    assert 'peerjs_rate_limited_total{kind="ice"} 1.0' in worker.get("/metrics")[2]
+    # /id has a budget of its own.
+    assert worker.get(f"{BASE}/peerjs/id", crowded)[0] == 200
+
+    assert ice_servers(worker, headers=banned)[0] == 200
+    now = datetime.datetime.now(datetime.UTC)
+    stamp = now if worker.database.admin_url else now.strftime("%Y-%m-%d %H:%M:%S.%f")
+    worker.database.query(
+        "INSERT INTO signaling_ban (key, peer_id, address, reason, created_at, created_by, expires_at) "
+        "VALUES ('peerjs', '', '198.18.7.2', '', ?, '', NULL)",
+        (stamp,),
+    )
+    # Polled, within its rate limit's windows: a 429 meanwhile is no answer yet.
+    wait_until(lambda: ice_servers(worker, headers=banned)[0] == 403, 10, "the worker to apply the ban", interval=0.2)
+    assert ice_servers(worker, headers={"X-Forwarded-For": "198.18.7.3"})[0] == 200

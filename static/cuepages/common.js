@@ -52,6 +52,13 @@ window.Cue = (() => {
     element.hidden = texts.length === 0;
   }
 
+  /* An id as text that breaks only after its hyphens (between a UUID's
+   * groups), and anywhere only where a part is wider than its line. */
+  function showId(element, id) {
+    const parts = String(id).split(/(?<=-)/);
+    element.replaceChildren(...parts.flatMap((part, i) => (i ? [document.createElement("wbr"), part] : [part])));
+  }
+
   function status(text, state) {
     const element = byId("status");
     element.textContent = text;
@@ -287,5 +294,5 @@ window.Cue = (() => {
     },
   });
 
-  return { config, byId, isPeerId, randomToken, log, banner, status, signalingDown, signalingHalted, backoff, Signaling };
+  return { config, byId, isPeerId, randomToken, log, banner, showId, status, signalingDown, signalingHalted, backoff, Signaling };
 })();

@@ -71,7 +71,7 @@
   }
 
   function showIdentity(id) {
-    ui.id.textContent = id;
+    Cue.showId(ui.id, id);
     const base = cfg.publicUrl || location.origin;
     const link = base + cfg.sendUrl + "?id=" + encodeURIComponent(id);
     ui.link.href = link;

@@ -54,6 +54,22 @@
     entry.stateText.textContent = entry.reason || STATES[entry.state];
     updateTargets();
     updateBanner();
+    updateStatus();
+  }
+
+  /* The header says whether cues can go anywhere: "Ready" (green) unless every
+   * receiver added has refused this sender. While the signaling server is away
+   * its own status stands (common.js). */
+  let myId = null;
+  function updateStatus() {
+    if (!myId) return;
+    const all = Array.from(receivers.values());
+    if (all.length && all.every((e) => e.state === "refused")) {
+      const why = all.length === 1 ? "Refused by receiver " + all[0].id + ": " + all[0].refusal : "Refused by every receiver";
+      Cue.status(why + ". Your ID: " + myId, "down");
+    } else {
+      Cue.status("Ready. Your ID: " + myId, "ready");
+    }
   }
 
   function setState(entry, state, reason) {
@@ -97,7 +113,7 @@
     dot.setAttribute("aria-hidden", "true");
     const name = document.createElement("span");
     name.className = "receiver-name";
-    name.textContent = id;
+    Cue.showId(name, id);
     const stateText = document.createElement("span");
     stateText.className = "receiver-state";
     const lastCue = document.createElement("span");
@@ -127,6 +143,7 @@
     log("Disconnected from receiver " + entry.id, "info");
     updateTargets();
     updateBanner();
+    updateStatus();
   }
 
   function dial(entry) {
@@ -198,6 +215,7 @@
       case "refused": {
         const reason = String(data.reason || "refused").slice(0, 200);
         entry.refused = true;
+        entry.refusal = reason;
         const conn = entry.conn;
         entry.conn = null;
         clearTimeout(entry.openTimer);
@@ -315,15 +333,18 @@
     token: Cue.randomToken(),
     onOpen(id) {
       Cue.banner("signaling", null);
-      Cue.status("Ready. Your ID: " + id, "ready");
+      myId = id;
+      updateStatus();
       for (const entry of receivers.values()) {
         if (!entry.conn && !entry.refused && (entry.state === "waiting" || entry.state === "down")) dial(entry);
       }
     },
     onDown(refusal, delay) {
+      myId = null;
       Cue.signalingDown(refusal, delay);
     },
     onHalt(why) {
+      myId = null;
       Cue.signalingHalted(why);
       log(why, "warn");
     },

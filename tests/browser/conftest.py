@@ -22,7 +22,31 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 # Every wait in these tests is for a DOM state or an event; this bounds it.
-TIMEOUT_MS = 15_000
+# Generous: WebRTC connections open in a second here, but the suite runs in
+# parallel processes on two cores, and a busy moment can take many times that.
+TIMEOUT_MS = 30_000
+
+
+def wait_for_async(page, predicate, arg=None, timeout=TIMEOUT_MS, interval=100):
+    """Poll an async in-page predicate until its value is truthy or ``timeout`` ms pass; that value.
+
+    For what only a Promise tells (getStats()): Page.wait_for_function takes
+    the Promise an async predicate returns as truthy and ends at once, so it
+    cannot wait for one. The loop runs in the page; its last value is returned
+    for the test to assert.
+    """
+    return page.evaluate(
+        f"""async (arg) => {{
+            const predicate = {predicate};
+            const deadline = Date.now() + {int(timeout)};
+            for (;;) {{
+                const value = await predicate(arg);
+                if (value || Date.now() > deadline) return value;
+                await new Promise((resolve) => setTimeout(resolve, {int(interval)}));
+            }}
+        }}""",
+        arg,
+    )
 
 
 @pytest.hookimpl(wrapper=True)

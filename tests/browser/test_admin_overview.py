@@ -21,7 +21,7 @@ def test_the_overview_follows_the_traffic_without_a_reload_and_fits_a_1280_px_wi
     page = machines("operator", viewport={"width": 1280, "height": 800}).page
     with peers(server, [str(uuid.uuid4())]):  # under daphne, the worker beats from its first socket on
         name = name_of(server)
-        page.goto(f"{server.http}/admin/login/?next=/admin/overview/")
+        page.goto(f"{server.http}/admin/login/?next=/admin/signaling/overview/")
         page.fill("#id_username", user)
         page.fill("#id_password", PASSWORD)
         page.click("input[type=submit]")

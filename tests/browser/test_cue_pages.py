@@ -4,22 +4,18 @@ Two browser contexts are two machines (a receiver on stage, a sender with the
 stage manager); the server is a real daphne. Every wait is for something a
 user would see on the page.
 """
-import os
 import re
 import urllib.request
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.screens import SCREENSHOTS
 from tests.servers import BASE
 
 pytestmark = pytest.mark.browser
 
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-# The README's screenshots: PEERJS_SCREENSHOTS=docs/screenshots refreshes them;
-# by default they go to test-artifacts/ so a test run leaves the tree clean.
-SCREENSHOTS = Path(__file__).resolve().parents[2] / os.environ.get("PEERJS_SCREENSHOTS", "test-artifacts/screenshots")
 INDICATORS = {"standby": "#cue-standby", "go": "#cue-go", "fade": "#cue-fade", "off": "#cue-off"}
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -158,6 +154,11 @@ def test_a_second_sender_is_refused_and_the_first_keeps_the_receiver(pair, serve
     row = receiver_row(intruder, receiver_id)
     expect(row).to_have_attribute("data-state", "refused")
     expect(row.locator(".receiver-state")).to_have_text("refused: Already connected to another client")
+    # Its only receiver refused it: the header says so, not a green "Ready".
+    expect(intruder.locator("#status")).to_have_text(re.compile(
+        rf"^Refused by receiver {receiver_id}: Already connected to another client\. Your ID: "))
+    expect(intruder.locator("#status")).to_have_attribute("data-state", "down")
+    expect(sender.locator("#status")).to_have_attribute("data-state", "ready")
     expect(intruder.locator("#log")).to_contain_text("Already connected to another client")
     expect(receiver.locator("#log")).to_contain_text("already connected to another client")
     # The first sender still drives the receiver.
@@ -291,7 +292,7 @@ def test_the_pages_request_nothing_but_the_server_and_run_under_a_strict_csp(ser
 def test_both_pages_reconnect_to_the_signaling_server_after_a_drop_keeping_their_ids(make_server, machines, monkeypatch):
     import tests.servers
 
-    worker = make_server()
+    worker = make_server(own=True)  # it stops it
     receiver, receiver_id = open_receiver(machines("receiver"), worker)
     sender = open_sender(machines("sender"), worker)
     sender_status = sender.locator("#status").text_content()
@@ -306,9 +307,12 @@ def test_both_pages_reconnect_to_the_signaling_server_after_a_drop_keeping_their
     expect_lit(receiver, "go")
 
     monkeypatch.setattr(tests.servers, "free_port", lambda: worker.port)
-    make_server()  # the same address again, as after a restart
-    expect(receiver.locator("#status")).to_have_text(re.compile(r"^(Connected to sender |Ready)"))
+    make_server(own=True)  # the same address again, as after a restart
+    # Each page retries with pauses that grow to 10 s (±20 %, common.js's
+    # backoff): one is due within 12 s of the server's return.
+    back = 15_000
+    expect(receiver.locator("#status")).to_have_text(re.compile(r"^(Connected to sender |Ready)"), timeout=back)
     expect(receiver.locator("#receiver-id")).to_have_text(receiver_id)
-    expect(sender.locator("#status")).to_have_text(sender_status)
+    expect(sender.locator("#status")).to_have_text(sender_status, timeout=back)
     for page in (receiver, sender):
         expect(page.locator("#banner")).to_be_hidden()

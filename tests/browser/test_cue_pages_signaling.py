@@ -89,7 +89,7 @@ def test_a_sender_an_operator_disconnects_says_so_and_its_cue_links_carry_on(ser
 
 
 def test_a_refusal_from_the_server_is_shown_with_its_reason_and_retried(make_server, machines):
-    worker = make_server({"PEERJS_CONCURRENT_LIMIT": "1"}, private=True)
+    worker = make_server({"PEERJS_CONCURRENT_LIMIT": "1"}, own=True)
     first = open_sender(machines("first"), worker)  # takes the one place
 
     page = machines("receiver").page
@@ -122,7 +122,7 @@ BANNED = re.compile(r"Banned: this peer id may not connect to the server until \
 
 
 def test_a_banned_page_shows_the_ban_and_comes_back_once_it_is_lifted(make_server, machines):
-    worker = make_server(private=True)
+    worker = make_server(own=True)
     admin = AdminSession(worker)
     admin.login(create_superuser(worker, PASSWORD), PASSWORD)
     receiver, receiver_id = open_receiver(machines("receiver"), worker)

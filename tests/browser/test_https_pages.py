@@ -16,10 +16,10 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def https_server(database, tmp_path_factory):
+def https_server(tmp_path_factory):
     certificates = Certificates(tmp_path_factory.mktemp("tls"))
     env = {**TEST_ENV, "DJANGO_HTTPS": "1", "PEERJS_PROXIED": "0"}
-    worker = Worker(database, env, server="uvicorn", tls=certificates, name="https-pages")
+    worker = Worker(env=env, server="uvicorn", tls=certificates, name="https-pages")
     yield worker
     worker.stop()
 

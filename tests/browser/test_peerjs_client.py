@@ -102,3 +102,43 @@ def test_connecting_to_an_id_nobody_holds_is_reported_as_peer_unavailable(server
     assert page.evaluate("window.probe.errors") == ["peer-unavailable"]
     # The error is about the connection only: the Peer stays connected to the server.
     assert page.evaluate("window.peer.open && !window.peer.disconnected") is True
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+def test_metadata_over_the_frame_cap_fails_that_connection_alone(kind, server, make_server, machines):
+    """peer.connect(id, {metadata}) with 300 KB of metadata: the OFFER is over
+    PEERJS_MAX_FRAME_BYTES (256 KiB), so the server answers EXPIRE and PeerJS
+    reports peer-unavailable; the Peer, and its connection already open, live on."""
+    worker = server if kind == "daphne" else make_server(server="uvicorn")
+    alice = load_client(machines("alice"), worker)
+    bob = load_client(machines("bob"), worker)
+    alice_id = wait_open(alice)
+    wait_open(bob)
+    bob.evaluate(
+        """(dst) => {
+          const conn = window.small = window.peer.connect(dst, {metadata: {note: "small"}});
+          conn.on("open", () => conn.send("before"));
+          conn.on("data", (data) => window.probe.received.push(data));
+        }""",
+        alice_id,
+    )
+    bob.wait_for_function("() => window.probe.received.length === 1")
+    bob.evaluate("(dst) => { window.peer.connect(dst, {metadata: {note: 'x'.repeat(300000)}}); }", alice_id)
+    bob.wait_for_function("() => window.probe.errors.length > 0")
+    assert bob.evaluate("window.probe.errors") == ["peer-unavailable"]
+    assert bob.evaluate("window.peer.open && !window.peer.disconnected") is True
+    bob.evaluate("window.small.send('after')")
+    bob.wait_for_function("() => window.probe.received.length === 2")
+    assert bob.evaluate("window.probe.received") == ["pong: before", "pong: after"]
+    # And the server still relays for it: a new connection opens.
+    bob.evaluate(
+        """(dst) => {
+          const conn = window.peer.connect(dst);
+          conn.on("open", () => conn.send("new"));
+          conn.on("data", (data) => window.probe.received.push(data));
+        }""",
+        alice_id,
+    )
+    bob.wait_for_function("() => window.probe.received.length === 3")
+    assert alice.evaluate("window.probe.received") == ["before", "after", "new"]
+    assert alice.evaluate("window.probe.errors") == []

@@ -24,7 +24,7 @@ PASSWORD = "a-long-enough-password-1"
 
 @pytest.fixture(scope="module")
 def site():
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     worker = Worker(database, TEST_ENV, name="site")
     yield worker, database
     worker.stop()

@@ -2,7 +2,8 @@
 
 Against `make cluster` with TLS (the session's ``tls_cluster``: nginx
 terminating TLS with a certificate from the test's own CA, in front of two
-uvicorn workers on Redis), as a LAN deployment runs it. Chromium accepts the
+daphne workers on Redis; the plain cluster of tests/test_cluster_command.py
+runs uvicorn), as a LAN deployment runs it. Chromium accepts the
 certificate (``ignore_https_errors``, as a browser accepts one mkcert
 installed); each test then checks that what it talked to really was nginx's
 TLS port serving that certificate: the page's origin, the certificate's

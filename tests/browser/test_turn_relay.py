@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import wait_for_async
 from tests.browser.test_cue_pages import connect, expect_lit, open_receiver, open_sender, receiver_row
 from tests.conftest import TEST_ENV, TURN_SECRET
 from tests.servers import BASE, Database, Worker
@@ -25,7 +26,7 @@ HARNESS = Path(__file__).with_name("peerjs_harness.js")
 
 @pytest.fixture(scope="module")
 def turn_worker(turn_server):
-    database = Database(os.environ.get("PEERJS_TEST_DATABASE_URL"))
+    database = Database()
     worker = Worker(database, {
         **TEST_ENV,
         "PEERJS_TURN_URLS": f"{turn_server.url('udp')},{turn_server.url('tcp')}",
@@ -56,7 +57,7 @@ async ([url, transport]) => {
 }
 """
 
-# The selected candidate pair of a connection and the types of its two candidates.
+# The selected candidate pair of a connection: its state, and each end's candidate.
 SELECTED_PAIR = """
 async (pc) => {
   const stats = await pc.getStats();
@@ -65,34 +66,47 @@ async (pc) => {
     if (report.type === "transport" && report.selectedCandidatePairId) pair = stats.get(report.selectedCandidatePairId);
   });
   if (!pair) return null;
+  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+  if (!local || !remote) return null;  // a pair whose candidates the report no longer (or not yet) holds
   return {
     state: pair.state,
-    local: stats.get(pair.localCandidateId).candidateType,
-    remote: stats.get(pair.remoteCandidateId).candidateType,
+    local: {type: local.candidateType, address: local.address, port: local.port},
+    remote: {type: remote.candidateType, address: remote.address, port: remote.port},
   };
 }
 """
 
 
-def wait_for_relay(page, connection_expression):
-    """Poll until the selected pair has succeeded over relays on both ends; that pair.
+def wait_for_relay(page, connection_expression, turn):
+    """Poll until the selected pair has succeeded with a relay on both ends; True then.
 
-    Right after open the answerer may still show its pair in progress, and
-    Chromium may later move to another pair: the pair is read in the same
-    poll that found it so.
+    Our end's candidate must be a relay coturn allocated. The other end's is
+    a relay too, but Chromium may know it only as "prflx" (peer reflexive):
+    when its connectivity checks arrive before its candidate is signalled,
+    the pair is formed with the address they came from, and keeps that type
+    once the candidate arrives. So each end is judged by its address, one of
+    coturn's relay ports, not by the type the stats give it. And while
+    Chromium moves between pairs, the selected pair's candidates may be
+    missing from a report: that poll finds nothing and the next one looks
+    again (a missing candidate used to throw, which ends a wait at once).
+    Right after open the answerer may still show its pair in progress.
     """
-    found = page.wait_for_function(
-        f"""async () => {{
+    ports = [turn.relay_ports.start, turn.relay_ports.stop]
+    return wait_for_async(
+        page,
+        f"""async ([low, high]) => {{
             const pair = await ({SELECTED_PAIR})({connection_expression});
-            return pair && pair.state === "succeeded" && pair.local === "relay" && pair.remote === "relay" && pair;
+            const relayed = (end) => end.address === "127.0.0.1" && low <= end.port && end.port < high;
+            return pair !== null && pair.state === "succeeded" && pair.local.type === "relay"
+                && relayed(pair.local) && relayed(pair.remote);
         }}""",
-        polling=200,
+        ports,
+        interval=200,
     )
-    return found.json_value()
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-def test_two_browsers_connect_through_coturn_relays_only(turn_worker, machines, transport):
+def test_two_browsers_connect_through_coturn_relays_only(turn_worker, turn_server, machines, transport):
     alice = load(machines("alice", bypass_csp=True), turn_worker)
     bob = load(machines("bob", bypass_csp=True), turn_worker)
     url = f"{BASE}/peerjs/ice-servers"
@@ -113,7 +127,7 @@ def test_two_browsers_connect_through_coturn_relays_only(turn_worker, machines, 
     assert bob.evaluate(f"window.record.conns[{incoming!r}].received") == ["over the relay"]
 
     for page, expression in ((alice, "window.conns['a->b'].peerConnection"), (bob, f"window.conns[{incoming!r}].peerConnection")):
-        assert wait_for_relay(page, expression) == {"state": "succeeded", "local": "relay", "remote": "relay"}
+        assert wait_for_relay(page, expression, turn_server) is True, page.evaluate(f"async () => ({SELECTED_PAIR})({expression})")
 
 
 # Stands in for a network where only relays get through: every RTCPeerConnection
@@ -137,7 +151,7 @@ RECORD_ONLY = RELAY_ONLY.replace(', {iceTransportPolicy: "relay"}', "")
 LAST_CONNECTION = "window.peerConnections[window.peerConnections.length - 1]"
 
 
-def test_the_cue_pages_fetch_turn_credentials_and_cue_through_a_relay(turn_worker, machines):
+def test_the_cue_pages_fetch_turn_credentials_and_cue_through_a_relay(turn_worker, turn_server, machines):
     receiver_machine, sender_machine = machines("receiver"), machines("sender")
     for machine in (receiver_machine, sender_machine):
         machine.context.add_init_script(RELAY_ONLY)
@@ -150,7 +164,7 @@ def test_the_cue_pages_fetch_turn_credentials_and_cue_through_a_relay(turn_worke
     for machine in (receiver_machine, sender_machine):
         assert any(url.endswith(f"{BASE}/peerjs/ice-servers") for url in machine.requests), machine.name
     for page in (sender, receiver):
-        assert wait_for_relay(page, LAST_CONNECTION) == {"state": "succeeded", "local": "relay", "remote": "relay"}
+        assert wait_for_relay(page, LAST_CONNECTION, turn_server) is True
 
 
 def test_when_the_endpoint_fails_the_cue_pages_use_the_configured_ice_servers(turn_worker, machines):

@@ -1,0 +1,478 @@
+"""uvicorn's HTTP/1.1 (h11) and WebSocket (websockets-sansio) protocols, as the production worker runs them::
+
+    uvicorn p2psite.asgi:application --http signaling.servers.uvicorn:HTTPProtocol \\
+        --ws signaling.servers.uvicorn:WebSocketProtocol --ws-per-message-deflate false --lifespan on
+
+uvicorn has no setting for what follows; each class adds it by overriding
+its parent's methods, and relies on uvicorn's, h11's and websockets'
+internals at the versions in :data:`signaling.servers.TESTED` (checked on
+import: a worker with other versions does not start). Their options are the
+app's (``PEERJS`` settings, signaling/conf.py).
+
+:class:`HTTPProtocol`, a connection until it becomes a WebSocket:
+
+- A request must arrive whole -- line, headers and body; a WebSocket
+  handshake's line and headers -- within ``REQUEST_TIMEOUT`` of the connection
+  or of the previous response; else it is answered 408 and closed (a
+  connection that sent nothing is just closed). uvicorn gives a request all
+  the time it likes, so a client sending a body a byte at a time held a file
+  descriptor for ever, and a thousand of them took a worker down.
+- One client address (an IPv6 one: its network, signaling.http.client_group)
+  holds at most ``MAX_HTTP_CONNECTIONS_PER_ADDRESS`` such connections; past that a new one is answered 429 and closed. Trusted
+  proxies are exempt (behind nginx every connection is nginx's); a WebSocket
+  leaves the count when its handshake is in (the app's socket cap counts it).
+- At most ``HANDSHAKE_CONCURRENCY`` WebSocket handshakes are worked on at
+  once: in a reconnect storm uvicorn worked on hundreds at a time, and every
+  turn of the event loop ran a step of each, so the frames of the peers
+  already connected waited behind them (turns of 100-300 ms in the
+  benchmark's storm). The others wait in order, their request read and their
+  socket no longer read. Plain HTTP requests never wait.
+
+:class:`WebSocketProtocol`:
+
+- A message over ``MAX_MESSAGE_BYTES`` is refused at its frame header (1009),
+  before it is buffered: the app's limit, whatever ``--ws-max-size`` says.
+- A handshake whose request line or a header line is longer than websockets'
+  limit (8 KiB: the URL of an id of 10 000 characters) was abandoned without
+  a response; it is answered 414 (a long header line: 431, anything else
+  websockets cannot parse: 400) and closed.
+- A text frame that is not UTF-8 is closed with 1007 as uvicorn does, with a
+  line in the log at most once a minute instead of a traceback each time.
+- It offers the application two fast paths in ``scope["extensions"]``
+  (:data:`signaling.servers.IMMEDIATE`), each saving a hand-over between
+  tasks, a turn of the event loop (tens of milliseconds in a reconnect storm):
+  ``send_text(text)`` writes a frame at once, and ``receive_text(take)`` has
+  each complete text message offered to ``take(text)`` in the read callback,
+  before it would join the queue the application's task reads.
+
+A worker that runs out of file descriptors cannot accept connections, and
+asyncio logged that with a traceback for every attempt, thousands a second:
+:class:`AcceptFailures` makes it a line a minute.
+"""
+import asyncio
+import collections
+import functools
+import logging
+
+from signaling.servers import require_tested
+
+require_tested("uvicorn", "h11", "websockets")
+
+import h11  # noqa: E402
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol  # noqa: E402
+from websockets import http11  # noqa: E402
+from websockets.datastructures import Headers  # noqa: E402
+from websockets.exceptions import SecurityError  # noqa: E402
+from websockets.protocol import State  # noqa: E402
+
+from signaling.conf import options  # noqa: E402
+from signaling.http import client_group  # noqa: E402
+from signaling.logs import Occasional  # noqa: E402
+from signaling.servers import IMMEDIATE  # noqa: E402
+
+logger = logging.getLogger(__name__)
+_refused = Occasional(logger)
+_not_utf8 = Occasional(logger)
+_accept_failed = Occasional(logger)
+
+
+def _response(status, text):
+    body = text.encode() + b"\n"
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        % (status.encode(), len(body), body)
+    )
+
+
+TOO_MANY_CONNECTIONS = _response("429 Too Many Requests", "Too many connections from your address")
+TOO_SLOW = _response("408 Request Timeout", "The request took too long to arrive")
+REFUSED_LINGER = 1.0  # seconds a connection answered 429 has to send its request before it is closed
+
+# their_state of a request still arriving: its line and headers (IDLE, with
+# some of them in), or its body.
+_ARRIVING = (h11.IDLE, h11.SEND_BODY)
+
+# HTTP connections per client address, across the process (see HTTPProtocol).
+_connections = collections.Counter()
+
+
+class HTTPProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a whole-request deadline, a cap per address and the handshake gate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deadline = None  # the timer that ends a request that has not arrived whole
+        self.counted = None  # the address this connection is counted under, while it is
+        self.upgraded = False  # its handshake's request is in: a WebSocket's from now on
+        self.refused = False  # over the cap per address: answered 429, closing
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        o = options()
+        address = self.client[0] if self.client else None
+        if o.max_http_connections_per_address and address is not None and not o.proxy_trusted(address):
+            address = client_group(address, o)  # an IPv6 client is its /64, as for every other limit
+            if _connections[address] >= o.max_http_connections_per_address:
+                _refused.warning(
+                    "%s holds %d HTTP connections, the most one address may: answered another with 429",
+                    address, _connections[address],
+                )
+                # Closed once its request is read: closed with the request
+                # unread, the connection would be reset, and the client might
+                # lose the answer. One that sends nothing gets a moment.
+                self.refused = True
+                transport.write(TOO_MANY_CONNECTIONS)
+                self.deadline = self.loop.call_later(REFUSED_LINGER, transport.close)
+                return
+            _connections[address] += 1
+            self.counted = address
+        self._arm()
+
+    def data_received(self, data):
+        if self.refused:
+            self.transport.close()
+            return
+        super().data_received(data)
+        state = self.conn.their_state
+        if self.upgraded or self.transport.is_closing() or state not in _ARRIVING:
+            self._disarm()  # the request is in (or the connection is done)
+        elif state is h11.SEND_BODY or self.conn.trailing_data[0]:
+            self._arm()  # a request begun and not finished
+        else:
+            self._disarm()  # quiet between requests: uvicorn's keep-alive timeout covers it
+
+    def connection_lost(self, exc):
+        self._disarm()
+        self._uncount()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event):
+        # The handshake's request is in: the connection is a WebSocket's now.
+        self.upgraded = True
+        self._disarm()
+        self._uncount()
+        upgrade = functools.partial(super().handle_websocket_upgrade, event)
+        if issubclass(self.ws_protocol_class, WebSocketProtocol):
+            handshake_gate().enter(self.transport, upgrade)
+        else:  # another implementation (the benchmark compares them) would never leave the gate
+            upgrade()
+
+    def _arm(self):
+        if self.deadline is None:
+            self.deadline = self.loop.call_later(options().request_timeout / 1000, self._too_slow)
+
+    def _disarm(self):
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _too_slow(self):
+        self.deadline = None
+        if self.transport.is_closing():
+            return
+        began = self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]
+        if began and (self.cycle is None or not self.cycle.response_started):
+            self.transport.write(TOO_SLOW)
+        self.transport.close()
+
+    def _uncount(self):
+        if self.counted is not None:
+            _connections[self.counted] -= 1
+            if not _connections[self.counted]:
+                del _connections[self.counted]
+            self.counted = None
+
+
+class HandshakeGate:
+    """At most ``limit`` WebSocket handshakes at a time; the rest wait their turn in order."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.busy = set()  # transports whose handshake is under way
+        self.waiting = collections.deque()  # (transport, start the handshake)
+
+    def enter(self, transport, start):
+        if len(self.busy) < self.limit:
+            self.busy.add(transport)
+            start()
+        else:
+            transport.pause_reading()
+            self.waiting.append((transport, start))
+
+    def leave(self, transport):
+        if transport not in self.busy:
+            return
+        self.busy.discard(transport)
+        while self.waiting and len(self.busy) < self.limit:
+            transport, start = self.waiting.popleft()
+            if transport.is_closing():
+                continue  # closed while it waited (the server draining)
+            self.busy.add(transport)
+            transport.resume_reading()
+            try:
+                start()
+            except Exception:  # that handshake's fault, not the one whose end let it in
+                logger.exception("a WebSocket handshake failed to start")
+                self.busy.discard(transport)
+                transport.close()
+
+
+@functools.cache
+def handshake_gate():
+    """The worker's one gate (created once the app's options can be read)."""
+    return HandshakeGate(options().handshake_concurrency)
+
+
+class Waiters:
+    """The futures of the tasks waiting on an object, in a list that exists only while any wait.
+
+    For :class:`Inbox` and :class:`Writable`, which take the place of
+    asyncio's Queue and Event on every socket: those hold deques of waiters
+    (600-700 bytes each) all the socket's life, though an idle socket has none.
+    """
+
+    __slots__ = ("waiters",)
+
+    def __init__(self):
+        self.waiters = None
+
+    def waiter(self):
+        """A future for the caller to await, done at the next :meth:`wake`; :meth:`forget` it once awaited."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(waiter)
+        return waiter
+
+    def forget(self, waiter):
+        if self.waiters is not None and waiter in self.waiters:
+            self.waiters.remove(waiter)  # cancelled before it was woken
+
+    def wake(self, result):
+        waiters, self.waiters = self.waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(result)
+
+
+class Inbox(Waiters):
+    """The ASGI events waiting for the application: uvicorn's ``asyncio.Queue`` (2.2 KB, three deques), lean.
+
+    It holds a list only while events wait. It offers what uvicorn calls,
+    ``put_nowait`` and ``empty``; its readers (:meth:`WebSocketProtocol.receive`,
+    one as a rule) await a :meth:`waiter` while it is empty. Every put wakes
+    them all: one takes the message, the others wait again.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self):
+        super().__init__()
+        self.items = None
+
+    def empty(self):
+        return not self.items
+
+    def put_nowait(self, message):
+        if self.items is None:
+            self.items = [message]
+        else:
+            self.items.append(message)
+        self.wake(None)
+
+    def get_nowait(self):
+        message = self.items.pop(0)
+        if not self.items:
+            self.items = None
+        return message
+
+
+class Writable(Waiters):
+    """Whether the transport takes data: uvicorn's ``asyncio.Event``, lean.
+
+    Waiting is rare (a client that does not read). It offers what uvicorn
+    calls: ``set``, ``clear``, ``is_set`` and ``await wait()``.
+    """
+
+    __slots__ = ("flag",)
+
+    def __init__(self):
+        super().__init__()
+        self.flag = True
+
+    def is_set(self):
+        return self.flag
+
+    def set(self):
+        self.flag = True
+        self.wake(True)
+
+    def clear(self):
+        self.flag = False
+
+    async def wait(self):
+        if self.flag:
+            return True
+        waiter = self.waiter()
+        try:
+            return await waiter
+        finally:
+            self.forget(waiter)
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol with the app's size limit, answers for every handshake, and fast paths."""
+
+    # uvicorn's attributes (0.54.0) and ours in slots: the instance's
+    # __dict__ is then never made, 1.5 KB of every idle peer
+    # (bench/perpeer.py). An attribute not listed here still works, in it.
+    __slots__ = (
+        "config", "app", "loop", "logger", "root_path", "asgi_version", "app_state", "connections", "tasks",
+        "default_headers", "transport", "server", "client", "scheme", "queue", "handshake_initiated",
+        "handshake_complete", "close_sent", "disconnected", "close_timer", "close_timeout", "initial_response",
+        "conn", "read_paused", "writable", "ping_interval", "ping_timeout", "ping_timer", "pong_timer",
+        "pending_ping_payload", "ping_sent_at", "last_ping_rtt", "frames", "curr_msg_data_type", "request",
+        "response", "scope", "take_text",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conn.max_size = options().max_message_bytes
+        self.take_text = None  # the application's receive_text callback, once it gives one
+        self.queue = Inbox()
+        self.writable = Writable()
+
+    async def receive(self):
+        # uvicorn's, on the Inbox: one coroutine (asyncio.Queue.get's) fewer while the socket is idle.
+        inbox = self.queue
+        while not inbox.items:
+            waiter = inbox.waiter()
+            try:
+                await waiter
+            finally:
+                inbox.forget(waiter)
+        message = inbox.get_nowait()
+        if self.read_paused and not inbox.items:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
+    def data_received(self, data):
+        super().data_received(data)
+        if self.handshake_initiated:  # the usual case, every frame: one attribute read
+            return
+        exc = self.conn.handshake_exc
+        if exc is None or self.transport.is_closing():
+            return
+        # websockets refused the handshake's request and uvicorn said nothing.
+        cause = exc.__cause__
+        if isinstance(cause, SecurityError) and len(data.split(b"\r\n", 1)[0]) > http11.MAX_LINE_LENGTH:
+            status, text = 414, "Request line too long"
+        elif isinstance(cause, SecurityError):
+            status, text = 431, "Request headers too large"
+        else:
+            status, text = 400, "Invalid WebSocket handshake"
+        self.transport.write(self.conn.reject(status, text).serialize())
+        self.transport.close()
+
+    def run_asgi(self):
+        # uvicorn's coroutine itself, not one awaiting it: a frame fewer for the socket's life.
+        self.scope["extensions"][IMMEDIATE] = {"send_text": self.send_text, "receive_text": self.receive_text}
+        return super().run_asgi()
+
+    # The handshake ends accepted (uvicorn starts the socket's keepalive then,
+    # once per socket) or with the connection (refused, gone): its place in
+    # the gate goes to the next one.
+    def start_keepalive(self):
+        handshake_gate().leave(self.transport)
+        super().start_keepalive()
+        # uvicorn reads the handshake's request, response and scope no more
+        # once it is accepted: an idle socket should not keep them (KBs each).
+        # websockets' parser, a generator, keeps the request in its frame for
+        # the connection's life, and reads it no more either: its headers go.
+        self.request.headers = Headers()
+        self.request = self.response = self.scope = None
+
+    def connection_lost(self, exc):
+        handshake_gate().leave(self.transport)
+        super().connection_lost(exc)
+        # Nothing is read any more: the parser (a generator whose frame holds
+        # websockets' protocol, which holds it) and the application's callback
+        # go, so that the closed socket is freed by reference counting, not
+        # left to a full collection (signaling.garbage).
+        self.take_text = None
+        self.conn.parser.close()
+
+    def send_receive_event_to_app(self):
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                # As uvicorn closes it, without the traceback it logs.
+                self.frames = []
+                _not_utf8.warning("a client sent a text frame that is not UTF-8: closed it with 1007")
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+                return
+            # Only with nothing queued ahead of it: messages keep their order.
+            if self.take_text is not None and self.queue.empty() and self.take_text(text):
+                self.frames = []
+                return
+        super().send_receive_event_to_app()
+
+    # The fast paths (scope["extensions"][IMMEDIATE]).
+
+    def receive_text(self, take):
+        """Offer each complete text message to ``take(text)`` in the read callback first.
+
+        ``take`` runs before the message would join the queue the
+        application's ``receive`` reads (only when that queue is empty, so the
+        order holds); it returns True if it has handled the message, False to
+        let it take the queue as usual. Otherwise the application's task
+        would wake a turn of the event loop later, and uvicorn would stop and
+        restart reading the socket for the queued message (two system calls).
+        """
+        self.take_text = take
+
+    def send_text(self, text):
+        """Write a text frame at once and return True, where ``send`` would not have waited; else False.
+
+        Then the caller awaits the ASGI ``send`` as usual, which waits or
+        raises as it should. The steps of ``send`` for a frame, without its
+        coroutine: a coroutine runs only in a task, and the hand-over to the
+        task that writes a socket's frames cost every frame a turn of the loop.
+        """
+        if (
+            not self.writable.is_set() or self.disconnected or self.close_sent or not self.handshake_complete
+            or self.initial_response is not None or self.conn.state is not State.OPEN or self.transport.is_closing()
+        ):
+            return False
+        self.conn.send_text(text.encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+
+class AcceptFailures(logging.Filter):
+    """asyncio's log of a failed accept (out of file descriptors, memory), made one line a minute.
+
+    When a worker runs out of file descriptors, asyncio's selector loop
+    (``_accept_connection``) hands each failed accept to the loop's exception
+    handler, whose default logs it with a traceback: one per accept it tries,
+    up to the listen backlog for each readable event of the listening socket
+    (about 330 000 lines in 25 s, measured). As a filter on the ``asyncio``
+    logger, this holds those records back and says it once per interval.
+    """
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def filter(self, record):
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        _accept_failed.warning("cannot accept connections: %s", error or self.MESSAGE)
+        return False
+
+
+logging.getLogger("asyncio").addFilter(AcceptFailures())
