@@ -94,6 +94,13 @@ class Claims:
         self.hub = hub
         self.pending = []  # (ClaimRequest, future of (Claim, queued frames))
         self.running = False
+        # A claim commits, and reads its id's queue, on a thread; its socket
+        # becomes routable when the result is back on the loop. A frame whose
+        # write to the queue committed in between is missed by that read, and
+        # the drain its writer then asks for finds no socket yet: such drains
+        # are kept here for the claim to run once it has settled.
+        self.unsettled = collections.Counter()  # (key, id) -> claims of it not settled
+        self.drains_missed = set()  # (key, id) among those, asked to drain meanwhile
 
     async def claim(self, request):
         future = self.hub.loop.create_future()
@@ -101,7 +108,26 @@ class Claims:
         if not self.running:
             self.running = True
             self.hub.spawn(self._run())
-        return await future
+        peer = (request.key, request.peer_id)
+        self.unsettled[peer] += 1
+        try:
+            return await future
+        finally:
+            self.unsettled[peer] -= 1
+            if not self.unsettled[peer]:
+                del self.unsettled[peer]
+
+    def drain_missed(self, peer):
+        """A drain for ``peer``, which has no socket here: keep it if a claim of it is under way."""
+        if peer in self.unsettled:
+            self.drains_missed.add(peer)
+
+    def settled(self, peer):
+        """Whether a drain was asked for ``peer`` while its claim was under way (and forget it)."""
+        if peer in self.drains_missed and peer not in self.unsettled:
+            self.drains_missed.discard(peer)
+            return True
+        return False
 
     async def _run(self):
         try:
@@ -217,6 +243,7 @@ class Hub:
         """
         if self.stopping:
             return STOPPING
+        peer = (request.key, request.peer_id)
         try:
             claim, queued = await self.claims.claim(registry.ClaimRequest(
                 request.key, request.peer_id, request.token, self.name, connection.connection_id,
@@ -224,6 +251,8 @@ class Hub:
             ))
         except DatabaseUnavailable:
             return RETRY
+        finally:
+            drain = self.claims.settled(peer)
         if claim.outcome == registry.KEPT:
             self.stats["takeovers:refused"] += 1
             logger.warning(
@@ -236,9 +265,10 @@ class Hub:
         if claim.outcome in (registry.TAKEN, registry.FULL):
             return claim.outcome
         connection.buffer[:0] = queued  # older than anything sent to it from now on
-        peer = (request.key, request.peer_id)
         self.local[peer] = connection
         self.directory.arrived(peer)
+        if drain:
+            self.offline.drain(*peer)
         if claim.outcome == registry.REPLACED:
             self._taken_over(request.key, request.peer_id, connection.address, claim)
         return claim.outcome

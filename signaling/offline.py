@@ -147,6 +147,7 @@ class OfflineQueue:
         """
         connection = self.hub.local.get((key, dst))
         if connection is None:
+            self.hub.claims.drain_missed((key, dst))
             return
         connection.drain_again = True
         if connection.held is None:  # else the drain under way reads the queue once more

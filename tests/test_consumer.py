@@ -7,6 +7,7 @@ and daphne workers in tests/test_socket_connect.py, test_socket_messages.py
 and the rest.
 """
 import json
+import threading
 import uuid
 
 import pytest
@@ -129,6 +130,41 @@ async def test_open_is_followed_by_the_queued_messages_oldest_first():
     await roundtrip(sender, await open_peer())  # the sender's frames were handled before this one
     late = await open_peer(peer_id=later)
     assert [(await late.recv())["payload"]["n"] for _ in range(3)] == [0, 1, 2]
+
+
+async def test_a_frame_queued_while_its_peer_opens_reaches_it(monkeypatch):
+    """The queue's write lands between the claim's read of the queue and its socket going live.
+
+    The write then sees the id registered and asks this worker to drain it
+    again, before the claim's result has made the socket routable: that
+    drain must wait for the socket, not be dropped (a CI run on PostgreSQL
+    lost an OFFER so).
+    """
+    from signaling import hub as hub_module, registry
+
+    let_write, written = threading.Event(), threading.Event()
+    enqueue, claim = registry.enqueue, hub_module._claim_and_take_queues
+
+    def enqueue_when_let(*args, **kwargs):
+        assert let_write.wait(TIMEOUT)
+        try:
+            return enqueue(*args, **kwargs)
+        finally:
+            written.set()
+
+    def claim_then_let_the_write_land(requests):
+        result = claim(requests)  # committed: the queue read found nothing
+        if any(r.peer_id == later for r in requests):
+            let_write.set()
+            assert written.wait(TIMEOUT)  # its result reaches the loop before this one's
+        return result
+
+    sender, later = await open_peer(), uid()
+    monkeypatch.setattr(registry, "enqueue", enqueue_when_let)
+    monkeypatch.setattr(hub_module, "_claim_and_take_queues", claim_then_let_the_write_land)
+    await sender.relay("OFFER", later, "kept")
+    late = await open_peer(peer_id=later)
+    assert await late.recv() == {"type": "OFFER", "src": sender.peer_id, "dst": later, "payload": "kept"}
 
 
 # --- messages ---------------------------------------------------------------------------
