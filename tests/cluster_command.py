@@ -145,7 +145,7 @@ class ClusterCommand:
         """SIGTERM, as a service manager or Ctrl-C would; the exit status."""
         self.processes = descendants(self.proc.pid) or self.processes
         self.proc.send_signal(signal.SIGTERM)
-        status = self.proc.wait(STOP_TIMEOUT)
+        status = self._wait_stopped()
         assert self.ended.wait(TIMEOUT)
         return status
 
@@ -153,9 +153,19 @@ class ClusterCommand:
         """Ctrl-C in the terminal: SIGINT to the foreground process group; make's exit status."""
         self.processes = descendants(self.proc.pid) or self.processes
         os.killpg(self.proc.pid, signal.SIGINT)
-        status = self.proc.wait(STOP_TIMEOUT)
+        status = self._wait_stopped()
         assert self.ended.wait(TIMEOUT)
         return status
+
+    def _wait_stopped(self):
+        """The exit status; if the script is still stopping at STOP_TIMEOUT, what it said and what still runs."""
+        try:
+            return self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            left = [f"{p[0]} {command_line(p[0])}" for p in self.processes if running(p)]
+            raise AssertionError(
+                f"not stopped in {STOP_TIMEOUT}s; still running: {left}\nits output:\n{self.output}"
+            ) from None
 
     @property
     def script_pid(self):
