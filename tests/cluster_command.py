@@ -64,6 +64,10 @@ def running(process):
     return stat is not None and stat[1] == started and stat[2] != "Z"
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def command_line(pid):
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -119,6 +123,10 @@ class ClusterCommand:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=make,
+            # As a terminal's foreground job has it: a suite started in the
+            # background (nohup cmd &) hands its children SIGINT ignored, and
+            # a shell cannot trap a signal ignored when it started.
+            preexec_fn=_default_sigint,
         )
         threading.Thread(target=self._read, daemon=True).start()
         self.processes = []
