@@ -189,7 +189,9 @@ class Hub:
         layer = transport.channel_layer()
         self.transport = None
         if layer is not None:
-            self.transport = Transport(layer, self.name, self.stats, self.handle, self.undelivered)
+            self.transport = Transport(
+                layer, self.name, self.stats, self.handle, self.undelivered, on_heard_again=self.offline.drain_all
+            )
         # Operators' Disconnects and changes of bans: Channels groups on the default layer.
         groups = get_channel_layer()
         self.membership = None

@@ -25,6 +25,8 @@ from signaling.db import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
+DRAIN_CHUNK = 500  # peers whose queues one statement takes when every peer of the worker drains
+
 
 class OfflineQueue:
     def __init__(self, hub):
@@ -164,17 +166,64 @@ class OfflineQueue:
                     )
                 except DatabaseUnavailable:
                     break  # still queued: it expires, or the next drain takes it
-                # One read after another, so what one took never overtakes what another took.
-                front = connection.held_front
-                connection.held[front:front] = frames
-                connection.held_front += len(frames)
+                _hold(connection, frames)
         finally:
-            held, connection.held = connection.held, None
-            for frame, src, kind in held:
-                connection.deliver(frame, src, kind)
+            _release(connection)
+
+    def drain_all(self):
+        """Every peer of this worker takes its queue again: the worker's inbox is heard again after a break.
+
+        While its Redis subscription was broken (a Redis restart, a Sentinel
+        failover), what others sent here came back to them: they queued
+        frames for its peers, and the drains they asked for were lost the
+        same way. Frames sent here from now on wait behind the queue, as
+        behind any drain. One statement per DRAIN_CHUNK peers of a key.
+        """
+        by_key = collections.defaultdict(list)
+        for (key, dst), connection in self.hub.local.items():
+            connection.drain_again = True
+            if connection.held is None:  # else the drain under way reads the queue once more
+                connection.held, connection.held_front = [], 0
+                by_key[key].append((dst, connection))
+        for key, peers in by_key.items():
+            for start in range(0, len(peers), DRAIN_CHUNK):
+                self.hub.spawn(self._drain_together(key, peers[start : start + DRAIN_CHUNK]))
+
+    async def _drain_together(self, key, peers):
+        for _dst, connection in peers:
+            connection.drain_again = False
+        try:
+            taken = await self.hub.db(
+                registry.take_queued_for, key, [dst for dst, _connection in peers], late=functools.partial(self._taken_late, key)
+            )
+        except DatabaseUnavailable:
+            taken = {}  # still queued: it expires, or the next drain takes it
+        for dst, connection in peers:
+            _hold(connection, taken.get(dst, []))
+            if connection.drain_again:  # asked for again meanwhile: that read follows this one
+                self.hub.spawn(self._drain(connection, key, dst))
+            else:
+                _release(connection)
+
+    def _taken_late(self, key, taken):
+        for dst, frames in taken.items():
+            self.hub.reroute(key, dst, frames)
 
     def forget_idle_senders(self):
         """Drop the windows of senders that queued nothing lately (called by the expiry sweep)."""
         cutoff = self.hub.loop.time() - self.hub.options.expire_timeout / 1000
         for sender in [s for s, window in self.by_sender.items() if not window or window[-1][0] < cutoff]:
             del self.by_sender[sender]
+
+
+def _hold(connection, frames):
+    """Frames a read of the queue took for ``connection``: behind what earlier reads took, ahead of what it was sent since."""
+    front = connection.held_front
+    connection.held[front:front] = frames
+    connection.held_front += len(frames)
+
+
+def _release(connection):
+    held, connection.held = connection.held, None
+    for frame, src, kind in held:
+        connection.deliver(frame, src, kind)

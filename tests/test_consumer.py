@@ -167,6 +167,29 @@ async def test_a_frame_queued_while_its_peer_opens_reaches_it(monkeypatch):
     assert await late.recv() == {"type": "OFFER", "src": sender.peer_id, "dst": later, "payload": "kept"}
 
 
+async def test_when_the_inbox_is_heard_again_every_peer_takes_its_queue_before_what_comes_next():
+    """While a worker's Redis subscription was broken, another worker queued frames for
+    its peer, and the drain it asked for was lost the same way. Once the inbox is heard
+    again (signaling.bus.transport), every peer takes its queue, ahead of what arrives then."""
+    from channels.db import database_sync_to_async
+
+    from signaling import registry
+    from signaling.hub import get_hub
+
+    a, b = await open_peer(), await open_peer()
+    limits = registry.Limits(
+        expire_ms=5000, per_peer_messages=100, per_peer_bytes=10**6, total_messages=1000, total_bytes=10**7,
+    )
+    queued = [
+        registry.Entry("peerjs", b.peer_id, "elsewhere", json.dumps({"type": "CANDIDATE", "src": "elsewhere", "payload": n}))
+        for n in range(3)
+    ]
+    await database_sync_to_async(registry.enqueue)(queued, limits)
+    get_hub().offline.drain_all()
+    await a.relay("CANDIDATE", b.peer_id, "after")
+    assert [(await b.recv())["payload"] for _ in range(4)] == [0, 1, 2, "after"]
+
+
 # --- messages ---------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import pytest
 from signaling.bus import wire
 from signaling.bus.layer import RedisBatchLayer
 from signaling.bus.transport import GONE, Transport, inbox_name
-from tests.servers import RedisCluster, wait_until
+from tests.servers import RedisCluster, RedisServer, wait_until
 
 
 class Inbox:
@@ -137,6 +137,28 @@ async def test_a_batch_for_an_inbox_nobody_reads_is_handed_back_at_once_as_gone(
         assert stats["redis_errors"] == 0
     finally:
         await layer.close()
+
+
+async def test_a_subscription_broken_and_made_again_is_reported_once_it_is_back():
+    """What was sent to an inbox while its subscription was broken came back to its senders; the
+    receiver hears when it is subscribed again (signaling.offline.OfflineQueue.drain_all runs then).
+    A Redis of its own: the test cuts every subscriber's connection."""
+    redis = RedisServer()
+    layer = RedisBatchLayer(url=redis.url)
+    try:
+        back, heard = [], asyncio.Event()
+        layer.on_resubscribed = lambda channel: (back.append(channel), heard.set())
+        inbox = Inbox()
+        await layer.listen("inbox", on_messages=inbox.take)
+        assert back == []  # a first subscription is no return
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        await asyncio.wait_for(heard.wait(), 10)
+        assert back == ["{inbox}"]
+        layer.send_nowait("inbox", {"n": 1})
+        await asyncio.wait_for(inbox.until(1), 5)
+    finally:
+        await layer.close()
+        redis.stop()
 
 
 async def test_a_batch_published_twice_is_delivered_once(layer, redis_server):

@@ -86,6 +86,10 @@ class RedisBatchLayer(BaseChannelLayer):
         # Called with (channel, messages, reason) for send_nowait messages
         # that did not arrive; the application decides what their senders hear.
         self.on_undelivered = None
+        # Called with a channel's Redis name (redis_name) when one listened on is subscribed again
+        # after its subscription failed: what was sent to it meanwhile did
+        # not arrive, and its senders were told so.
+        self.on_resubscribed = None
         # Called with (seconds, count) for each batch received: how long its
         # messages spent between the two processes.
         self.on_arrival = None

@@ -55,6 +55,7 @@ class Subscriber:
         self.last_batch = {}
         self.readers = {}  # (host, port) -> (task, channels)
         self.unsubscribed = set()  # (host, port) whose reader failed and has not subscribed again yet
+        self.broken = set()  # channels whose subscription failed, until Redis confirms it again
 
     async def listen(self, channel, on_messages=None):
         channel = redis_name(channel)
@@ -129,6 +130,7 @@ class Subscriber:
                 if node not in self.unsubscribed:
                     backoff = 0.1  # it was subscribed since it last failed: a new outage
                 self.unsubscribed.add(node)
+                self.broken.update(channels)
                 logger.warning("Redis subscription for %s failed (%r); resubscribing", ", ".join(channels), exc)
                 if self.nodes.topology is not None:
                     await self.nodes.refresh()
@@ -157,10 +159,16 @@ class Subscriber:
         if kind == b"smessage":
             self._arrived(push[1].decode(), push[2])
         elif kind == b"ssubscribe":
-            inbox = self.inboxes.get(push[1].decode())
+            channel = push[1].decode()
+            inbox = self.inboxes.get(channel)
             if inbox is not None and not inbox.subscribed.done():
                 inbox.subscribed.set_result(None)
             self.unsubscribed.discard(node)
+            if channel in self.broken:
+                self.broken.discard(channel)
+                # The acknowledgements' channel is the layer's own business.
+                if self.layer.on_resubscribed is not None and channel != self.reply:
+                    self.layer.on_resubscribed(channel)
         elif kind == b"sunsubscribe":
             # Redis moved the channel's slot to another shard.
             connection.fail(ConnectionError(f"{push[1].decode()} moved"))

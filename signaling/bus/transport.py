@@ -18,6 +18,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from signaling import metrics
+from signaling.bus import redis_name
 from signaling.bus.layer import NotDelivered
 from signaling.conf import options
 
@@ -43,15 +44,17 @@ def worker_of(channel):
 
 
 class Transport:
-    def __init__(self, layer, worker, stats, on_messages, on_undelivered):
+    def __init__(self, layer, worker, stats, on_messages, on_undelivered, on_heard_again=None):
         self.layer = layer
         self.inbox = inbox_name(worker)
         self.stats = stats
         self.on_messages = on_messages
         self.on_undelivered = on_undelivered
+        self.on_heard_again = on_heard_again  # called when the inbox is subscribed again after a failure
         self.batching = hasattr(layer, "send_nowait")
         if self.batching:
             layer.on_undelivered = self._undelivered
+            layer.on_resubscribed = self._resubscribed
             layer.on_arrival = metrics.CROSS_WORKER_DELIVERY.observe
         self.task = None
         self._tasks = set()
@@ -136,6 +139,10 @@ class Transport:
             self.stats["redis_errors"] += 1
             logger.warning("%d messages for worker %s were lost: %s", len(messages), worker_of(channel), reason)
         self.on_undelivered(worker_of(channel), messages, reason)
+
+    def _resubscribed(self, channel):
+        if channel == redis_name(self.inbox) and self.on_heard_again is not None:  # the Redis name
+            self.on_heard_again()
 
     async def _read(self):
         """A plain layer's inbox: received one message at a time."""
