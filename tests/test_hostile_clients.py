@@ -581,3 +581,29 @@ async def test_with_one_handshake_at_a_time_every_way_a_handshake_ends_lets_the_
     # Plain HTTP never waits for a place.
     with urllib.request.urlopen(f"{worker.http}{BASE}/peerjs/id", timeout=10) as response:
         assert response.status == 200
+
+
+async def test_frames_written_behind_the_handshake_in_the_same_packet_are_read(production):
+    """A client that does not wait for the 101 before its first frames (allowed
+    once it has sent the handshake) loses none of them: the production worker
+    hands the handshake's bytes, and what follows them, to the WebSocket
+    protocol as they came (signaling.servers.uvicorn, HTTPProtocol._upgrade_raw)."""
+    receiver = await connect(production)
+    reader, writer = await asyncio.open_connection("127.0.0.1", production.port)
+    sender = uid()
+    path = socket_url(production, sender, "t").split(str(production.port), 1)[1]
+    frames = b"".join(
+        b"\x81" + bytes([0x80 | len(text)]) + b"\0\0\0\0" + text
+        for text in (json.dumps({"type": "CANDIDATE", "dst": receiver.peer_id, "payload": n}).encode() for n in range(3))
+    )
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{production.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        + frames
+    )
+    raw = RawSocket(reader, writer)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b" 101 " in head.split(b"\r\n", 1)[0], head
+    assert json.loads(await raw.frame())["type"] == "OPEN"
+    assert [(await receiver.recv())["payload"] for _ in range(3)] == [0, 1, 2]
+    raw.close()
