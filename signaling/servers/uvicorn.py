@@ -426,6 +426,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(self.conn.reject(status, text).serialize())
         self.transport.close()
 
+    def handle_connect(self, event):
+        super().handle_connect(event)
+        if self.scope is not None:
+            # ASGI names headers in lower case; uvicorn passes websockets'
+            # names as the client wrote them, lower case only when h11 had
+            # parsed the handshake first (HTTPProtocol._upgrade_raw skips it).
+            # The application's task has not started: it sees these.
+            self.scope["headers"] = [(name.lower(), value) for name, value in self.scope["headers"]]
+
     def run_asgi(self):
         # uvicorn's coroutine itself, not one awaiting it: a frame fewer for the socket's life.
         self.scope["extensions"][IMMEDIATE] = {"send_text": self.send_text, "receive_text": self.receive_text}
