@@ -428,7 +428,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event):
         super().handle_connect(event)
-        if self.scope is not None:
+        if self.response.status_code == 101:  # else refused: no scope was made
             # ASGI names headers in lower case; uvicorn passes websockets'
             # names as the client wrote them, lower case only when h11 had
             # parsed the handshake first (HTTPProtocol._upgrade_raw skips it).
