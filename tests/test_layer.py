@@ -161,6 +161,25 @@ async def test_a_subscription_broken_and_made_again_is_reported_once_it_is_back(
         redis.stop()
 
 
+async def test_what_waits_behind_a_batch_for_an_inbox_nobody_reads_comes_back_with_it(redis_server):
+    """Never published after it: had the inbox's worker subscribed again in between (a failover),
+    the later batch would arrive while the earlier one went to the queue, out of order."""
+    layer = RedisBatchLayer(url=redis_server.url, ack_timeout=30)
+    lost, stats = Lost(), collections.Counter()
+    sender = Transport(layer, "sender", stats, on_messages=lambda messages: None, on_undelivered=lost)
+    try:
+        await sender.start()
+        assert sender.send("dead", {"type": "peerjs.relay", "n": 1})
+        await asyncio.sleep(0)  # that round is out, awaiting its reply; the next message waits for it
+        assert sender.send("dead", {"type": "peerjs.relay", "n": 2})
+        await asyncio.wait_for(lost.changed.wait(), 5)
+        assert lost.calls == [("dead", [1, 2], GONE)]
+        await asyncio.wait_for(layer.flushed(), 5)
+        assert lost.calls == [("dead", [1, 2], GONE)] and sender.in_flight() == 0
+    finally:
+        await layer.close()
+
+
 async def test_a_batch_published_twice_is_delivered_once(layer, redis_server):
     # A round sent again on a new connection after its reply was lost brings
     # Redis the same batch twice: the receiver takes it once.

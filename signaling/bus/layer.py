@@ -123,6 +123,11 @@ class RedisBatchLayer(BaseChannelLayer):
             raise RuntimeError("send_nowait needs a receive() on this event loop first")
         side.publisher.put(channel, message, None)
 
+    def take_back(self, channel):
+        """What ``send_nowait`` put for ``channel`` and has not published yet, which now it will not."""
+        side = self._loops.get(asyncio.get_running_loop())
+        return side.publisher.take_back(channel) if side is not None else []
+
     async def listen(self, channel, on_messages=None):
         """Subscribe to ``channel``; returns once what is sent to it reaches this process.
 

@@ -273,6 +273,10 @@ class Publisher:
             self.layer.on_undelivered(channel, messages, reason)
         self._settle(batch_id)
 
+    def take_back(self, channel):
+        """The tracked messages for ``channel`` not published yet, which now will not be."""
+        return [message for message, _future in self.outgoing.pop((channel, True), ())]
+
     def acknowledged(self, batch_id):
         """Another process acknowledged batch ``batch_id``: its messages are delivered."""
         entry = self.pending.pop(batch_id, None)

@@ -135,6 +135,16 @@ class Transport:
     def _undelivered(self, channel, messages, reason):
         if reason.startswith("nobody"):
             reason = GONE
+            # Nobody held the inbox when the batch got there. Frames waiting to
+            # go there next would be published a round later, and could overtake
+            # these on their new way (the queue) if the worker subscribed again
+            # meanwhile (a Sentinel failover): they come back with them. The
+            # rest (drains, closes) goes as it would have.
+            waiting = self.layer.take_back(channel)
+            messages = [*messages, *(m for m in waiting if m.get("type") == "peerjs.relay")]
+            for message in waiting:
+                if message.get("type") != "peerjs.relay":
+                    self.layer.send_nowait(channel, message)
         else:
             self.stats["redis_errors"] += 1
             logger.warning("%d messages for worker %s were lost: %s", len(messages), worker_of(channel), reason)
