@@ -156,6 +156,45 @@ class Claims:
             self.hub.claimed_late(request, result)
 
 
+class Releases:
+    """A worker's releases of ids, sent to the registry together, as :class:`Claims` sends claims."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        self.pending = []  # ((key, id, connection id), future)
+        self.running = False
+
+    async def release(self, key, peer_id, connection_id):
+        """Remove the row of this socket (if it is still its own); DatabaseUnavailable if the database is away."""
+        future = self.hub.loop.create_future()
+        self.pending.append(((key, peer_id, connection_id), future))
+        if not self.running:
+            self.running = True
+            self.hub.spawn(self._run())
+        await future
+
+    async def _run(self):
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    # Carried out after all past its deadline, it needs nothing
+                    # more: the sockets are gone either way.
+                    await self.hub.db(registry.release_all, [release for release, _future in batch])
+                except Exception as exc:  # DatabaseUnavailable, or a fault: the beat tries these rows again
+                    if not isinstance(exc, DatabaseUnavailable):
+                        logger.exception("worker %s: releasing %d rows failed", self.hub.name, len(batch))
+                    for _release, future in batch:
+                        if not future.done():
+                            future.set_exception(DatabaseUnavailable(str(exc)))
+                    continue
+                for _release, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self.running = False
+
+
 def _worker_name():
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
     return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -186,6 +225,7 @@ class Hub:
         self.db_aside = Database(self.stats, threads=1, name="registry-beat")
         self.offline = OfflineQueue(self)
         self.claims = Claims(self)
+        self.releases = Releases(self)
         layer = transport.channel_layer()
         self.transport = None
         if layer is not None:
@@ -306,7 +346,7 @@ class Hub:
 
     async def _release_late(self, key, peer_id, connection_id, queued):
         try:
-            await self.db(registry.release, key, peer_id, connection_id)
+            await self.releases.release(key, peer_id, connection_id)
         except DatabaseUnavailable:
             self.unreleased.add((key, peer_id, connection_id))
         self.reroute(key, peer_id, queued)
@@ -345,7 +385,7 @@ class Hub:
             self.stats["drained"] += 1
             return  # the drain removes every row of this worker in one go
         try:
-            await self.db(registry.release, connection.key, peer_id, connection.connection_id)
+            await self.releases.release(connection.key, peer_id, connection.connection_id)
         except DatabaseUnavailable:
             self.unreleased.add((connection.key, peer_id, connection.connection_id))
 

@@ -209,9 +209,27 @@ def _same_client(a, b):
 
 def release(key, peer_id, connection_id):
     """Remove the registration of this socket; a newer owner's row is never touched."""
-    with connection.cursor() as cursor:
-        cursor.execute(_sql(Peer, _RELEASE), [key, peer_id, connection_id])
-        return cursor.rowcount == 1
+    return release_all([(key, peer_id, connection_id)])[0]
+
+
+def release_all(releases):
+    """:func:`release` for many (key, id, connection id) in one transaction; whether each removed its row, in order.
+
+    A worker's sockets close by the thousand (a page reloaded by every
+    viewer, a load generator's round), and one commit each cost more than
+    the deletes (bench/perpeer.py). Key after key, each key's turn taken
+    first on PostgreSQL as :func:`claim_all` takes it: a batch of releases
+    and a batch of claims never wait for each other's rows or counts.
+    """
+    released = [False] * len(releases)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_LOCK_KEYS, [sorted({key for key, _id, _connection in releases})])
+        statement = _sql(Peer, _RELEASE)
+        for index in sorted(range(len(releases)), key=lambda i: releases[i]):
+            cursor.execute(statement, list(releases[index]))
+            released[index] = cursor.rowcount == 1
+    return released
 
 
 def release_connections(connection_ids):

@@ -236,6 +236,9 @@ def test_each_keys_count_follows_its_rows_however_they_come_and_go():
     assert counts() == ({"peerjs": 3, "theatre": 3}, {"peerjs": 3, "theatre": 3})
     assert registry.release("peerjs", "a0", "a0")
     assert not registry.release("peerjs", "a1", "a1")  # no longer its socket: nothing removed
+    claim("a3", connection_id="a3")
+    # In one go, over both keys: each row removed only if it is still its socket's.
+    assert registry.release_all([("peerjs", "a3", "a3"), ("theatre", "t9", "t9"), ("peerjs", "a1", "a1")]) == [True, False, False]
     registry.release_connections(["a2", "t0"])
     assert counts() == ({"peerjs": 1, "theatre": 2}, {"peerjs": 1, "theatre": 2})
     registry.reap(10_000)  # the dead worker's two
@@ -256,8 +259,9 @@ def test_the_count_stays_exact_under_concurrent_claims_and_releases_of_several_k
         keys = ["one", "two"] if n % 2 else ["two", "one"]
         requests = [registry.ClaimRequest(keys[i % 2], f"p{n}-{i}", "t", "w1", f"c{n}-{i}", "127.0.0.1", 1000) for i in range(20)]
         outcomes = [o.outcome for o in registry.claim_all(requests)]
-        for i in range(0, 20, 2):
-            registry.release(keys[i % 2], f"p{n}-{i}", f"c{n}-{i}")
+        # A worker's batch of releases over both keys, in either order, beside the others' claims.
+        mine = [(keys[i % 2], f"p{n}-{i}", f"c{n}-{i}") for i in range(20) if i % 4 in (0, 3)]
+        assert registry.release_all(mine if n % 2 else mine[::-1]) == [True] * 10
         registry.release_connections([f"c{n}-{i}" for i in range(1, 20, 4)])
         return outcomes
 
