@@ -163,7 +163,22 @@ def test_a_receiver_that_leaves_the_server_once_connected_keeps_its_connection(m
 def test_a_callee_that_leaves_the_server_once_media_flows_keeps_the_call(machines, topology):
     callee = app(machines, topology.b, "callee")
     callee_id = peer(callee, "callee")
-    callee.evaluate("callee.on('call', (c) => c.on('stream', () => setTimeout(() => callee.disconnect(), 150)))")
+    # It leaves once media flows: its ICE connected (so the ANSWER went out)
+    # and its candidates all sent. A fixed delay after 'stream' (which fires
+    # before the ANSWER is made) left before the ANSWER on a busy machine.
+    callee.evaluate(
+        """callee.on('call', (c) => c.on('stream', () => {
+            const pc = c.peerConnection;
+            const leaveWhenFlowing = () => {
+                if (pc.iceGatheringState === 'complete' && ['connected', 'completed'].includes(pc.iceConnectionState)) {
+                    callee.disconnect();
+                }
+            };
+            pc.addEventListener('icegatheringstatechange', leaveWhenFlowing);
+            pc.addEventListener('iceconnectionstatechange', leaveWhenFlowing);
+            leaveWhenFlowing();
+        }))"""
+    )
     caller = app(machines, topology.a, "caller")
     caller_id = peer(caller, "caller")
     caller.evaluate("(dst) => openCall('caller', 'out', dst)", callee_id)
