@@ -975,7 +975,12 @@ class Namespace:
     Whatever is sent there reaches no other network (TESTING.md)."""
 
     def __init__(self, addresses):
-        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "600"])
+        # It says when it is in its namespace: entered before that, nsenter
+        # would configure this machine's loopback instead (seen on a slow run).
+        self.holder = subprocess.Popen(
+            ["unshare", "-n", "sh", "-c", "echo in; exec sleep 600"], stdout=subprocess.PIPE, text=True,
+        )
+        assert self.holder.stdout.readline() == "in\n"
         self.run("ip", "link", "set", "lo", "up")
         for address in addresses:
             self.run("ip", "addr", "add", f"{address}/{128 if ':' in address else 32}", "dev", "lo")
