@@ -82,18 +82,62 @@ def _claim_and_take_queues(requests):
         return [(claim, queued.get(i, [])) for i, claim in enumerate(claims)]
 
 
-class Claims:
-    """A worker's claims of ids, sent to the registry together.
+class Batches:
+    """Requests to the registry, gathered while the previous batch is at the database and sent together.
 
-    While one batch is at the database the next gathers: in a reconnect
-    storm a batch holds every socket waiting to open (up to MAX_OPENING),
-    and costs the registry one turn of the key's lock and one commit.
+    In a reconnect storm (or a page reloaded by every viewer) a batch holds
+    every socket waiting, and costs the registry one turn of each key's lock
+    and one commit instead of one per socket.
     """
 
     def __init__(self, hub):
         self.hub = hub
-        self.pending = []  # (ClaimRequest, future of (Claim, queued frames))
+        self.pending = []  # (request, future of its result)
         self.running = False
+
+    async def submit(self, request):
+        """The request's result once its batch is carried out; DatabaseUnavailable if the database is away."""
+        future = self.hub.loop.create_future()
+        self.pending.append((request, future))
+        if not self.running:
+            self.running = True
+            self.hub.spawn(self._run())
+        return await future
+
+    async def carry_out(self, requests):
+        """The results of ``requests``, in order (on the database's threads)."""
+        raise NotImplementedError
+
+    def abandoned(self, request, result):
+        """A result whose caller has gone (its socket's open was cancelled meanwhile)."""
+
+    async def _run(self):
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    results = await self.carry_out([request for request, _future in batch])
+                except Exception as exc:  # DatabaseUnavailable, or a fault: each caller answers "try again"
+                    if not isinstance(exc, DatabaseUnavailable):
+                        logger.exception("worker %s: a batch of %d registry requests failed", self.hub.name, len(batch))
+                    for _request, future in batch:
+                        if not future.done():
+                            future.set_exception(DatabaseUnavailable(str(exc)))
+                    continue
+                for (request, future), result in zip(batch, results):
+                    if future.done():
+                        self.abandoned(request, result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self.running = False
+
+
+class Claims(Batches):
+    """A worker's claims of ids, sent to the registry together (up to MAX_OPENING sockets open at once)."""
+
+    def __init__(self, hub):
+        super().__init__(hub)
         # A claim commits, and reads its id's queue, on a thread; its socket
         # becomes routable when the result is back on the loop. A frame whose
         # write to the queue committed in between is missed by that read, and
@@ -103,15 +147,10 @@ class Claims:
         self.drains_missed = set()  # (key, id) among those, asked to drain meanwhile
 
     async def claim(self, request):
-        future = self.hub.loop.create_future()
-        self.pending.append((request, future))
-        if not self.running:
-            self.running = True
-            self.hub.spawn(self._run())
         peer = (request.key, request.peer_id)
         self.unsettled[peer] += 1
         try:
-            return await future
+            return await self.submit(request)
         finally:
             self.unsettled[peer] -= 1
             if not self.unsettled[peer]:
@@ -129,70 +168,28 @@ class Claims:
             return True
         return False
 
-    async def _run(self):
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                requests = [request for request, _future in batch]
-                try:
-                    results = await self.hub.db(
-                        _claim_and_take_queues, requests, late=functools.partial(self._late, requests)
-                    )
-                except DatabaseUnavailable as exc:
-                    for _request, future in batch:
-                        if not future.done():
-                            future.set_exception(DatabaseUnavailable(str(exc)))
-                    continue
-                for (request, future), result in zip(batch, results):
-                    if future.done():  # its socket's open was cancelled meanwhile
-                        self.hub.claimed_late(request, result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self.running = False
+    async def carry_out(self, requests):
+        return await self.hub.db(_claim_and_take_queues, requests, late=functools.partial(self._late, requests))
+
+    def abandoned(self, request, result):
+        self.hub.claimed_late(request, result)
 
     def _late(self, requests, results):
         for request, result in zip(requests, results):
             self.hub.claimed_late(request, result)
 
 
-class Releases:
-    """A worker's releases of ids, sent to the registry together, as :class:`Claims` sends claims."""
-
-    def __init__(self, hub):
-        self.hub = hub
-        self.pending = []  # ((key, id, connection id), future)
-        self.running = False
+class Releases(Batches):
+    """A worker's releases of ids, (key, id, connection id) each, sent to the registry together."""
 
     async def release(self, key, peer_id, connection_id):
         """Remove the row of this socket (if it is still its own); DatabaseUnavailable if the database is away."""
-        future = self.hub.loop.create_future()
-        self.pending.append(((key, peer_id, connection_id), future))
-        if not self.running:
-            self.running = True
-            self.hub.spawn(self._run())
-        await future
+        await self.submit((key, peer_id, connection_id))
 
-    async def _run(self):
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                try:
-                    # Carried out after all past its deadline, it needs nothing
-                    # more: the sockets are gone either way.
-                    await self.hub.db(registry.release_all, [release for release, _future in batch])
-                except Exception as exc:  # DatabaseUnavailable, or a fault: the beat tries these rows again
-                    if not isinstance(exc, DatabaseUnavailable):
-                        logger.exception("worker %s: releasing %d rows failed", self.hub.name, len(batch))
-                    for _release, future in batch:
-                        if not future.done():
-                            future.set_exception(DatabaseUnavailable(str(exc)))
-                    continue
-                for _release, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-        finally:
-            self.running = False
+    async def carry_out(self, requests):
+        # Carried out after all past its deadline, it needs nothing more:
+        # the sockets are gone either way.
+        return await self.hub.db(registry.release_all, requests)
 
 
 def _worker_name():
