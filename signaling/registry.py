@@ -4,6 +4,7 @@ Plain synchronous functions: the hub calls them through
 ``database_sync_to_async`` on connect, disconnect and in its sweeps, never
 while relaying.
 """
+import collections
 import dataclasses
 import datetime
 import functools
@@ -71,6 +72,17 @@ _INSERT = """
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
     ON CONFLICT ({key}, {peer_id}) DO NOTHING
 """
+# A key's new ids, inserted together: the rows that come back are the ids it got.
+_INSERT_MANY = """
+    INSERT INTO {table} ({key}, {peer_id}, {token_hash}, {worker}, {connection},
+                         {address}, {connected_at}, {last_seen})
+    VALUES {{rows}}
+    ON CONFLICT ({key}, {peer_id}) DO NOTHING
+    RETURNING {peer_id}
+"""
+_ROW = "(%s, %s, %s, %s, %s, %s, %s, %s)"
+# Rows per statement: 8 parameters each, under SQLite's limit of 999 a statement.
+ROWS_PER_STATEMENT = 100
 _HOLDER = "SELECT {token_hash}, {worker}, {connection}, {address} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
 _HOLDERS = (  # {ids} is a placeholder per id
     "SELECT {peer_id}, {token_hash}, {worker}, {connection}, {address} FROM {table}"
@@ -82,7 +94,10 @@ _TAKE_OVER = """
                        {connected_at} = %s, {last_seen} = %s
     WHERE {key} = %s AND {peer_id} = %s AND {connection} = %s
 """
-_RELEASE = "DELETE FROM {table} WHERE {key} = %s AND {peer_id} = %s AND {connection} = %s"
+_RELEASE_MANY = (  # {pairs}: a (%s, %s) per (id, connection id)
+    "DELETE FROM {table} WHERE {key} = %s AND ({peer_id}, {connection}) IN (VALUES {{pairs}})"
+    " RETURNING {peer_id}, {connection}"
+)
 # The keys' turns, taken in one order (of the lock ids) by every worker, so
 # that two batches never wait for each other's locks.
 _LOCK_KEYS = """
@@ -125,9 +140,12 @@ def claim_all(requests):
     key's peers and one commit per claim they queued behind each other's
     commits (40 s for 5 000 peers on PostgreSQL, profiled). The rows the
     batch's ids already have are read in one query per key, so a claim
-    costs one statement (an insert, or the take-over of its own row), not
-    three: in a storm every id is held, by the worker that died. Requests
-    later in the list see what earlier ones claimed.
+    costs at most one statement (the take-over of its own row), not three:
+    in a storm every id is held, by the worker that died. The ids nobody
+    holds go in one insert per key (:func:`_insert_new`): a statement per
+    claim cost the worker more than the database's work on it, and on
+    PostgreSQL a round trip each. Requests later in the list see what
+    earlier ones claimed.
 
     The key's count is one row of PeerCount, which the inserts' trigger
     updates: the claims go key after key, in the order of the keys, as every
@@ -149,11 +167,54 @@ def claim_all(requests):
                 ids = sorted({r.peer_id for r in requests if r.key == request.key})
                 cursor.execute(_sql(Peer, _HOLDERS).format(ids=", ".join(["%s"] * len(ids))), [request.key, *ids])
                 holders.update(((request.key, peer_id), row) for peer_id, *row in cursor.fetchall())
+                _insert_new(cursor, requests, [i for i in in_key_order if requests[i].key == request.key],
+                            counts, holders, outcomes)
+            if outcomes[index] is not None:
+                continue  # claimed by the key's insert
             outcome = _claim(cursor, request, counts, holders)
             if outcome.outcome == CLAIMED:
                 counts[request.key] += 1
             outcomes[index] = outcome
     return outcomes
+
+
+def _insert_new(cursor, requests, indexes, counts, holders, outcomes):
+    """Insert, together, the rows of the key's requests whose id nobody holds, up to the concurrent limit.
+
+    Each claimed one gets its outcome; the others (an id held, or past the
+    limit) are left to :func:`_claim`, one by one, and the outcomes are
+    those of claims made one by one in order: a claim of a held id never
+    takes a place. Unless an id nobody holds is asked for twice (a
+    reconnect overtaking its own socket within the batch): the first of
+    those would take a place in its turn, so then every claim of the key
+    goes one by one.
+    """
+    key = requests[indexes[0]].key
+    asked = collections.Counter(requests[i].peer_id for i in indexes)
+    if any(n > 1 and (key, peer_id) not in holders for peer_id, n in asked.items()):
+        return
+    fresh = []
+    for i in indexes:
+        request = requests[i]
+        if (key, request.peer_id) not in holders and counts[key] + len(fresh) < request.limit:
+            fresh.append(i)
+    now = _now()
+    for start in range(0, len(fresh), ROWS_PER_STATEMENT):
+        chunk = fresh[start : start + ROWS_PER_STATEMENT]
+        rows = {}
+        for i in chunk:
+            r = requests[i]
+            rows[i] = (hash_token(r.token), r.worker, r.connection, r.address)
+        params = [value for i in chunk for value in (key, requests[i].peer_id, *rows[i], now, now)]
+        cursor.execute(_sql(Peer, _INSERT_MANY).format(rows=", ".join([_ROW] * len(chunk))), params)
+        inserted = {peer_id for (peer_id,) in cursor.fetchall()}
+        for i in chunk:
+            # An id not inserted was claimed since the key's rows were read:
+            # _claim reads it again.
+            if requests[i].peer_id in inserted:
+                holders[key, requests[i].peer_id] = rows[i]
+                counts[key] += 1
+                outcomes[i] = Claim(CLAIMED)
 
 
 def _claim(cursor, request, counts, holders):
@@ -221,15 +282,19 @@ def release_all(releases):
     first on PostgreSQL as :func:`claim_all` takes it: a batch of releases
     and a batch of claims never wait for each other's rows or counts.
     """
-    released = [False] * len(releases)
+    gone = set()  # (key, id, connection id) whose row was removed
     with transaction.atomic(), connection.cursor() as cursor:
+        keys = sorted({key for key, _id, _connection in releases})
         if connection.vendor == "postgresql":
-            cursor.execute(_LOCK_KEYS, [sorted({key for key, _id, _connection in releases})])
-        statement = _sql(Peer, _RELEASE)
-        for index in sorted(range(len(releases)), key=lambda i: releases[i]):
-            cursor.execute(statement, list(releases[index]))
-            released[index] = cursor.rowcount == 1
-    return released
+            cursor.execute(_LOCK_KEYS, [keys])
+        for key in keys:
+            pairs = sorted({(peer_id, connection_id) for k, peer_id, connection_id in releases if k == key})
+            for start in range(0, len(pairs), ROWS_PER_STATEMENT):
+                chunk = pairs[start : start + ROWS_PER_STATEMENT]
+                statement = _sql(Peer, _RELEASE_MANY).format(pairs=", ".join(["(%s, %s)"] * len(chunk)))
+                cursor.execute(statement, [key, *(value for pair in chunk for value in pair)])
+                gone.update((key, peer_id, connection_id) for peer_id, connection_id in cursor.fetchall())
+    return [tuple(release) in gone for release in releases]
 
 
 def release_connections(connection_ids):

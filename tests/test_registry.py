@@ -106,6 +106,41 @@ def test_a_batch_of_claims_sees_its_own_earlier_claims():
     assert Peer.objects.get(key="theatre", peer_id="a").connection == "c2"
 
 
+def test_a_batch_of_new_ids_is_claimed_in_order_up_to_the_limit_across_statements():
+    # More new ids than one insert carries, and fewer places than ids: the
+    # first ones in the batch's order get the places, as one by one.
+    claim("held", key="hall", token="theirs", connection_id="c0")
+    places, new = registry.ROWS_PER_STATEMENT + 20, registry.ROWS_PER_STATEMENT + 50
+    requests = [
+        registry.ClaimRequest("hall", f"p{n:04}", f"t{n}", "w2", f"c{n}", "127.0.0.1", places)
+        for n in range(new)
+    ]
+    requests.insert(7, registry.ClaimRequest("hall", "held", "mine", "w2", "cx", "127.0.0.1", places))
+    outcomes = [o.outcome for o in registry.claim_all(requests)]
+    assert outcomes[7] == registry.TAKEN
+    del outcomes[7]
+    assert outcomes == [registry.CLAIMED] * (places - 1) + [registry.FULL] * (new - places + 1)
+    assert PeerCount.objects.get(key="hall").peers == places
+    assert Peer.objects.get(key="hall", peer_id="p0000").connection == "c0"
+    assert not Peer.objects.filter(key="hall", peer_id=f"p{places - 1:04}").exists()
+
+
+def test_an_id_claimed_since_the_batch_read_its_rows_is_asked_about_again():
+    # What a claim elsewhere does between the batch's read of its ids' rows
+    # and its insert: that id is not inserted, and its claim, made one by
+    # one, finds the other socket's row.
+    claim("late", token="theirs", connection_id="c0")
+    requests = [
+        registry.ClaimRequest("peerjs", peer_id, "mine", "w2", f"c-{peer_id}", "127.0.0.1", 100)
+        for peer_id in ("early", "late", "after")
+    ]
+    outcomes = [None] * 3
+    with connection.cursor() as cursor:
+        registry._insert_new(cursor, requests, [0, 1, 2], {"peerjs": 1}, {}, outcomes)  # {}: read before "late" was claimed
+    assert [o and o.outcome for o in outcomes] == [registry.CLAIMED, None, registry.CLAIMED]
+    assert registry.claim_all(requests[1:2])[0].outcome == registry.TAKEN
+
+
 def test_concurrent_batches_for_the_last_places_never_overfill():
     claim("first", limit=4)
 
