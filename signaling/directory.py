@@ -148,11 +148,19 @@ class Directory:
         a re-seed nothing is forgotten: what the others let go stays until
         their announcement or the next re-seed (a stale route costs a hop,
         never a frame).
+
+        A row of a worker not alive (its worker died and the row awaits
+        reaping, or a new worker this one has not met yet) places nothing:
+        frames for that peer go to the queue, where the peer finds them
+        when it comes back, or which its worker is asked to drain. A route
+        there would hand them to an inbox nobody reads, and with the
+        in-memory layer of a single worker nothing says so: they were lost,
+        with no EXPIRE for their sender.
         """
-        local, here, routes, seen = self.hub.local, self.hub.name, self.routes, self._reseen
+        local, here, routes, seen, live = self.hub.local, self.hub.name, self.routes, self._reseen, self.workers
         for row in rows:
             peer, worker = (row[0], row[1]), row[2]
-            if worker != here and peer not in local:
+            if worker != here and peer not in local and worker in live:
                 previous = routes.get(peer)
                 routes[peer] = worker
                 if previous != worker:

@@ -42,6 +42,7 @@ async def settle(hub, directory, worker):
 async def test_a_peer_the_registry_places_on_another_worker_waits_for_its_old_worker_to_settle():
     hub = Hub()
     directory = Directory(hub)
+    directory.meet({"w1", "w2", "new"})
     directory.routes[("k", "b")] = "dead"
     directory.reseed([("k", "b", "new"), ("k", "c", "new")])
     assert directory.routes == {("k", "b"): "new", ("k", "c"): "new"}
@@ -56,6 +57,7 @@ async def test_a_peer_the_registry_places_on_another_worker_waits_for_its_old_wo
 async def test_a_peer_whose_old_inbox_was_gone_moves_too_when_the_registry_says_where_it_is():
     hub = Hub()
     directory = Directory(hub)
+    directory.meet({"w1", "w2", "new"})
     directory.routes[("k", "b")] = "dead"
     directory.inbox_gone(("k", "b"), "dead")
     directory.reseed([("k", "b", "new")])
@@ -66,6 +68,7 @@ async def test_a_peer_whose_old_inbox_was_gone_moves_too_when_the_registry_says_
 async def test_the_registry_confirming_what_an_announcement_said_holds_nothing_back():
     hub = Hub()
     directory = Directory(hub)
+    directory.meet({"w1", "w2", "new"})
     directory.learn("new", [("k", "b")], [])
     directory.reseed([("k", "b", "new"), ("k", "mine", "here")])
     assert directory.routes == {("k", "b"): "new"} and not directory.moving
@@ -74,6 +77,7 @@ async def test_the_registry_confirming_what_an_announcement_said_holds_nothing_b
 async def test_an_update_adds_the_lately_registered_peers_and_forgets_nothing():
     hub = Hub()
     directory = Directory(hub)
+    directory.meet({"w1", "w2", "new"})
     directory.learn("w1", [("k", "a"), ("k", "b")], [])
     directory.update([("k", "c", "w2"), ("k", "mine", "here")])
     assert directory.routes == {("k", "a"): "w1", ("k", "b"): "w1", ("k", "c"): "w2"}
@@ -87,6 +91,7 @@ async def test_an_update_adds_the_lately_registered_peers_and_forgets_nothing():
 async def test_a_reseed_in_pages_keeps_what_announcements_told_meanwhile_and_forgets_the_rest():
     hub = Hub()
     directory = Directory(hub)
+    directory.meet({"w1", "w2", "new"})
     directory.learn("w1", [("k", "stale"), ("k", "a")], [])
     directory.begin_reseed()
     directory.update([("k", "a", "w1", 1)])
@@ -94,3 +99,16 @@ async def test_a_reseed_in_pages_keeps_what_announcements_told_meanwhile_and_for
     directory.update([("k", "b", "w2", 2)])
     directory.end_reseed()
     assert directory.routes == {("k", "a"): "w1", ("k", "b"): "w2", ("k", "new"): "w2"}
+
+
+async def test_the_registry_places_no_peer_on_a_worker_that_is_not_alive():
+    # A row left by a worker that died (awaiting reaping): a route there
+    # would hand frames to an inbox nobody reads.
+    hub = Hub()
+    directory = Directory(hub)
+    directory.meet({"w1"})
+    directory.reseed([("k", "a", "w1"), ("k", "ghost", "crashed")])
+    assert directory.routes == {("k", "a"): "w1"}
+    directory.learn("crashed-and-back", [("k", "b")], [])  # an announcement says the worker lives
+    directory.update([("k", "c", "crashed-and-back")])
+    assert directory.worker_of(("k", "c")) == "crashed-and-back"
