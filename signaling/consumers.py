@@ -36,7 +36,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
     # classes give it) is then never made, 1 KB of every idle peer
     # (bench/perpeer.py). An attribute not listed here still works, in it.
     __slots__ = (
-        "scope", "channel_layer", "base_send", "send_now", "hub", "peer_id", "closing", "writer", "accepted",
+        "scope", "channel_layer", "base_send", "send_now", "accept_now", "hub", "peer_id", "closing", "writer", "accepted",
         "reading", "options", "connection_id", "address", "key", "peer", "buffer", "held", "drain_again",
         "held_front", "outbox", "outbox_bytes", "wake", "writing_since", "bad_frames", "last_frame", "allowance",
         "throttled_since", "elsewhere",
@@ -55,6 +55,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         # The server's fast paths, where it offers them (signaling.servers.uvicorn).
         immediate = (scope.get("extensions") or {}).get(IMMEDIATE)
         self.send_now = immediate["send_text"] if immediate else None
+        self.accept_now = immediate["accept_text"] if immediate else None
         self.hub = None
         self.peer_id = None
         self.closing = False
@@ -96,7 +97,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
             # methods: let go of its, so that a closed socket is freed by
             # reference counting, not left to a full collection
             # (signaling.garbage).
-            self.base_send = self.send_now = None
+            self.base_send = self.send_now = self.accept_now = None
 
     async def dispatch(self, message):
         # Channels makes a thread hop to close stale database connections
@@ -140,9 +141,10 @@ class PeerConsumer(AsyncWebsocketConsumer):
         self.last_frame = self.hub.loop.time()
         self.allowance = float(self.options.flood_burst)
         self.throttled_since = None
-        # A socket nginx may send to another worker is accepted only once its
-        # claim is made: if this worker cannot register its peer, nginx gets
-        # a 503 and asks the next worker (signaling.readiness).
+        # A socket is accepted once its claim is made, with its OPEN in the
+        # same write (accept_with). One that nginx may send to another worker
+        # needs that: if this worker cannot register its peer, nginx gets a
+        # 503 and asks the next worker (signaling.readiness).
         self.elsewhere = readiness.may_go_elsewhere(self.scope, self.options)
         stats = self.hub.stats
         query = _query(self.scope)
@@ -168,8 +170,6 @@ class PeerConsumer(AsyncWebsocketConsumer):
             stats["sockets_opened:refused"] += 1
             await self.refuse(protocol.error_frame(MSG_TOO_MANY_SOCKETS))
             return
-        if not self.elsewhere:
-            await self.accept()
         try:
             request = protocol.check_connect(query, self.options.id_max_length, key_known=app is not None)
         except protocol.ProtocolError as exc:
@@ -199,12 +199,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
         outcome = await self.hub.register(self, request, app)
         if outcome == hubs.STOPPING:
             self.peer_id = None
-            if not self.accepted:
+            if self.elsewhere:
                 await self.turn_away(readiness.DRAINING)
                 return
             # No ERROR frame: the client would give up. A plain close makes it
             # reconnect, through the load balancer, to a worker that stays.
             stats["sockets_opened:retry"] += 1
+            await self.accept()
             await self.close_with(codes.GOING_AWAY)
         elif outcome == hubs.RETRY:
             self.peer_id = None
@@ -219,10 +220,9 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.refuse(protocol.error_frame(protocol.MSG_LIMIT))
         else:
             self.peer = (self.key, self.peer_id)
-            await self.accept()
             stats["sockets_opened:open"] += 1
             await self.hub.directory.announced()
-            await self.send(text_data=protocol.OPEN_FRAME)
+            await self.accept_with(protocol.OPEN_FRAME)
             metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             self.hub.open(self)
 
@@ -253,6 +253,19 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if not self.accepted:
             self.accepted = True
             await super().accept(subprotocol, headers)
+
+    async def accept_with(self, frame):
+        """Accept, then send ``frame``: the handshake's response and the frame in one write where the server offers it.
+
+        Two writes were two system calls, and two wake-ups of the client,
+        for every socket that opens.
+        """
+        if not self.accepted and self.accept_now is not None and self.accept_now(frame):
+            self.accepted = True
+            self.hub.stats["fast_path:opened"] += 1
+            return
+        await self.accept()
+        await self.send(text_data=frame)
 
     async def try_again(self):
         """The database is away: another worker may take the socket, else the client tries again later.

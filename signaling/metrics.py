@@ -82,7 +82,7 @@ HISTOGRAMS = (OPEN_LATENCY, CROSS_WORKER_DELIVERY)
 SOCKET_OUTCOMES = ("open", "taken", "full", "error", "refused", "limited", "banned", "retry", "elsewhere")
 RELAY_PATHS = ("same_worker", "other_worker")
 TAKEOVERS = ("replaced", "refused")
-FAST_PATHS = ("received", "written")
+FAST_PATHS = ("received", "written", "opened")
 
 # hub.stats key -> help text; exported as peerjs_<key>_total.
 COUNTERS = {
@@ -205,7 +205,8 @@ class HubCollector:
         yield _labelled(
             stats, "fast_path", "peerjs_fast_path_frames", "way", FAST_PATHS,
             "Frames that skipped a hand-over between tasks, through the ASGI server's fast paths "
-            "(signaling.servers.uvicorn): received (handled in the read callback) and written (at once). "
+            "(signaling.servers.uvicorn): received (handled in the read callback), written (at once), "
+            "and opened (an OPEN written with the handshake's response). "
             "Zero under a server without them (daphne).",
         )
         for key, documentation in COUNTERS.items():

@@ -151,6 +151,7 @@ async def test_sockets_and_frames_are_counted_as_clients_saw_them(busy_worker):
     found = samples(scrape(w))
     assert value(found, "peerjs_fast_path_frames_total", way="received") > 0
     assert value(found, "peerjs_fast_path_frames_total", way="written") > 0
+    assert value(found, "peerjs_fast_path_frames_total", way="opened") == 2  # each OPEN with its 101
 
     # A peer that leaves is no longer connected.
     await b.close()

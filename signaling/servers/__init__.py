@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 # The scope extension through which signaling.servers.uvicorn offers the
 # application its fast paths: {"send_text": send_text(text) -> bool,
-# "receive_text": receive_text(take)}, see WebSocketProtocol.
+# "receive_text": receive_text(take), "accept_text": accept_text(text) -> bool},
+# see WebSocketProtocol.
 IMMEDIATE = "peerjs.immediate"
 
 # The distributions whose internals the subclasses use, at the versions they

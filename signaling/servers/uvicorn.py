@@ -38,12 +38,14 @@ app's (``PEERJS`` settings, signaling/conf.py).
   websockets cannot parse: 400) and closed.
 - A text frame that is not UTF-8 is closed with 1007 as uvicorn does, with a
   line in the log at most once a minute instead of a traceback each time.
-- It offers the application two fast paths in ``scope["extensions"]``
-  (:data:`signaling.servers.IMMEDIATE`), each saving a hand-over between
+- It offers the application three fast paths in ``scope["extensions"]``
+  (:data:`signaling.servers.IMMEDIATE`). Two each save a hand-over between
   tasks, a turn of the event loop (tens of milliseconds in a reconnect storm):
   ``send_text(text)`` writes a frame at once, and ``receive_text(take)`` has
   each complete text message offered to ``take(text)`` in the read callback,
-  before it would join the queue the application's task reads.
+  before it would join the queue the application's task reads. The third,
+  ``accept_text(text)``, writes the handshake's response and a first frame
+  (PeerJS's ``OPEN``) together: one system call where there were two.
 
 A worker that runs out of file descriptors cannot accept connections, and
 asyncio logged that with a traceback for every attempt, thousands a second:
@@ -61,6 +63,7 @@ require_tested("uvicorn", "h11", "websockets")
 
 import h11  # noqa: E402
 from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string  # noqa: E402
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol  # noqa: E402
 from websockets import http11  # noqa: E402
 from websockets.datastructures import Headers  # noqa: E402
@@ -437,7 +440,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def run_asgi(self):
         # uvicorn's coroutine itself, not one awaiting it: a frame fewer for the socket's life.
-        self.scope["extensions"][IMMEDIATE] = {"send_text": self.send_text, "receive_text": self.receive_text}
+        self.scope["extensions"][IMMEDIATE] = {
+            "send_text": self.send_text, "receive_text": self.receive_text, "accept_text": self.accept_text,
+        }
         return super().run_asgi()
 
     # The handshake ends accepted (uvicorn starts the socket's keepalive then,
@@ -494,6 +499,34 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         restart reading the socket for the queued message (two system calls).
         """
         self.take_text = take
+
+    def accept_text(self, text):
+        """Accept the handshake and write a text frame with its response, in one write; True if done.
+
+        False where the ASGI ``websocket.accept`` must be sent instead (the
+        handshake answered already, the client gone or not reading): that
+        answers as it should. The steps of uvicorn's accept, for a response
+        with no subprotocol and no headers of the application's, and the
+        frame's bytes joined to the response's.
+        """
+        if (
+            self.handshake_complete or self.initial_response is not None or self.disconnected
+            or not self.writable.is_set() or self.transport.is_closing()
+        ):
+            return False
+        self.logger.info(
+            '%s - "WebSocket %s" [accepted]', get_client_addr(self.scope), get_path_with_query_string(self.scope)
+        )
+        del self.response.headers["Date"]
+        self.response.headers.update(
+            [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in self.default_headers]
+        )
+        self.handshake_complete = True
+        self.conn.send_response(self.response)
+        self.conn.send_text(text.encode())
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.start_keepalive()
+        return True
 
     def send_text(self, text):
         """Write a text frame at once and return True, where ``send`` would not have waited; else False.
