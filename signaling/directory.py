@@ -26,6 +26,7 @@ class Directory:
         self.hub = hub
         self.routes = {}  # (key, id) -> the other worker that holds it
         self.moving = {}  # (key, id) -> Held: frames for a peer that moved, until its old route settles
+        self._moved_from = {}  # old worker -> the peers in moving whose wait for it has not begun
         self.departed = {}  # (key, id) -> (worker whose inbox was gone, loop time): its last route
         self.workers = set()  # the other live workers
         self._announcements = {}  # (key, id) -> "here" or "gone", sent at the end of the loop iteration
@@ -175,9 +176,16 @@ class Directory:
         if previous not in (None, worker) and peer not in self.moving:
             # It moved (its old worker died or let it go) while frames for
             # it may still be on their way there: what comes next waits
-            # until those are settled, so that none overtakes them.
+            # until those are settled, so that none overtakes them. One wait
+            # per old worker: when one dies, its thousands of peers move at
+            # once, and a task each held the event loop for 20 ms when its
+            # inbox settled (bench/run.py's storm, profiled).
             self.moving[peer] = Held()
-            self.hub.spawn(self._moved(peer, previous))
+            peers = self._moved_from.get(previous)
+            if peers is None:
+                peers = self._moved_from[previous] = []
+                self.hub.spawn(self._moved(previous))
+            peers.append(peer)
 
     def forget_workers(self, dead):
         """Workers the registry reaped: their peers are nobody's now."""
@@ -199,13 +207,18 @@ class Directory:
         for peer in [peer for peer, (_worker, since) in self.departed.items() if since < cutoff]:
             del self.departed[peer]
 
-    async def _moved(self, peer, previous):
+    async def _moved(self, previous):
+        # The peers that moved before this wait begins: what was sent to
+        # them at ``previous`` was sent before it. Those that move later
+        # wait on a turn of their own.
+        peers = self._moved_from.pop(previous)
         try:
             await self.hub.transport.settled(previous)
         finally:
-            held = self.moving.pop(peer)
-            for src, kind, frame, hops in held.frames:
-                self.hub.route(peer[0], src, peer[1], kind, frame, hops)
+            for peer in peers:
+                held = self.moving.pop(peer)
+                for src, kind, frame, hops in held.frames:
+                    self.hub.route(peer[0], src, peer[1], kind, frame, hops)
 
 
 class Held:

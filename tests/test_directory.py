@@ -112,3 +112,30 @@ async def test_the_registry_places_no_peer_on_a_worker_that_is_not_alive():
     directory.learn("crashed-and-back", [("k", "b")], [])  # an announcement says the worker lives
     directory.update([("k", "c", "crashed-and-back")])
     assert directory.worker_of(("k", "c")) == "crashed-and-back"
+
+
+async def test_the_peers_of_a_worker_that_died_wait_for_its_inbox_together():
+    # A worker dies and its peers move at once: one wait for its inbox, not
+    # a task each. A peer that moves once that wait has begun may have had
+    # frames sent there since: it waits on a turn of its own.
+    hub = Hub()
+    waits = []
+    settled = hub.settled
+
+    async def counting(worker):
+        waits.append(worker)
+        await settled(worker)
+
+    hub.settled = counting
+    directory = Directory(hub)
+    directory.meet({"dead", "new"})
+    directory.learn("dead", [("k", n) for n in "abcd"], [])
+    directory.learn("new", [("k", n) for n in "abc"], [])
+    await asyncio.sleep(0)
+    assert waits == ["dead"] and len(directory.moving) == 3
+    directory.moving["k", "a"].hold("x", "CANDIDATE", "a1", 0)
+    directory.learn("new", [("k", "d")], [])
+    await asyncio.sleep(0)
+    assert waits == ["dead", "dead"]
+    await settle(hub, directory, "dead")
+    assert hub.routed == ["a1"] and directory.routes == {("k", n): "new" for n in "abcd"}
