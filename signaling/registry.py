@@ -66,21 +66,17 @@ def _now():
 # Opening and closing sockets are the registry's busiest work, so these
 # statements are written out: the ORM spent more time building them than the
 # database spent running them.
-_INSERT = """
-    INSERT INTO {table} ({key}, {peer_id}, {token_hash}, {worker}, {connection},
-                         {address}, {connected_at}, {last_seen})
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT ({key}, {peer_id}) DO NOTHING
-"""
-# A key's new ids, inserted together: the rows that come back are the ids it got.
-_INSERT_MANY = """
+# The claims' insert: of one row (_INSERT), or of a key's new ids together (_INSERT_MANY).
+_INSERT_INTO = """
     INSERT INTO {table} ({key}, {peer_id}, {token_hash}, {worker}, {connection},
                          {address}, {connected_at}, {last_seen})
     VALUES {{rows}}
     ON CONFLICT ({key}, {peer_id}) DO NOTHING
-    RETURNING {peer_id}
 """
 _ROW = "(%s, %s, %s, %s, %s, %s, %s, %s)"
+_INSERT = _INSERT_INTO.replace("{{rows}}", _ROW)
+# A key's new ids, inserted together: the rows that come back are the ids it got.
+_INSERT_MANY = _INSERT_INTO + "    RETURNING {peer_id}\n"
 # Rows per statement: 8 parameters each, under SQLite's limit of 999 a statement.
 ROWS_PER_STATEMENT = 100
 _HOLDER = "SELECT {token_hash}, {worker}, {connection}, {address} FROM {table} WHERE {key} = %s AND {peer_id} = %s"
