@@ -342,7 +342,8 @@ async def test_a_stopped_worker_takes_what_fits_in_flight_and_the_rest_is_answer
             assert refusal.result() == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
         delivered = reading.result()
         assert 95 <= len(delivered) <= 100 and delivered == list(range(len(delivered)))
-        assert "inbox full" in w1.read_log()
+        # Said once, not once per refused frame (50 here; thousands a second under overload).
+        assert w1.read_log().count("inbox full") == 1
     finally:
         cluster.stop()
 

@@ -21,8 +21,13 @@ from signaling import metrics
 from signaling.bus import redis_name
 from signaling.bus.layer import NotDelivered
 from signaling.conf import options
+from signaling.logs import Occasional
 
 logger = logging.getLogger(__name__)
+# A full inbox refuses every frame past it, thousands a second under
+# overload: a line per frame took a seventh of the worker's CPU when profiled,
+# and drowned the log. The counter (peerjs_inbox_full_total) has each.
+_inbox_full = Occasional(logger)
 
 GONE = "gone"
 LISTEN_WAIT = 1.0  # seconds a starting worker waits for its inbox subscription before it serves anyway
@@ -116,7 +121,7 @@ class Transport:
             self.layer.send_nowait(channel, message)
         except ChannelFull:
             self.stats["inbox_full"] += 1
-            logger.warning("inbox full: worker %s has too many messages in flight; refused a %s", worker, message["type"])
+            _inbox_full.warning("inbox full: worker %s has too many messages in flight; refused a %s", worker, message["type"])
             return False
         return True
 
