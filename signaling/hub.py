@@ -49,6 +49,7 @@ from signaling.db import UNREACHABLE, Database, DatabaseUnavailable
 from signaling.directory import Directory
 from signaling.http import client_group
 from signaling.offline import OfflineQueue
+from signaling.servers import held_writes
 
 logger = logging.getLogger(__name__)
 
@@ -527,6 +528,10 @@ class Hub:
 
     def handle(self, messages):
         """Act on messages from other workers (or the admin), in order; nothing here waits."""
+        with held_writes:  # a socket's frames in this batch go out together
+            self._handle(messages)
+
+    def _handle(self, messages):
         for message in messages:
             kind = message.get("type")
             if kind == "peerjs.relay":

@@ -73,9 +73,13 @@ from websockets.protocol import State  # noqa: E402
 from signaling.conf import options  # noqa: E402
 from signaling.http import client_group  # noqa: E402
 from signaling.logs import Occasional  # noqa: E402
-from signaling.servers import IMMEDIATE  # noqa: E402
+from signaling.servers import IMMEDIATE, held_writes  # noqa: E402
 
 logger = logging.getLogger(__name__)
+# Bytes of frames a socket holds back within a held_writes block before it
+# writes them anyway: past the transport's high-water mark (64 KiB), so that a
+# client that does not read is noticed as before (Writable, the app's outbox).
+HOLD_AT_MOST = 64 * 1024
 _refused = Occasional(logger)
 _not_utf8 = Occasional(logger)
 _accept_failed = Occasional(logger)
@@ -386,13 +390,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         "handshake_complete", "close_sent", "disconnected", "close_timer", "close_timeout", "initial_response",
         "conn", "read_paused", "writable", "ping_interval", "ping_timeout", "ping_timer", "pong_timer",
         "pending_ping_payload", "ping_sent_at", "last_ping_rtt", "frames", "curr_msg_data_type", "request",
-        "response", "scope", "take_text",
+        "response", "scope", "take_text", "held_bytes",
     )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.conn.max_size = options().max_message_bytes
         self.take_text = None  # the application's receive_text callback, once it gives one
+        self.held_bytes = 0  # of frames in websockets' output, to be written when held_writes' block ends
         self.queue = Inbox()
         self.writable = Writable()
 
@@ -541,9 +546,24 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             or self.initial_response is not None or self.conn.state is not State.OPEN or self.transport.is_closing()
         ):
             return False
-        self.conn.send_text(text.encode())
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        data = text.encode()
+        self.conn.send_text(data)
+        if self.held_bytes:
+            self.held_bytes += len(data)
+            if self.held_bytes >= HOLD_AT_MOST:  # the transport's flow control sees it now
+                self.flush_held()
+        elif held_writes.hold(self.flush_held):
+            self.held_bytes = len(data)
+        else:
+            self.transport.write(b"".join(self.conn.data_to_send()))
         return True
+
+    def flush_held(self):
+        """Write what ``send_text`` held back (uvicorn's own writes take it along, in order, if they come first)."""
+        self.held_bytes = 0
+        output = self.conn.data_to_send()
+        if output and not self.transport.is_closing():
+            self.transport.write(b"".join(output))
 
 
 class AcceptFailures(logging.Filter):
