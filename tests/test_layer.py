@@ -54,6 +54,24 @@ async def test_flushed_while_a_round_is_answered_does_not_stall_the_next(layer):
     assert inbox.messages == [0, 1]
 
 
+async def test_a_bound_sender_checks_what_send_nowait_checks_and_needs_a_listening_loop(layer):
+    with pytest.raises(RuntimeError, match="receive"):
+        layer.sender()
+    inbox = Inbox()
+    await layer.listen("inbox", on_messages=inbox.take)
+    send = layer.sender()
+    with pytest.raises(TypeError, match="Channel name"):  # Channels' own check
+        send("not a valid name!", {"n": 0})
+    with pytest.raises(AssertionError, match="dict"):
+        send("inbox", "not a dict")
+    send("inbox", {"n": 0})
+    send("inbox", {"n": 1})  # a name it has checked already
+    await asyncio.wait_for(inbox.until(2), 5)
+    assert inbox.messages == [0, 1]
+    with pytest.raises(TypeError, match="Channel name"):
+        send("still not valid!", {"n": 2})
+
+
 async def test_messages_put_over_many_turns_arrive_once_each_in_order(layer):
     inbox = Inbox()
     await layer.listen("inbox", on_messages=inbox.take)

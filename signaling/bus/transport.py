@@ -63,6 +63,7 @@ class Transport:
             layer.on_arrival = metrics.CROSS_WORKER_DELIVERY.observe
         self.task = None
         self._tasks = set()
+        self._send_nowait = None  # the layer's sender for this worker's event loop
 
     async def start(self):
         """Listen on this worker's inbox; returns once others can reach it.
@@ -117,8 +118,10 @@ class Transport:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return True
+        if self._send_nowait is None:  # bound on first use: the layer's side of this loop is listening by then
+            self._send_nowait = self.layer.sender()
         try:
-            self.layer.send_nowait(channel, message)
+            self._send_nowait(channel, message)
         except ChannelFull:
             self.stats["inbox_full"] += 1
             _inbox_full.warning("inbox full: worker %s has too many messages in flight; refused a %s", worker, message["type"])
