@@ -1,7 +1,7 @@
 """signaling.servers.held_writes on the production worker's WebSocket protocol.
 
-Within a ``with held_writes:`` block (the hub's handling of a batch from
-another worker) a socket's frames go out in one write when the block ends,
+Within a ``with held_writes:`` block (a read of a socket, the hub's handling
+of a batch from another worker) a socket's frames go out in one write when the block ends,
 in order with anything uvicorn writes itself; past HOLD_AT_MOST they go at
 once. The protocol runs here on a transport that records its writes: a real
 server adds nothing to which bytes go in which write, and order across
@@ -12,6 +12,7 @@ import asyncio
 import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
+from websockets.frames import Frame, Opcode
 
 from signaling.hub import Hub
 from signaling.servers import IMMEDIATE, held_writes
@@ -73,14 +74,15 @@ async def sockets():
     """Open sockets on WebSocketProtocol: (transport, send_text, the ASGI send) each, the 101 already written."""
     opened, tasks = [], []
 
-    async def open_one():
+    async def open_one(with_reader=False):
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
 
         async def app(scope, receive, send):
             await receive()
             await send({"type": "websocket.accept"})
-            ready.set_result((scope["extensions"][IMMEDIATE]["send_text"], send))
+            immediate = scope["extensions"][IMMEDIATE]
+            ready.set_result((immediate["send_text"], send, immediate["receive_text"]))
             while (await receive())["type"] != "websocket.disconnect":
                 pass
 
@@ -90,9 +92,11 @@ async def sockets():
         transport = Transport()
         protocol.connection_made(transport)
         protocol.data_received(HANDSHAKE)
-        send_text, send = await ready
+        send_text, send, receive_text = await ready
         assert transport.writes.pop(0).startswith(b"HTTP/1.1 101 ")
         opened.append(protocol)
+        if with_reader:
+            return transport, send_text, send, receive_text, protocol
         return transport, send_text, send
 
     yield open_one
@@ -154,6 +158,18 @@ async def test_a_socket_closed_before_the_block_ends_writes_nothing_more(sockets
         send_text("too late")
         transport.close()
     assert transport.writes == []
+
+
+async def test_what_the_frames_of_one_read_send_a_socket_goes_out_in_one_write(sockets):
+    # A sender's frames arrive several to a read; relayed to a peer on the
+    # same worker, they reach it together (the app's receive_text callback
+    # runs within the read).
+    *_, receive_text, sender = await sockets(with_reader=True)
+    receiver, send_to_receiver, _ = await sockets()
+    receive_text(send_to_receiver)
+    read = b"".join(Frame(Opcode.TEXT, f"frame {n}".encode()).serialize(mask=True) for n in range(3))
+    sender.data_received(read)
+    assert [texts(w) for w in receiver.writes] == [["frame 0", "frame 1", "frame 2"]]
 
 
 async def test_the_hub_holds_a_batch_from_another_worker_until_it_has_handled_all_of_it():

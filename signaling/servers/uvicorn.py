@@ -46,6 +46,10 @@ app's (``PEERJS`` settings, signaling/conf.py).
   before it would join the queue the application's task reads. The third,
   ``accept_text(text)``, writes the handshake's response and a first frame
   (PeerJS's ``OPEN``) together: one system call where there were two.
+- Within a ``signaling.servers.held_writes`` block a socket's frames go out
+  in one write when the block ends. Each read of a socket is such a block
+  (what its frames relay to a peer on this worker), and so is the hub's
+  handling of a batch from another worker.
 
 A worker that runs out of file descriptors cannot accept connections, and
 asyncio logged that with a traceback for every attempt, thousands a second:
@@ -417,7 +421,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         return message
 
     def data_received(self, data):
-        super().data_received(data)
+        with held_writes:  # what several frames of one read send a socket here goes out together
+            super().data_received(data)
         if self.handshake_initiated:  # the usual case, every frame: one attribute read
             return
         exc = self.conn.handshake_exc
