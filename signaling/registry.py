@@ -397,6 +397,16 @@ def enqueue(entries, limits):
     expires = now + datetime.timedelta(milliseconds=limits.expire_ms)
     refused, rows = [], []
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # The keys' turns, as claims take them: a claim that takes a
+            # destination's queue either commits before these frames are
+            # queued (and the read of the peers below sees it) or reads the
+            # queue after they are. Without them, a claim could read the queue
+            # before these committed and commit after that read: neither
+            # would see the other, and the frames would wait unseen until
+            # they expired. (SQLite's write lock gives the same order.)
+            with connection.cursor() as cursor:
+                cursor.execute(_LOCK_KEYS, [sorted({entry.key for entry in entries})])
         total = QueuedMessage.objects.aggregate(count=Count("id"), size=Sum("size"))
         total_count, total_size = total["count"], total["size"] or 0
         held = {}

@@ -3,10 +3,11 @@ import datetime
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from signaling import registry
+from signaling.hub import _claim_and_take_queues
 from signaling.models import Peer, PeerCount, QueuedMessage, Worker
 
 pytestmark = [pytest.mark.fast, pytest.mark.db, pytest.mark.django_db(transaction=True), pytest.mark.postgres]
@@ -360,3 +361,39 @@ def test_locations_come_a_page_at_a_time_each_row_once():
             break
         after = page[-1][3]
     assert sorted(seen) == sorted(f"p{n}" for n in range(25))
+
+
+def test_a_frame_queued_while_its_peer_claims_is_taken_by_the_claim_or_drained_after_it():
+    # The claim (another worker's) takes the queue in its transaction; the
+    # enqueue reads the peers after its own commit. Were the two to overlap
+    # -- the claim's queue read before the frame's commit, the enqueue's read
+    # of the peers before the claim's -- neither would see the other and the
+    # frame would wait unseen until it expired. They take the key's turn
+    # (on SQLite, its write lock), so one sees the other.
+    request = registry.ClaimRequest("peerjs", "late", "t", "w2", "c1", "127.0.0.1", 100)
+    claimed, commit, outcomes, registered = threading.Event(), threading.Event(), [], []
+
+    def claimer():
+        with transaction.atomic():  # held open, uncommitted, while the frame is queued
+            outcomes.extend(_claim_and_take_queues([request]))
+            claimed.set()
+            commit.wait(10)
+        connection.close()
+
+    def enqueuer():
+        registered.extend(registry.enqueue([registry.Entry("peerjs", "late", "a", "the frame")], LIMITS)[1])
+        connection.close()
+
+    first = threading.Thread(target=claimer)
+    first.start()
+    assert claimed.wait(10)
+    second = threading.Thread(target=enqueuer)
+    second.start()
+    second.join(1)  # with the key's turn it waits for the claim; without, it is done by now
+    commit.set()
+    first.join()
+    second.join()
+    (claim_result, taken), = outcomes
+    assert claim_result.outcome == registry.CLAIMED
+    # The frame is either the claim's or its enqueue knows where to drain it.
+    assert taken or registered == [("peerjs", "late", "w2")], (taken, registered)
