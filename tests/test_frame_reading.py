@@ -5,7 +5,7 @@ unfragmented text frames are read without websockets' parser; anything else
 goes to websockets from where they ended, which answers it as ever. Each
 test checks what the application and the client see, and which bytes each
 reader took, on a transport that records what the protocol writes (as
-tests/test_held_writes.py). Every socket test runs through it on a real worker.
+tests/protocol_sockets.py). Every socket test runs through it on a real worker.
 """
 from unittest import mock
 
@@ -13,7 +13,7 @@ import pytest
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame, Opcode
 
-from tests.test_held_writes import sockets, texts  # noqa: F401  (sockets is a fixture)
+from tests.protocol_sockets import open_sockets
 
 pytestmark = pytest.mark.fast  # the first tier: no server (tests/test_consumer.py)
 
@@ -51,11 +51,12 @@ class Reader:
 
 
 @pytest.fixture
-async def reader(sockets):  # noqa: F811
-    transport, _send_text, _send, receive_text, protocol = await sockets(with_reader=True)
-    reader = Reader(transport, protocol)
-    receive_text(reader.take)
-    return reader
+async def reader():
+    async with open_sockets() as open_one:
+        transport, _send_text, _send, receive_text, protocol = await open_one(with_reader=True)
+        reader = Reader(transport, protocol)
+        receive_text(reader.take)
+        yield reader
 
 
 async def test_whole_text_frames_are_read_without_websockets_in_order(reader):

@@ -7,102 +7,20 @@ once. The protocol runs here on a transport that records its writes: a real
 server adds nothing to which bytes go in which write, and order across
 workers is every cluster test's (tests/test_cluster.py).
 """
-import asyncio
-
 import pytest
-from uvicorn.config import Config
-from uvicorn.server import ServerState
 from websockets.frames import Frame, Opcode
 
 from signaling.hub import Hub
-from signaling.servers import IMMEDIATE, held_writes
-from signaling.servers.uvicorn import HOLD_AT_MOST, WebSocketProtocol
+from signaling.servers import held_writes
+from signaling.servers.uvicorn import HOLD_AT_MOST
+from tests.protocol_sockets import open_sockets, texts
 
 pytestmark = pytest.mark.fast  # the first tier: no server (tests/test_consumer.py)
 
-HANDSHAKE = (
-    b"GET /peerjs/myapp/peerjs?key=peerjs&id=a&token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-class Transport(asyncio.Transport):
-    """What the protocol writes, one entry per write."""
-
-    def __init__(self):
-        super().__init__()
-        self.writes = []
-        self.closing = False
-
-    def write(self, data):
-        if data:  # asyncio's transports ignore an empty write
-            self.writes.append(bytes(data))
-
-    def is_closing(self):
-        return self.closing
-
-    def close(self):
-        self.closing = True
-
-    def get_extra_info(self, name, default=None):
-        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-
-def texts(data):
-    """The text frames (unmasked, as a server sends them) in ``data``."""
-    found, i = [], 0
-    while i < len(data):
-        assert data[i] == 0x81, data[i:]
-        size, i = data[i + 1], i + 2
-        if size == 126:
-            size, i = int.from_bytes(data[i : i + 2], "big"), i + 2
-        elif size == 127:
-            size, i = int.from_bytes(data[i : i + 8], "big"), i + 8
-        found.append(data[i : i + size].decode())
-        i += size
-    return found
-
-
 @pytest.fixture
 async def sockets():
-    """Open sockets on WebSocketProtocol: (transport, send_text, the ASGI send) each, the 101 already written."""
-    opened, tasks = [], []
-
-    async def open_one(with_reader=False):
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-
-        async def app(scope, receive, send):
-            await receive()
-            await send({"type": "websocket.accept"})
-            immediate = scope["extensions"][IMMEDIATE]
-            ready.set_result((immediate["send_text"], send, immediate["receive_text"]))
-            while (await receive())["type"] != "websocket.disconnect":
-                pass
-
-        config = Config(app, ws_per_message_deflate=False, lifespan="off")
-        config.load()
-        protocol = WebSocketProtocol(config=config, server_state=ServerState(), app_state={})
-        transport = Transport()
-        protocol.connection_made(transport)
-        protocol.data_received(HANDSHAKE)
-        send_text, send, receive_text = await ready
-        assert transport.writes.pop(0).startswith(b"HTTP/1.1 101 ")
-        opened.append(protocol)
-        if with_reader:
-            return transport, send_text, send, receive_text, protocol
-        return transport, send_text, send
-
-    yield open_one
-    for protocol in opened:
-        protocol.connection_lost(None)
-    await asyncio.sleep(0)
+    async with open_sockets() as open_one:
+        yield open_one
 
 
 async def test_a_sockets_frames_within_a_block_go_out_in_one_write_in_order(sockets):

@@ -118,15 +118,19 @@ class Transport:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return True
-        if self._send_nowait is None:  # bound on first use: the layer's side of this loop is listening by then
-            self._send_nowait = self.layer.sender()
         try:
-            self._send_nowait(channel, message)
+            self._sender()(channel, message)
         except ChannelFull:
             self.stats["inbox_full"] += 1
             _inbox_full.warning("inbox full: worker %s has too many messages in flight; refused a %s", worker, message["type"])
             return False
         return True
+
+    def _sender(self):
+        """The layer's send_nowait for this worker's event loop, bound on first use (its side listens by then)."""
+        if self._send_nowait is None:
+            self._send_nowait = self.layer.sender()
+        return self._send_nowait
 
     async def _send_plainly(self, worker, channel, message):
         try:
@@ -152,7 +156,7 @@ class Transport:
             messages = [*messages, *(m for m in waiting if m.get("type") == "peerjs.relay")]
             for message in waiting:
                 if message.get("type") != "peerjs.relay":
-                    self.layer.send_nowait(channel, message)
+                    self._sender()(channel, message)
         else:
             self.stats["redis_errors"] += 1
             logger.warning("%d messages for worker %s were lost: %s", len(messages), worker_of(channel), reason)
