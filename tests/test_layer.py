@@ -143,6 +143,40 @@ async def test_a_batch_nobody_acknowledges_is_handed_back_after_the_ack_timeout_
         await layer.close()
 
 
+async def test_a_send_refused_for_a_full_inbox_publishes_nothing_and_is_not_reported_lost(redis_server):
+    # A refusal is answered at once (the hub tells the sender EXPIRE); it left
+    # an empty batch behind, published with the next round and, never
+    # acknowledged, reported 5 s later as "0 messages ... were lost".
+    layer = RedisBatchLayer(url=redis_server.url, capacity=2, ack_timeout=30)
+    lost, stats = Lost(), collections.Counter()
+    sender = Transport(layer, "sender", stats, on_messages=lambda messages: None, on_undelivered=lost)
+    tap = marker = None
+    try:
+        await sender.start()
+        channel = "{" + inbox_name("slow") + "}"
+        tap, taken = await subscribed_tap(redis_server, channel)
+        arrived, pushed = asyncio.Event(), tap.on_push
+        tap.on_push = lambda push: (pushed(push), arrived.set())
+        assert sender.send("slow", {"type": "peerjs.relay", "n": 1}) and sender.send("slow", {"type": "peerjs.relay", "n": 2})
+        await asyncio.wait_for(layer.flushed(), 5)  # published; the tap acknowledges nothing: 2 in flight
+        assert not sender.send("slow", {"type": "peerjs.relay", "n": 3})
+        assert stats["inbox_full"] == 1
+        await asyncio.wait_for(layer.flushed(), 5)
+        # Redis hands a subscriber what was published in order: once the
+        # marker is in, so is anything the sender published before it.
+        marker = await wire.Connection("127.0.0.1", redis_server.port).open()
+        assert await marker.call([("SPUBLISH", channel, b"marker")], 5) == [1]
+        while not (taken and taken[-1] == b"marker"):
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), 5)
+        assert len(taken) == 2 and sender.in_flight() == 2 and lost.calls == []
+    finally:
+        for connection in (tap, marker):
+            if connection is not None:
+                connection.close()
+        await layer.close()
+
+
 async def test_a_batch_for_an_inbox_nobody_reads_is_handed_back_at_once_as_gone(redis_server):
     layer = RedisBatchLayer(url=redis_server.url, ack_timeout=30)
     lost, stats = Lost(), collections.Counter()

@@ -65,10 +65,14 @@ class Publisher:
 
     def put(self, channel, message, future):
         tracked = future is None
-        batch = self.outgoing.setdefault((channel, tracked), [])
-        if tracked and self.in_flight[channel] + len(batch) >= self.layer.capacity:
+        batch = self.outgoing.get((channel, tracked))
+        if tracked and self.in_flight[channel] + (len(batch) if batch else 0) >= self.layer.capacity:
+            # Before any batch is made: an empty one would go out, never be
+            # acknowledged, and be reported lost at the timeout.
             self.layer.stats["full"] += 1
             raise ChannelFull(channel)
+        if batch is None:
+            batch = self.outgoing[channel, tracked] = []
         batch.append((message, future))
         self._kick()
 
