@@ -236,7 +236,8 @@ SCHEMA = {
                       "site's: channels-redis with Redis)."),
     "REDIS_INBOX_CAPACITY": ("REDIS_INBOX_CAPACITY", 10000, _at_least_100,
                              "Messages to one worker in flight (sent, not acknowledged yet) past which further "
-                             "sends to it are refused and their senders hear `EXPIRE`."),
+                             "sends to it are refused, once the oldest has waited a second (at once past four "
+                             "times this); their senders hear `EXPIRE`."),
     "REDIS_ACK_TIMEOUT": ("REDIS_ACK_TIMEOUT", 5000, _at_least_100,
                           "How long (ms) a worker waits for another to acknowledge what it sent; then the "
                           "senders of what is unacknowledged hear `EXPIRE`."),

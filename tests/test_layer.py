@@ -147,7 +147,7 @@ async def test_a_send_refused_for_a_full_inbox_publishes_nothing_and_is_not_repo
     # A refusal is answered at once (the hub tells the sender EXPIRE); it left
     # an empty batch behind, published with the next round and, never
     # acknowledged, reported 5 s later as "0 messages ... were lost".
-    layer = RedisBatchLayer(url=redis_server.url, capacity=2, ack_timeout=30)
+    layer = RedisBatchLayer(url=redis_server.url, capacity=2, ack_timeout=30, stall=0)  # refused at the capacity
     lost, stats = Lost(), collections.Counter()
     sender = Transport(layer, "sender", stats, on_messages=lambda messages: None, on_undelivered=lost)
     tap = marker = None
@@ -174,6 +174,38 @@ async def test_a_send_refused_for_a_full_inbox_publishes_nothing_and_is_not_repo
         for connection in (tap, marker):
             if connection is not None:
                 connection.close()
+        await layer.close()
+
+
+async def test_past_its_capacity_a_receiver_is_refused_once_the_oldest_has_waited_or_at_four_times_it(redis_server):
+    # In flight is the rate times an acknowledgement's way back: a receiver
+    # that delivers but acknowledges late is not refused for that alone.
+    layer = RedisBatchLayer(url=redis_server.url, capacity=2, ack_timeout=30, stall=0.2)
+    lost, stats = Lost(), collections.Counter()
+    sender = Transport(layer, "sender", stats, on_messages=lambda messages: None, on_undelivered=lost)
+    taps = []
+    try:
+        await sender.start()
+        for worker in ("slow", "busy"):  # subscribers that acknowledge nothing
+            taps.append((await subscribed_tap(redis_server, "{" + inbox_name(worker) + "}"))[0])
+        loop = asyncio.get_running_loop()
+        for worker in ("slow", "busy"):
+            assert all(sender.send(worker, {"type": "peerjs.relay", "n": n}) for n in range(2))
+        await asyncio.wait_for(layer.flushed(), 5)
+        published = loop.time()
+        # At the capacity, but the oldest has not waited 0.2 s: taken, up to four times the capacity...
+        assert sender.send("slow", {"type": "peerjs.relay", "n": 2})
+        assert all(sender.send("busy", {"type": "peerjs.relay", "n": n}) for n in range(2, 8))
+        assert loop.time() - published < 0.2  # (else these test nothing)
+        assert not sender.send("busy", {"type": "peerjs.relay", "n": 8})  # ...and past that at once.
+        # Once the oldest has waited 0.2 s, one at its capacity is refused.
+        await asyncio.sleep(0.2)  # the time the rule is about, not an event to await
+        assert not sender.send("slow", {"type": "peerjs.relay", "n": 3})
+        await asyncio.wait_for(layer.flushed(), 5)
+        assert sender.in_flight() == 3 + 8 and stats["inbox_full"] == 2 and lost.calls == []
+    finally:
+        for tap in taps:
+            tap.close()
         await layer.close()
 
 

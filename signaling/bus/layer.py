@@ -75,6 +75,7 @@ class RedisBatchLayer(BaseChannelLayer):
         sentinel_auth=False,
         capacity=10000,
         ack_timeout=5.0,
+        stall=1.0,
         expiry=60,
         **kwargs,
     ):
@@ -85,6 +86,9 @@ class RedisBatchLayer(BaseChannelLayer):
         self.master = master
         self.sentinel_auth = sentinel_auth
         self.ack_timeout = ack_timeout
+        # Seconds the oldest unacknowledged message to a channel at its capacity
+        # waits before that channel is refused (signaling.bus.publisher).
+        self.stall = min(stall, ack_timeout / 2)
         # Called with (channel, messages, reason) for send_nowait messages
         # that did not arrive; the application decides what their senders hear.
         self.on_undelivered = None

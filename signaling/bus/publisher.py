@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 ACK_DELAY = 0.005
 PUBLISH_TIMEOUT = 10.0  # seconds a Redis server may take to answer a flush
 RECONNECT_PAUSE = 0.05  # before sending a flush again on a fresh connection
+HARD_LIMIT = 4  # times the capacity of messages in flight to one channel past which it is refused at once
 
 
 class NotDelivered(Exception):
@@ -66,15 +67,36 @@ class Publisher:
     def put(self, channel, message, future):
         tracked = future is None
         batch = self.outgoing.get((channel, tracked))
-        if tracked and self.in_flight[channel] + (len(batch) if batch else 0) >= self.layer.capacity:
+        if tracked:
+            waiting = self.in_flight[channel] + (len(batch) if batch else 0)
             # Before any batch is made: an empty one would go out, never be
             # acknowledged, and be reported lost at the timeout.
-            self.layer.stats["full"] += 1
-            raise ChannelFull(channel)
+            if waiting >= self.layer.capacity and self._refuses(channel, waiting):
+                self.layer.stats["full"] += 1
+                raise ChannelFull(channel)
         if batch is None:
             batch = self.outgoing[channel, tracked] = []
         batch.append((message, future))
         self._kick()
+
+    def _refuses(self, channel, waiting):
+        """Whether ``channel``, with ``waiting`` messages unacknowledged (the capacity or more), takes no more.
+
+        What is in flight is the rate times the time an acknowledgement takes
+        to come back, and on busy cores that time swings: a receiver that
+        delivered all along had 10 000 unacknowledged after 0.4 s at full
+        speed (bench/run.py). So past the capacity a receiver is refused only
+        once the oldest of them has waited ``layer.stall`` (it acknowledges
+        nothing: frozen, or far behind); past HARD_LIMIT times the capacity,
+        which bounds the memory they hold, at once.
+        """
+        if waiting >= HARD_LIMIT * self.layer.capacity:
+            return True
+        for pending_channel, _messages, timer in self.pending.values():  # oldest first
+            if pending_channel == channel:
+                sent_at = timer.when() - self.layer.ack_timeout
+                return self.loop.time() - sent_at >= self.layer.stall
+        return False  # all of it still to be published: nothing has waited on the receiver yet
 
     def _kick(self):
         """Publish what waits: at the end of this turn of the event loop, or when the round under way is answered."""
