@@ -137,7 +137,7 @@ def test_an_id_claimed_since_the_batch_read_its_rows_is_asked_about_again():
     ]
     outcomes = [None] * 3
     with connection.cursor() as cursor:
-        registry._insert_new(cursor, requests, [0, 1, 2], {"peerjs": 1}, {}, outcomes)  # {}: read before "late" was claimed
+        registry._insert_new(connection, cursor, requests, [0, 1, 2], {"peerjs": 1}, {}, outcomes)  # {}: read before "late" was claimed
     assert [o and o.outcome for o in outcomes] == [registry.CLAIMED, None, registry.CLAIMED]
     assert registry.claim_all(requests[1:2])[0].outcome == registry.TAKEN
 
