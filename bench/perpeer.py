@@ -18,6 +18,8 @@ one after the other and each fresh:
 
 The peers are opened with ``loadgen.LeanSocket`` by ``--clients`` load-generator
 processes, 50 opens at a time each: its CPU is small beside the servers'.
+``--concurrency 1`` opens them one after another instead, as opens trickle into a
+worker outside a storm.
 
 With ``--tracemalloc`` the worker runs under tracemalloc
 (``bench/traced_worker.py``; its CPU and RSS figures are then not comparable)
@@ -73,16 +75,16 @@ class TracedSetup(Setup):
         return n
 
 
-def open_round(setup, clients, meter, count, hold):
-    """Open ``count`` idle peers, hold them, close them: the round's figures."""
+def open_round(setup, clients, meter, count, hold, concurrency):
+    """Open ``count`` idle peers (``concurrency`` at a time per load generator), hold them, close them: the round's figures."""
     n_clients = len(clients.procs)
     rss0, cpu0, t0 = meter.rss_kb(), meter.cpu_us(), time.monotonic()
     answers = clients.run(
         [
-            {"op": "open_idle", "bases": setup.bases, "count": n, "concurrency": 50, "seconds": 120, "lean": True}
+            {"op": "open_idle", "bases": setup.bases, "count": n, "concurrency": concurrency, "seconds": 600, "lean": True}
             for n in split(count, n_clients)
         ],
-        timeout=240,
+        timeout=720,
     )
     open_wall = time.monotonic() - t0
     open_cpu = meter.cpu_us() - cpu0
@@ -120,7 +122,7 @@ def open_round(setup, clients, meter, count, hold):
     }
 
 
-def bench_one(setup, template, rounds, hold, clients_count, traced=False):
+def bench_one(setup, template, rounds, hold, clients_count, concurrency, traced=False):
     setup.start(template)
     meter = Meter(setup.pids())
     clients = Clients(clients_count, tag=f"pp{setup.kind[:3]}{int(time.time()) % 100000}", compression=False)
@@ -135,10 +137,10 @@ def bench_one(setup, template, rounds, hold, clients_count, traced=False):
         for i, count in enumerate(rounds):
             if traced and "snapshots" not in result:
                 before = setup.snapshot()
-                figures = open_round_traced(setup, clients, meter, count, hold)
+                figures = open_round_traced(setup, clients, meter, count, hold, concurrency)
                 result["snapshots"] = figures.pop("snapshots") | {"before": before}
             else:
-                figures = open_round(setup, clients, meter, count, hold)
+                figures = open_round(setup, clients, meter, count, hold, concurrency)
             figures["fresh"] = i == 0  # the server's first round: no memory freed by an earlier one to reuse
             result["rounds"].append(figures)
             print(
@@ -170,7 +172,7 @@ def merge_sessions(results):
     return merged
 
 
-def open_round_traced(setup, clients, meter, count, hold):
+def open_round_traced(setup, clients, meter, count, hold, concurrency):
     """As open_round, with a snapshot once the peers are open and one once they are closed."""
     snaps = {}
     original = clients.all
@@ -186,7 +188,7 @@ def open_round_traced(setup, clients, meter, count, hold):
 
     clients.all = all_with_snapshots
     try:
-        figures = open_round(setup, clients, meter, count, hold)
+        figures = open_round(setup, clients, meter, count, hold, concurrency)
     finally:
         clients.all = original
     figures["snapshots"] = snaps
@@ -225,6 +227,10 @@ def main(argv=None):
     parser.add_argument("--hold", type=float, default=5.0, help="seconds each round's peers are held")
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole run (CPU figures: the minimum)")
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=50,
+        help="opens under way at a time per load generator (1: one after another, as opens trickle into a worker)",
+    )
     parser.add_argument("--only", nargs="*", choices=["reference", "uvicorn"], help="one of the two servers")
     parser.add_argument("--tracemalloc", action="store_true", help="the worker under tracemalloc: where its memory goes")
     parser.add_argument("--out", default=str(BENCH / "results"))
@@ -249,6 +255,7 @@ def main(argv=None):
         "loadavg_at_start": os.getloadavg(),
         "rounds": rounds,
         "tracemalloc": args.tracemalloc,
+        "concurrency": args.concurrency,
     }
     print(f"perpeer: {git}{' + uncommitted changes' if info['git_dirty'] else ''}, rounds {rounds}, load average {info['loadavg_at_start'][0]:.2f}", flush=True)
     runs = []
@@ -267,7 +274,8 @@ def main(argv=None):
                 return Setup(f"uvicorn-{PRODUCTION}", work, "ours", server="uvicorn", ws=PRODUCTION)
 
             results[which] = merge_sessions(
-                bench_one(fresh(), template, counts, args.hold, args.clients, traced=traced and counts[0] == max(args.peers))
+                bench_one(fresh(), template, counts, args.hold, args.clients, args.concurrency,
+                          traced=traced and counts[0] == max(args.peers))
                 for counts in rounds
             )
             if args.tracemalloc and which == "uvicorn":
