@@ -36,10 +36,7 @@ def peers(server, ids):
 def test_the_peer_list_fits_a_1280_px_window_with_its_last_column_whole(server, machines):
     user = create_superuser(server, PASSWORD)
     page = machines("operator", viewport={"width": 1280, "height": 800}).page
-    page.goto(f"{server.http}/admin/login/?next=/admin/signaling/peer/")
-    page.fill("#id_username", user)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    log_in(page, server, user, "/admin/signaling/peer/")
     # The longest id a peer may have (PEERJS_ID_MAX_LENGTH, 64) and the UUIDs the pages get.
     longest = "x" * 64
     with peers(server, [longest] + [str(uuid.uuid4()) for _ in range(3)]):
@@ -66,6 +63,9 @@ def log_in(page, server, user, then):
     page.fill("#id_username", user)
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
+    # The click returns once the redirect starts, and the table is in the DOM before the
+    # page's own stylesheet has arrived: measuring then reads the browser's defaults.
+    page.wait_for_url(f"**{then}", wait_until="load")
 
 
 # What a table's box and its last column's take, against the window and the list's scroll box.
