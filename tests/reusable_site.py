@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.servers import ROOT, free_port, http_get, terminate, wait_until
+from tests.servers import ROOT, LoopbackServer, free_port, terminate
 
 README_SECTION = "## Add it to your Django site"
 SITE = "mysite"
@@ -161,7 +161,7 @@ class FreshSite:
             worker.stop()
 
 
-class SiteWorker:
+class SiteWorker(LoopbackServer):
     def __init__(self, site, words, env):
         assert words[0] == "uvicorn", words
         self.port = free_port()
@@ -171,27 +171,10 @@ class SiteWorker:
             [str(site.bin / "uvicorn"), *words[1:], "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=site.site, env=site_environment(**env), stdout=self.log, stderr=subprocess.STDOUT,
         )
-        try:
-            wait_until(self._ready, 60, f"the site's uvicorn on port {self.port}")
-        except Exception:
-            self.stop()
-            raise RuntimeError(f"the site's worker did not become ready:\n{self.read_log()}") from None
+        self.wait_answering("/readyz", 60, f"the site's uvicorn on port {self.port}")
 
-    @property
-    def http(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self):
-        return f"ws://127.0.0.1:{self.port}"
-
-    def _ready(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"exited with {self.proc.returncode}")
-        try:
-            return http_get(f"{self.http}/readyz", timeout=2)[0] == 200
-        except OSError:
-            return False
+    def output(self):
+        return self.read_log()
 
     def read_log(self):
         if not self.log.closed:

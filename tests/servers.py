@@ -440,10 +440,53 @@ class Forwarder:
         self.proc.stdout.close()
 
 
+class LoopbackServer:
+    """A server the tests start on 127.0.0.1:``self.port``: its addresses, and whether it answers yet.
+
+    A subclass sets ``port`` and ``proc`` (its process), and says what its
+    log holds (``output``) for the error when it exits before answering.
+    """
+
+    tls = None  # a Certificates when it speaks TLS
+
+    @property
+    def ssl_context(self):
+        return self.tls.client_context() if self.tls else None
+
+    @property
+    def http(self):
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self):
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
+
+    def output(self):
+        raise NotImplementedError
+
+    def answers(self, path):
+        """Whether a GET of ``path`` gets 200 now; RuntimeError if the process has exited."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"exited with {self.proc.returncode}")
+        try:
+            return http_get(f"{self.http}{path}", context=self.ssl_context, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def wait_answering(self, path, timeout, what):
+        """Return once ``path`` answers 200; else stop the server and raise RuntimeError with its log."""
+        try:
+            wait_until(lambda: self.answers(path), timeout, what)
+        except (TimeoutError, RuntimeError) as error:
+            output = self.output()
+            self.stop()
+            raise RuntimeError(f"{what} did not start ({error}):\n{output}") from None
+
+
 NGINX = "/usr/sbin/nginx"
 
 
-class Nginx:
+class Nginx(LoopbackServer):
     """Debian's nginx with the deployment's template in front of ``workers``.
 
     Rendered as `make cluster` renders it (scripts/cluster.sh --render-nginx),
@@ -466,27 +509,10 @@ class Nginx:
             [NGINX, "-e", "stderr", "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=self.stderr,
         )
-        try:
-            wait_until(self._answers, 15, f"nginx on port {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"nginx did not start:\n{self.log('stderr.log')}") from None
+        self.wait_answering(f"{BASE}/", 15, f"nginx on port {self.port}")
 
-    @property
-    def http(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self):
-        return f"ws://127.0.0.1:{self.port}"
-
-    def _answers(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log('stderr.log')}")
-        try:
-            return http_get(f"{self.http}{BASE}/", timeout=1)[0] == 200
-        except OSError:
-            return False
+    def output(self):
+        return self.log("stderr.log")
 
     def get(self, path, headers=None):
         """(status, headers, body text) of a GET through nginx; error statuses are returned too."""
@@ -576,7 +602,7 @@ class TurnServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Worker:
+class Worker(LoopbackServer):
     """One server process (daphne by default) serving p2psite.asgi:application, on ``database`` (default: its own).
 
     It starts as production does, through deploy/worker-entrypoint.sh
@@ -633,33 +659,11 @@ class Worker:
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=limit,
         )
-        try:
-            # Generous: on a busy machine (the suite's parallel processes) a start can take a while.
-            wait_until(self._answers, 60, f"{server} on port {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"server did not start:\n{self.read_log()}") from None
+        # Generous: on a busy machine (the suite's parallel processes) a start can take a while.
+        self.wait_answering(f"{BASE}/", 60, f"{server} on port {self.port}")
 
-    @property
-    def ssl_context(self):
-        return self.tls.client_context() if self.tls else None
-
-    @property
-    def http(self):
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self):
-        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
-
-    def _answers(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.read_log()}")
-        try:
-            with urllib.request.urlopen(f"{self.http}{BASE}/", timeout=1, context=self.ssl_context) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+    def output(self):
+        return self.read_log()
 
     def get(self, path, headers=None):
         """(status, headers, body text) of a GET to this worker; error statuses are returned too."""
