@@ -2,9 +2,12 @@
 
 Every worker runs these; the database makes sure each job is done once.
 
-- **Beat and reaping.** A worker writes a beat every ``worker_beat``. A
-  worker that stayed silent for ``worker_timeout`` is presumed dead and its
-  peers' rows are reaped, so their ids come free. Liveness a shared outage
+- **Beat and reaping.** A worker writes a beat every ``worker_beat``, on a
+  thread of its own, whatever its other registry calls wait for (a lock
+  another transaction holds on its peers' rows, a long reap): the beat's
+  upkeep (releases, who lives, reaping, last-seen times) runs beside it, one
+  at a time. A worker that stayed silent for ``worker_timeout`` is presumed
+  dead and its peers' rows are reaped, so their ids come free. Liveness a shared outage
   cannot fake: a worker reaps others only once its own beats have succeeded
   without a gap for longer than ``worker_timeout``. A gap is a beat that
   failed (the database refused or lost the connection), or two successful
@@ -76,6 +79,7 @@ class Services:
         self.beats_ok_since = None  # loop time since which every beat succeeded, without a gap
         self.last_beat = None  # loop time the last successful beat ended
         self.beaten = False
+        self.upkeep = None  # the task of the beat's upkeep under way (see beat)
         self.touches = 0  # beats that wrote last-seen times: whose turn it is (touch)
         self.reseeded_at = None  # loop time of the last whole re-read of the registry
         self.refreshed_since = None  # wall-clock time the last re-read began
@@ -90,6 +94,8 @@ class Services:
         if hub.membership is not None:
             await hub.membership.start()
         await self.beat()
+        if self.upkeep is not None:
+            await self.upkeep  # who lives, before the first sockets
         try:
             await self.refresh_directory()
         except DatabaseUnavailable:
@@ -123,7 +129,14 @@ class Services:
     # Beat and reaping.
 
     async def beat(self):
-        """Tell the cluster this worker lives; reap workers that do not."""
+        """Tell the cluster this worker lives; then, unless the last beat's is still at it, the upkeep.
+
+        The upkeep is not awaited: its calls share the registry's threads
+        with the sockets' claims and releases, and may wait on rows another
+        transaction has locked. A beat that waited for them would fall
+        silent, and other workers would reap this one while it serves its
+        peers (and it would close all their sockets on learning it).
+        """
         hub, o = self.hub, self.hub.options
         # Taken whether or not the database answers, so that the minute the
         # overview shows stays a minute; written in the beat's own UPDATE.
@@ -154,18 +167,49 @@ class Services:
             for connection in list(hub.connections.values()):
                 hub.spawn(connection.drop(codes.WORKER_LOST, "Worker lost its registrations"))
         self.beaten = True
+        if self.upkeep is None or self.upkeep.done():
+            self.upkeep = hub.loop.create_task(self._upkeep(now))
+
+    async def _upkeep(self, now):
+        """What follows a beat: releases missed, who lives, reaping the silent, last-seen times."""
+        hub, o = self.hub, self.hub.options
+        try:
+            await self._keep_up(hub, o, now)
+        except asyncio.CancelledError:
+            raise
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the database link
+        except Exception:
+            logger.exception("worker %s: the beat's upkeep failed; will retry", hub.name)
+
+    async def _keep_up(self, hub, o, now):
         if hub.unreleased:
             unreleased, hub.unreleased = hub.unreleased, set()
             await hub.db(registry.release_connections, [connection for _k, _p, connection in unreleased])
         live = set(await hub.db(registry.live_workers, o.worker_timeout)) - {hub.name}
         hub.directory.meet(live)
-        if now - self.beats_ok_since > o.worker_timeout / 1000:
+        if self._may_reap():
             dead, freed = await hub.db(registry.reap, o.worker_timeout)
             if dead or freed:
                 hub.stats["workers_reaped"] += len(dead)
                 logger.warning("reaped workers %s and %d peer rows", dead, freed)
                 hub.directory.forget_workers(dead)
         await self.touch(now)
+
+    def _may_reap(self):
+        """Whether this worker's beats have succeeded without a gap for longer than the worker timeout, until now.
+
+        Asked when the reap would go out, not when the beat ended: the
+        upkeep may have waited on the database meanwhile, and a beat of
+        this worker's hanging now (the database stalled for everyone) means
+        every other worker's may hang too.
+        """
+        o, now = self.hub.options, self.hub.loop.time()
+        return (
+            self.beats_ok_since is not None
+            and now - self.beats_ok_since > o.worker_timeout / 1000
+            and now - self.last_beat <= BEAT_GAP * o.worker_beat / 1000
+        )
 
     async def touch(self, now):
         """Write the last-seen time of this beat's share of the peers heard from within LAST_SEEN_INTERVAL.
@@ -277,6 +321,8 @@ class Services:
         hub.stopping = True
         for task in self.tasks:
             task.cancel()
+        if self.upkeep is not None:
+            self.upkeep.cancel()
         await asyncio.gather(
             *(connection.drop(codes.GOING_AWAY, "Server shutting down") for connection in list(hub.connections.values()))
         )

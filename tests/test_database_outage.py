@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.client import connect, roundtrip, uid
@@ -248,6 +249,42 @@ async def test_an_outage_twice_the_worker_timeout_closes_no_socket_and_reaps_no_
             assert "no answer within 2 s" in log, log
     # The id the leaver held is free again, for anyone.
     await connect(cluster.workers[2], peer_id=leaver.peer_id, token="someone-else")
+
+
+async def test_a_lock_held_on_its_peers_rows_does_not_stop_a_worker_s_beat(outage_cluster):
+    """Another transaction (an operator's, a migration's) holds a lock on the row of a worker's peer:
+    the worker's last-seen write of it waits, up to the database deadline. Its beat goes on beside it,
+    so the other worker does not take it for dead, and its sockets stay open."""
+    cluster = outage_cluster(2, env={"PEERJS_DATABASE_TIMEOUT": "20000", "PEERJS_LAST_SEEN_INTERVAL": "500"})
+    names = cluster.worker_names()
+    held, other = await connect(cluster.workers[1]), await connect(cluster.workers[0])
+
+    async def heartbeats():  # heard from at every beat: its last-seen time is due at every beat
+        while True:
+            await held.send({"type": "HEARTBEAT"})
+            await asyncio.sleep(WORKER_BEAT / 5)
+
+    beating = asyncio.create_task(heartbeats())
+    try:
+        with psycopg.connect(cluster.database.url) as lock:
+            lock.execute("SELECT 1 FROM signaling_peer WHERE peer_id = %s FOR UPDATE", (held.peer_id,))
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            for _ in range(200):
+                if cluster.database.query(waiting)[0][0]:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the worker's last-seen write never waited on the lock")
+            await asyncio.sleep(2 * WORKER_TIMEOUT)  # longer than any worker may stay silent
+            await roundtrip(held, other)
+            await roundtrip(other, held)
+            lock.rollback()
+    finally:
+        beating.cancel()
+    assert cluster.worker_names() == names
+    for worker in cluster.workers:
+        log = worker.read_log()
+        assert "reaped" not in log and "Traceback" not in log, log
 
 
 async def test_a_frozen_database_is_answered_within_the_deadline_and_what_it_did_late_is_undone(outage_cluster):
