@@ -340,25 +340,38 @@ def _version_key(path):
 class RedisServer:
     """A throwaway redis-server on a free port; stop and start it to simulate outages."""
 
-    def __init__(self, extra=()):
+    def __init__(self, extra=(), tls=None):
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls = tls  # a Certificates: TLS only (rediss://), no plain port
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
         self.extra = list(extra)  # more redis-server options, e.g. output buffer limits
+        if tls:
+            self.extra += [
+                "--tls-port", str(self.port), "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
+                "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no",
+            ]
         self.log_path = Path(tempfile.mkdtemp(prefix="peerjs-redis-")) / "redis.log"
         self.proc = None
         self.start()
 
     def start(self):
+        plain_port = "0" if self.tls else str(self.port)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", "--port", plain_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--logfile", str(self.log_path), *self.extra],
             stdout=subprocess.DEVNULL,
         )
         wait_until(self._answers, 10, f"redis-server on {self.port}")
 
+    def _connect(self, timeout):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.tls:
+            return self.tls.client_context().wrap_socket(sock, server_hostname="127.0.0.1")
+        return sock
+
     def _answers(self):
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with self._connect(0.5) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
@@ -366,12 +379,15 @@ class RedisServer:
 
     def cli(self, *command):
         """``redis-cli`` on this server: its answer, stripped."""
-        result = subprocess.run(["redis-cli", "-p", str(self.port), *command], capture_output=True, text=True, timeout=10)
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
+        result = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *tls, *command], capture_output=True, text=True, timeout=10
+        )
         return result.stdout.strip()
 
     def client_ports(self):
         """The local ports of the clients connected to this redis-server."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+        with self._connect(2) as sock:
             sock.sendall(b"CLIENT LIST\r\n")
             header = b""
             while not header.endswith(b"\r\n"):
