@@ -231,6 +231,11 @@ SCHEMA = {
                             "With `REDIS_SENTINELS`: the sentinels ask for `REDIS_URL`'s password too (their "
                             "`requirepass`; Bitnami's Redis chart with `auth.sentinel`). Off: they are asked "
                             "without one."),
+    "REDIS_SENTINEL_TLS": ("PEERJS_REDIS_SENTINEL_TLS", False, env.boolean,
+                           "With `REDIS_SENTINELS`: the sentinels are asked over TLS (their `tls-port`; Bitnami's "
+                           "Redis chart with `tls.enabled`), trusting the system's certificate authorities "
+                           "(`SSL_CERT_FILE` names another bundle), as `rediss://` does for the master. Off: "
+                           "plain TCP."),
     "CHANNEL_LAYER": ("PEERJS_CHANNEL_LAYER", "peerjs", env.string,
                       "The alias of the app's bus between workers in `CHANNEL_LAYERS` (`default` stays the "
                       "site's: channels-redis with Redis)."),
@@ -331,6 +336,7 @@ class Options:
     redis_sentinels: tuple  # of (host, port)
     redis_sentinel_master: str
     redis_sentinel_auth: bool
+    redis_sentinel_tls: bool
     channel_layer: str
     redis_inbox_capacity: int
     redis_ack_timeout: int
@@ -382,8 +388,8 @@ def _refuse(name, why):
 
 
 REDIS_OPTIONS = (
-    "REDIS_URL", "REDIS_CLUSTER", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_AUTH", "CHANNEL_LAYER",
-    "REDIS_INBOX_CAPACITY", "REDIS_ACK_TIMEOUT",
+    "REDIS_URL", "REDIS_CLUSTER", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_AUTH",
+    "REDIS_SENTINEL_TLS", "CHANNEL_LAYER", "REDIS_INBOX_CAPACITY", "REDIS_ACK_TIMEOUT",
 )
 
 
@@ -406,6 +412,9 @@ def _sentinels(values):
     """REDIS_SENTINELS as (host, port) pairs, checked against the other Redis options."""
     sentinels = values["REDIS_SENTINELS"]
     if not sentinels:
+        if values["REDIS_SENTINEL_TLS"]:
+            _refuse("REDIS_SENTINEL_TLS", "is set, but REDIS_SENTINELS is not: it says how the sentinels are asked "
+                    "(for TLS to Redis itself, REDIS_URL is rediss://).")
         return ()
     if isinstance(sentinels, str):
         _refuse("REDIS_SENTINELS", "must be a list of host:port strings.")
@@ -540,6 +549,7 @@ def bus_layer(peerjs=None):
                 "sentinels": o.redis_sentinels,
                 "master": o.redis_sentinel_master,
                 "sentinel_auth": o.redis_sentinel_auth,
+                "sentinel_tls": o.redis_sentinel_tls,
                 "capacity": o.redis_inbox_capacity,
                 "ack_timeout": o.redis_ack_timeout / 1000,
             },
@@ -566,7 +576,7 @@ def _groups_layer(o):
         settings = sentinel.master_settings(o.redis_url)
         host.update(sentinels=list(o.redis_sentinels), master_name=o.redis_sentinel_master,
                     sentinel_kwargs={"socket_connect_timeout": 5, "socket_timeout": 5,
-                                     **sentinel.credentials(o, settings)},
+                                     **sentinel.asking(o, settings)},
                     **settings)
     else:
         host["address"] = o.redis_url

@@ -8,7 +8,8 @@ What was in flight when the old master went follows what a Redis restart
 means for it (signaling.bus: sent again, or its sender told). ``REDIS_URL``
 then gives the master's password, database and scheme (``rediss://`` for
 TLS); its host is not used. The sentinels themselves are asked over plain
-TCP, with REDIS_URL's credentials only with ``REDIS_SENTINEL_AUTH``.
+TCP, or TLS with ``REDIS_SENTINEL_TLS``, and with REDIS_URL's credentials
+only with ``REDIS_SENTINEL_AUTH``.
 
 redis-py users get redis-py's own Sentinel support (:func:`client`); the
 bus's hand-written connection (signaling.bus.wire) gets :class:`MasterConnection`.
@@ -46,11 +47,12 @@ def master_settings(url):
     }
 
 
-def credentials(o, settings):
-    """What the sentinels are asked with: REDIS_URL's username and password with REDIS_SENTINEL_AUTH, else nothing."""
-    if not o.redis_sentinel_auth:
-        return {}
-    return {"username": settings["username"], "password": settings["password"]}
+def asking(o, settings):
+    """How redis-py asks the sentinels: REDIS_URL's username and password with REDIS_SENTINEL_AUTH, TLS with REDIS_SENTINEL_TLS."""
+    how = {"ssl": True} if o.redis_sentinel_tls else {}
+    if o.redis_sentinel_auth:
+        how.update(username=settings["username"], password=settings["password"])
+    return how
 
 
 def client(o, **kwargs):
@@ -66,19 +68,20 @@ def client(o, **kwargs):
         return redis.asyncio.Redis.from_url(o.redis_url, **kwargs)
     settings = master_settings(o.redis_url)
     # The socket options (timeouts) apply to the sentinels too.
-    asking = {**{k: v for k, v in kwargs.items() if k.startswith("socket_")}, **credentials(o, settings)}
-    sentinels = Sentinel(o.redis_sentinels, sentinel_kwargs=asking)
+    how = {**{k: v for k, v in kwargs.items() if k.startswith("socket_")}, **asking(o, settings)}
+    sentinels = Sentinel(o.redis_sentinels, sentinel_kwargs=how)
     return sentinels.master_for(o.redis_sentinel_master, **settings, **kwargs)
 
 
-async def master_address(sentinels, master, username=None, password=None):
+async def master_address(sentinels, master, username=None, password=None, tls=False):
     """(host, port) of ``master``'s master by the first sentinel that knows; ConnectionError if none does.
 
-    ``username`` and ``password``: the sentinels' own (REDIS_SENTINEL_AUTH).
+    ``username`` and ``password``: the sentinels' own (REDIS_SENTINEL_AUTH);
+    ``tls``: they are asked over TLS (REDIS_SENTINEL_TLS).
     """
     failures = []
     for host, port in sentinels:
-        connection = wire.Connection(host, port, username, password)
+        connection = wire.Connection(host, port, username, password, tls=tls)
         try:
             await connection.open()
             (reply,) = await connection.call([("SENTINEL", "get-master-addr-by-name", master)], wire.CONNECT_TIMEOUT)
@@ -102,15 +105,17 @@ class MasterConnection(wire.Connection):
     moment old (a planned failover demotes the old master, which lives on).
     """
 
-    def __init__(self, sentinels, master, username=None, password=None, tls=False, sentinel_auth=False):
+    def __init__(self, sentinels, master, username=None, password=None, tls=False, sentinel_auth=False,
+                 sentinel_tls=False):
         super().__init__(None, None, username, password, tls)
         self.sentinels = sentinels
         self.master = master
         self.sentinel_auth = sentinel_auth  # the sentinels take the master's credentials too
+        self.sentinel_tls = sentinel_tls  # the sentinels are asked over TLS
 
     async def open(self):
-        asking = (self.username, self.password) if self.sentinel_auth else ()
-        self.host, self.port = await master_address(self.sentinels, self.master, *asking)
+        credentials = (self.username, self.password) if self.sentinel_auth else (None, None)
+        self.host, self.port = await master_address(self.sentinels, self.master, *credentials, tls=self.sentinel_tls)
         await super().open()
         try:
             (role,) = await self.call([("ROLE",)], wire.CONNECT_TIMEOUT)

@@ -789,11 +789,18 @@ class RedisSentinelSet:
 
     NAME = "peerserver"  # the master set's
 
-    def __init__(self, password=None):
+    def __init__(self, password=None, tls=None):
         self.dir = Path(tempfile.mkdtemp(prefix="peerjs-redis-sentinel-"))
         # password: every server's, the sentinel's too (Bitnami's chart with auth.sentinel)
         self.auth = ["--requirepass", password, "--masterauth", password] if password else []
         self.password = password
+        # tls: a Certificates; every server and the sentinel speak TLS only, to
+        # their clients and to each other (Bitnami's chart with tls.enabled).
+        self.tls = tls
+        self.tls_options = [
+            ("tls-cert-file", tls.cert), ("tls-key-file", tls.key), ("tls-ca-cert-file", tls.ca),
+            ("tls-auth-clients", "no"), ("tls-replication", "yes"),
+        ] if tls else []
         self.procs = {}  # port -> the redis-server (master or replica) on it
         self.killed = []  # ports of servers killed since
         master, replica = free_port(), free_port()
@@ -801,9 +808,11 @@ class RedisSentinelSet:
         self._start(replica, "--replicaof", "127.0.0.1", str(master))
         self.sentinel_port = free_port()
         config = self.dir / "sentinel.conf"  # the sentinel rewrites it: this set's own
+        ports = f"port 0\ntls-port {self.sentinel_port}\n" if tls else f"port {self.sentinel_port}\n"
         config.write_text(
-            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
-            f"sentinel monitor {self.NAME} 127.0.0.1 {master} 1\n"
+            f"{ports}bind 127.0.0.1\ndir {self.dir}\nlogfile {self.dir / 'sentinel.log'}\n"
+            + "".join(f"{name} {value}\n" for name, value in self.tls_options)
+            + f"sentinel monitor {self.NAME} 127.0.0.1 {master} 1\n"
             f"sentinel down-after-milliseconds {self.NAME} 1000\n"
             f"sentinel failover-timeout {self.NAME} 3000\n"
             + (f"requirepass {password}\nsentinel auth-pass {self.NAME} {password}\n" if password else "")
@@ -813,12 +822,14 @@ class RedisSentinelSet:
         # REDIS_URL beside them: the master's database (and password); its host does not
         # resolve, so that nothing reaches Redis but through the sentinels.
         credentials = f":{urllib.parse.quote(password, safe='')}@" if password else ""
-        self.url = f"redis://{credentials}master.invalid:6379/0"
+        self.url = f"{'rediss' if tls else 'redis'}://{credentials}master.invalid:6379/0"
         wait_until(lambda: self._replica_ready(master), 30, "the replica in sync and known to the sentinel")
 
     def _start(self, port, *extra):
+        ports = ["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]
+        tls = [str(part) for name, value in self.tls_options for part in (f"--{name}", value)]
         self.procs[port] = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", *ports, *tls, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir), "--logfile", str(self.dir / f"redis-{port}.log"),
              "--repl-diskless-sync-delay", "0", *self.auth, *extra],  # the replica syncs at once, not after 5 s
             stdout=subprocess.DEVNULL,
@@ -827,7 +838,10 @@ class RedisSentinelSet:
 
     def cli(self, port, *command, check=True):
         env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
-        result = subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=10, env=env)
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
+        result = subprocess.run(
+            ["redis-cli", "-p", str(port), *tls, *command], capture_output=True, text=True, timeout=10, env=env
+        )
         if check and result.returncode:
             raise RuntimeError(result.stderr)
         return result.stdout

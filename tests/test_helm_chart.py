@@ -614,6 +614,8 @@ def test_redis_cluster_and_sentinel_reach_the_workers_as_settings(rendered):
     assert redis.redis_sentinel_master == values["masterSet"]
     assert env["PEERJS_REDIS_SENTINEL_AUTH"] == "1" and redis.redis_sentinel_auth
     assert "PEERJS_REDIS_SENTINEL_AUTH" not in rendered["default"].plain_env(rendered["default"].container("worker"))
+    assert env["PEERJS_REDIS_SENTINEL_TLS"] == "1" and redis.redis_sentinel_tls
+    assert "PEERJS_REDIS_SENTINEL_TLS" not in rendered["default"].plain_env(rendered["default"].container("worker"))
     assert "choose one" in render_error(redis={"cluster": True, "sentinel": {"enabled": True, "hosts": ["s:26379"]}})
 
 

@@ -215,7 +215,15 @@ def test_redis_sentinel_reads_the_variables_the_helm_chart_sets():
     layers = conf.channel_layers(peerjs)
     assert layers["peerjs"]["CONFIG"]["sentinel_auth"] is True
     assert layers["default"]["CONFIG"]["hosts"][0]["sentinel_kwargs"]["password"] == "p@ss"
+    assert "ssl" not in layers["default"]["CONFIG"]["hosts"][0]["sentinel_kwargs"]
     assert conf.bus_layer({"REDIS_URL": "redis://r:6379/0"})["peerjs"]["CONFIG"]["sentinels"] == ()
+    # PEERJS_REDIS_SENTINEL_TLS: the sentinels are asked over TLS.
+    peerjs = conf.from_environ({"REDIS_URL": "rediss://r/0", "PEERJS_REDIS_SENTINELS": "s:1",
+                                "PEERJS_REDIS_SENTINEL_TLS": "1"})
+    assert conf._validated(peerjs).redis_sentinel_tls is True and conf._validated({}).redis_sentinel_tls is False
+    layers = conf.channel_layers(peerjs)
+    assert layers["peerjs"]["CONFIG"]["sentinel_tls"] is True
+    assert layers["default"]["CONFIG"]["hosts"][0]["sentinel_kwargs"]["ssl"] is True
 
 
 @pytest.mark.parametrize(
@@ -233,6 +241,8 @@ def test_redis_sentinel_reads_the_variables_the_helm_chart_sets():
          "PEERJS_REDIS_SENTINEL_MASTER) must name the master set"),
         ({"REDIS_URL": "redis://r/0", "PEERJS_REDIS_SENTINELS": "s:26379", "PEERJS_REDIS_SENTINEL_AUTH": "1"},
          "PEERJS_REDIS_SENTINEL_AUTH) needs a password in REDIS_URL"),
+        ({"REDIS_URL": "rediss://r/0", "PEERJS_REDIS_SENTINEL_TLS": "1"},
+         "PEERJS_REDIS_SENTINEL_TLS) is set, but REDIS_SENTINELS is not"),
         ({"REDIS_URL": "redis://:pw@r/zero", "PEERJS_REDIS_SENTINELS": "s:26379"},
          "(REDIS_URL) must end in a database number"),
         ({"REDIS_URL": "redis+sentinel://s:26379/mymaster"},

@@ -21,7 +21,7 @@ from signaling import conf, sentinel
 from signaling.bus.layer import RedisBatchLayer
 from signaling.bus.transport import inbox_name
 from tests.client import connect, roundtrip
-from tests.servers import BASE, RedisSentinelSet, free_port
+from tests.servers import BASE, Certificates, RedisSentinelSet, free_port
 from tests.test_cluster import Cluster, assert_accounted, collect
 
 pytestmark = [pytest.mark.cluster, pytest.mark.servers]  # servers of the module's own (tests/conftest.py)
@@ -137,6 +137,39 @@ async def test_sentinels_that_ask_for_a_password_get_redis_urls_with_sentinel_au
         await _every_client_answers(conf.from_environ({"REDIS_URL": direct}))
     finally:
         protected.stop()
+
+
+async def test_sentinels_over_tls_get_redis_urls_with_sentinel_tls(tmp_path, monkeypatch):
+    """PEERJS_REDIS_SENTINEL_TLS: sentinels and servers that speak TLS only (rediss:// for the master):
+    the bus, redis-py's clients and channels-redis ask the sentinels over TLS, trusting the CA that
+    SSL_CERT_FILE names, and two workers relay across through the master they name."""
+    certificates = Certificates(tmp_path / "certificates")
+    secure = RedisSentinelSet(tls=certificates)
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca))
+        here = [("127.0.0.1", secure.sentinel_port)]
+        with pytest.raises(ConnectionError):  # a sentinel asked in plain text answers nothing
+            await sentinel.master_address(here, secure.NAME)
+        assert await sentinel.master_address(here, secure.NAME, tls=True) == ("127.0.0.1", secure.master_port())
+        env = {
+            "REDIS_URL": secure.url,
+            "PEERJS_REDIS_SENTINELS": secure.sentinels,
+            "PEERJS_REDIS_SENTINEL_MASTER": secure.NAME,
+            "PEERJS_REDIS_SENTINEL_TLS": "1",
+        }
+        await _every_client_answers(conf.from_environ(env))
+        cluster = Cluster(secure, server="uvicorn", env={**env, "SSL_CERT_FILE": str(certificates.ca)})
+        try:
+            a, b = await connect(cluster.workers[0]), await connect(cluster.workers[1])
+            await roundtrip(a, b)
+            await roundtrip(b, a)
+            for worker in cluster.workers:
+                status, _headers, body = worker.get("/readyz")
+                assert status == 200 and json.loads(body)["redis"] == "ok", body
+        finally:
+            cluster.stop()
+    finally:
+        secure.stop()
 
 
 async def _every_client_answers(peerjs):

@@ -73,6 +73,7 @@ class RedisBatchLayer(BaseChannelLayer):
         sentinels=(),
         master="mymaster",
         sentinel_auth=False,
+        sentinel_tls=False,
         capacity=10000,
         ack_timeout=5.0,
         stall=1.0,
@@ -85,6 +86,7 @@ class RedisBatchLayer(BaseChannelLayer):
         self.sentinels = sentinels  # (host, port) of each: the master is theirs, not url's host (signaling.sentinel)
         self.master = master
         self.sentinel_auth = sentinel_auth
+        self.sentinel_tls = sentinel_tls
         self.ack_timeout = ack_timeout
         # Seconds the oldest unacknowledged message to a channel at its capacity
         # waits before that channel is refused (signaling.bus.publisher).
@@ -238,7 +240,7 @@ class RedisBatchLayer(BaseChannelLayer):
         if self.sentinels:
             return sentinel.MasterConnection(
                 self.sentinels, self.master, username, password, tls=parts.scheme == "rediss",
-                sentinel_auth=self.sentinel_auth,
+                sentinel_auth=self.sentinel_auth, sentinel_tls=self.sentinel_tls,
             )
         return wire.Connection(host, port, username, password, tls=parts.scheme == "rediss")
 

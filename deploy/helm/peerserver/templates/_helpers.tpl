@@ -101,11 +101,14 @@ only by reference to a Secret.
 {{- $_ := set $plain "REDIS_CLUSTER" "1" }}
 {{- end }}
 {{- if .Values.redis.sentinel.enabled }}
-{{- /* The workers' Sentinel settings (docs/cluster.md): the sentinels, the master set, whether they take the password. */}}
+{{- /* The workers' Sentinel settings (docs/cluster.md): the sentinels, the master set, whether they take the password, and TLS. */}}
 {{- $_ := set $plain "PEERJS_REDIS_SENTINELS" (join "," (required "redis.sentinel.hosts: each sentinel as host:port" .Values.redis.sentinel.hosts)) }}
 {{- $_ := set $plain "PEERJS_REDIS_SENTINEL_MASTER" (required "redis.sentinel.masterSet" .Values.redis.sentinel.masterSet) }}
 {{- if .Values.redis.sentinel.auth }}
 {{- $_ := set $plain "PEERJS_REDIS_SENTINEL_AUTH" "1" }}
+{{- end }}
+{{- if .Values.redis.sentinel.tls }}
+{{- $_ := set $plain "PEERJS_REDIS_SENTINEL_TLS" "1" }}
 {{- end }}
 {{- end }}
 {{- range $name, $value := merge (dict) .Values.env $plain }}
