@@ -11,9 +11,10 @@ Each hub joins two groups with one channel of its own: its worker's
 hub's (:data:`EVERY_HUB`), for changes of bans. It renews its membership
 every ``worker_beat``: a Redis restarted without persistence forgets every
 group, and channels-redis lets a membership lapse after its ``group_expiry``
-(a day). A message sent while a hub is not in its groups is lost: a ban is
-still applied at the next re-read of the bans (``BAN_REFRESH``), a Disconnect
-has to be asked again.
+(a day). It joins again at once when its read of the layer failed (Redis went
+away), before it reads again, not a beat later. A message sent while a hub is
+not in its groups is lost: a ban is still applied at the next re-read of the
+bans (``BAN_REFRESH``), a Disconnect has to be asked again.
 """
 import asyncio
 import logging
@@ -85,7 +86,7 @@ class Membership:
         self.tasks = (loop.create_task(self._renew()), loop.create_task(self._read()))
 
     async def join(self):
-        """Join (again) every group of the hub; a refusal (Redis away) is logged once per outage."""
+        """Join (again) every group of the hub; whether it did. A refusal (Redis away) is logged once per outage."""
         try:
             for group in self.groups:
                 await self.layer.group_add(group, self.channel)
@@ -93,10 +94,11 @@ class Membership:
             if not self.failing:
                 logger.warning("could not join the operators' groups on the default channel layer (%r); retrying", exc)
             self.failing = True
-            return
+            return False
         if self.failing:
             logger.info("joined the operators' groups on the default channel layer again")
         self.failing = False
+        return True
 
     async def stop(self):
         """Stop reading and leave the groups: best effort, within LEAVE_TIMEOUT (memberships lapse by themselves)."""
@@ -118,8 +120,11 @@ class Membership:
 
     async def _read(self):
         pause = RETRY_PAUSE
+        rejoin = False  # the last read failed: Redis may have restarted and forgotten the groups
         while True:
             try:
+                if rejoin:
+                    rejoin = not await self.join()
                 message = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
@@ -128,6 +133,7 @@ class Membership:
                     logger.warning("cannot read the operators' groups on the default channel layer (%r); retrying", exc)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
+                rejoin = True
                 continue
             pause = RETRY_PAUSE
             try:

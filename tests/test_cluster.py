@@ -279,6 +279,24 @@ async def test_admin_disconnect_reaches_a_peer_on_another_worker_after_a_redis_r
         redis_server.stop()
 
 
+async def test_after_a_redis_restart_the_hubs_join_their_groups_again_before_their_next_beat():
+    """The beat is a minute long here: the hubs must not wait for it to be in their groups again, or
+    every operator's Disconnect of that minute would be lost."""
+    redis_server = RedisServer()  # its own: it is restarted mid-test
+    cluster = Cluster(redis_server, server="uvicorn", env={"PEERJS_WORKER_BEAT": "60000", "PEERJS_WORKER_TIMEOUT": "240000"})
+    try:
+        w1, w2 = cluster.workers
+        joined = lambda: redis_server.cli("ZCARD", "asgi:group:peerjs.hubs") == "2"  # noqa: E731
+        await asyncio.to_thread(wait_until, joined, 10, "the hubs to join")
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.to_thread(wait_until, joined, 15, "the hubs to join again")
+        await disconnect_in_the_admin(w1, cluster.database, await connect(w2))
+    finally:
+        cluster.stop()
+        redis_server.stop()
+
+
 async def test_admin_disconnect_reaches_a_peer_on_another_worker(cluster):
     w1, w2 = cluster.workers
     target, other = await connect(w2), await connect(w2)
