@@ -1065,6 +1065,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="run only these setups (and the reference); 'faults' the burst, "
                         "unfinished and storm phases, 'storm' the storm alone")
     parser.add_argument("--storm-peers", type=int, help="peers the storm's doomed worker holds (default 5 000; issue 25: 15 000)")
+    parser.add_argument("--storm-postgres", metavar="ADMIN_URL",
+                        help="run the storm's workers on a fresh database of this PostgreSQL server, as production "
+                        "does (e.g. postgres://postgres@127.0.0.1:5432/postgres), not on SQLite")
     parser.add_argument("--rev", help="benchmark the project at this git revision (default: the work tree as it is)")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where the JSON goes")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the medians of earlier runs' JSON files and exit")
@@ -1134,7 +1137,8 @@ def main(argv=None):
             faults = [
                 ("burst", Setup(f"burst-uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project)),
                 ("unfinished", Setup(f"unfinished-uvicorn-{ws}", work, "ours", server="uvicorn", ws=ws, project=project)),
-                ("storm", Setup(f"storm-3xuvicorn-{ws}+redis", work, "ours", server="uvicorn", ws=ws, workers=3, project=project)),
+                ("storm", Setup(f"storm-3xuvicorn-{ws}+redis{'+postgres' if args.storm_postgres else ''}", work, "ours",
+                                server="uvicorn", ws=ws, workers=3, project=project)),
             ]
             if args.only and "faults" not in args.only:
                 faults = [f for f in faults if f[0] == "storm"]  # --only storm
@@ -1147,7 +1151,14 @@ def main(argv=None):
                     continue
                 print(f"bench: {setup.name} ...", flush=True)
                 t0 = time.monotonic()
+                database = None
                 try:
+                    if kind == "storm" and args.storm_postgres:
+                        import scale  # its Database and migrate: a database of the run's own, dropped after
+
+                        database = scale.Database(args.storm_postgres)
+                        scale.migrate(database.url)
+                        setup.database_url = database.url
                     setup.start(template)
                     if kind == "storm":
                         results.append(bench_storm(setup, profile, args.clients))
@@ -1162,6 +1173,8 @@ def main(argv=None):
                     print(f"bench: {setup.name} FAILED: {exc}", flush=True)
                 finally:
                     setup.stop()
+                    if database is not None:
+                        database.drop()
                 print(f"bench: {setup.name} done in {time.monotonic() - t0:.0f}s", flush=True)
                 continue
             if setup == "soak":
