@@ -117,14 +117,18 @@ class Services:
     async def _every(self, seconds, job):
         while True:
             await asyncio.sleep(seconds)
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except DatabaseUnavailable:
-                pass  # logged once per outage by the database link
-            except Exception:
-                logger.exception("worker %s: %s failed; will retry", self.hub.name, job.__name__)
+            await self._attempt(job)
+
+    async def _attempt(self, job, *args):
+        """Run a periodic job once; its failure is logged (a database outage once, by the database link)."""
+        try:
+            await job(*args)
+        except asyncio.CancelledError:
+            raise
+        except DatabaseUnavailable:
+            pass  # logged once per outage by the database link
+        except Exception:
+            logger.exception("worker %s: %s failed; will retry", self.hub.name, job.__name__)
 
     # Beat and reaping.
 
@@ -168,21 +172,11 @@ class Services:
                 hub.spawn(connection.drop(codes.WORKER_LOST, "Worker lost its registrations"))
         self.beaten = True
         if self.upkeep is None or self.upkeep.done():
-            self.upkeep = hub.loop.create_task(self._upkeep(now))
+            self.upkeep = hub.loop.create_task(self._attempt(self.keep_up, now))
 
-    async def _upkeep(self, now):
+    async def keep_up(self, now):
         """What follows a beat: releases missed, who lives, reaping the silent, last-seen times."""
         hub, o = self.hub, self.hub.options
-        try:
-            await self._keep_up(hub, o, now)
-        except asyncio.CancelledError:
-            raise
-        except DatabaseUnavailable:
-            pass  # logged once per outage by the database link
-        except Exception:
-            logger.exception("worker %s: the beat's upkeep failed; will retry", hub.name)
-
-    async def _keep_up(self, hub, o, now):
         if hub.unreleased:
             unreleased, hub.unreleased = hub.unreleased, set()
             await hub.db(registry.release_connections, [connection for _k, _p, connection in unreleased])
