@@ -340,9 +340,6 @@ async def test_a_stopped_worker_takes_what_fits_in_flight_and_the_rest_is_answer
                 assert frame["payload"] == "marker"
         finally:
             w2.signal(signal.SIGCONT)
-        # Past the capacity, once the oldest frame in flight to w2 has waited a
-        # second, or past four times the capacity at once; not before the capacity.
-        assert 100 < sent <= 4 * 100 + 1
         # What was in flight (the capacity, less anything else sent to that
         # worker and not yet acknowledged) arrives in order once it reads
         # again; a marker behind it may be refused until w2's acknowledgements
@@ -363,7 +360,15 @@ async def test_a_stopped_worker_takes_what_fits_in_flight_and_the_rest_is_answer
                 break
             assert refusal.result() == {"type": "EXPIRE", "src": b.peer_id, "dst": a.peer_id}
         delivered = reading.result()
-        assert 95 <= len(delivered) < sent and delivered == list(range(len(delivered)))
+        # What was taken arrives, in order: at least the capacity (less what
+        # else w2 had not acknowledged when it stopped: the announcements of a
+        # and c), more until the oldest frame in flight to w2 had waited a
+        # second, never past four times the capacity. The sender heard of the
+        # first frame refused: a hub sends its EXPIREs at the end of the event
+        # loop's turn, so c's marker, read in that same turn, may overtake it
+        # by one frame.
+        assert delivered == list(range(len(delivered))) and 95 <= len(delivered) <= 4 * 100
+        assert len(delivered) < sent <= len(delivered) + 2
         # Said once, not once per refused frame (thousands a second under overload).
         assert w1.read_log().count("inbox full") == 1
     finally:
