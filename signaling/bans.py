@@ -113,8 +113,8 @@ async def refresh(hub):
     if not hub.bans:
         return
     for connection in list(hub.connections.values()):
-        if connection.peer_id is None:
-            continue  # not past its open's checks yet: they look at the bans themselves
+        if connection.peer_id is None or not connection.accepted:
+            continue  # still opening: it looks at the bans itself, last just before it accepts
         ban = hub.bans.find(connection.key, connection.peer_id, connection.address)
         if ban is not None:
             hub.stats["banned_closed"] += 1

@@ -179,10 +179,7 @@ class PeerConsumer(AsyncWebsocketConsumer):
         # The worker's copy of the bans: no query (see signaling.bans).
         ban = self.hub.bans.find(request.key, request.peer_id, self.address)
         if ban is not None:
-            stats["sockets_opened:banned"] += 1
-            await self.accept()
-            await self.send(text_data=protocol.error_frame(ban.message()))
-            await self.close_with(codes.BANNED)
+            await self.turn_back(ban)
             return
         try:
             request = await self.admitted(app, request)
@@ -220,8 +217,15 @@ class PeerConsumer(AsyncWebsocketConsumer):
             await self.refuse(protocol.error_frame(protocol.MSG_LIMIT))
         else:
             self.peer = (self.key, self.peer_id)
-            stats["sockets_opened:open"] += 1
             await self.hub.directory.announced()
+            # A ban read while the socket registered: bans.refresh leaves a
+            # socket not accepted yet to this check (closed now, its client
+            # would get HTTP 403 and no reason).
+            ban = self.hub.bans.find(self.key, self.peer_id, self.address)
+            if ban is not None:
+                await self.turn_back(ban)
+                return
+            stats["sockets_opened:open"] += 1
             await self.accept_with(protocol.OPEN_FRAME)
             metrics.OPEN_LATENCY.observe(time.perf_counter() - started)
             self.hub.open(self)
@@ -286,6 +290,12 @@ class PeerConsumer(AsyncWebsocketConsumer):
         """Answer the handshake with 503, for nginx to ask another worker; the socket never opens."""
         self.closing = True
         await readiness.turn_away(self.base_send, why, self.hub)
+
+    async def turn_back(self, ban):
+        """A banned client's socket: accepted, to hear why in an ERROR frame, then closed with 4105."""
+        self.hub.stats["sockets_opened:banned"] += 1
+        await self.accept()
+        await self.expel(ban.message(), codes.BANNED, "Banned")
 
     async def refuse(self, frame):
         await self.accept()
@@ -473,11 +483,11 @@ class PeerConsumer(AsyncWebsocketConsumer):
         if self.held is not None:
             self.held.append((frame, src, kind))
             return
+        if self.closing:  # also one that never went live (banned as it opened): its buffer was handed back
+            self.hub.undeliverable(self, [(frame, src, kind)])
+            return
         if self.buffer is not None:
             self.buffer.append((frame, src, kind))
-            return
-        if self.closing:
-            self.hub.undeliverable(self, [(frame, src, kind)])
             return
         # Nothing ahead of it and the socket takes data: written now, not by
         # the writer a turn of the event loop later.
@@ -539,8 +549,13 @@ class PeerConsumer(AsyncWebsocketConsumer):
 
     def _hand_back(self):
         """Frames the client will never read go back to the hub, as for a peer that has just gone."""
-        if self.outbox and self.peer is not None:
-            frames = list(self.outbox)
+        if self.peer is None:
+            return
+        # What was held while it opened (banned then: it never went live) is older than its outbox.
+        frames = [*(self.buffer or ()), *self.outbox]
+        if frames:
+            if self.buffer:
+                self.buffer = []  # not None: that would say it went live (hub.unregister)
             self.outbox = ()
             self.outbox_bytes = 0
             self.hub.undeliverable(self, frames)

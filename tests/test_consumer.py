@@ -6,6 +6,7 @@ codes on the wire, timeouts, several workers) is tested against real uvicorn
 and daphne workers in tests/test_socket_connect.py, test_socket_messages.py
 and the rest.
 """
+import asyncio
 import json
 import threading
 import uuid
@@ -165,6 +166,47 @@ async def test_a_frame_queued_while_its_peer_opens_reaches_it(monkeypatch):
     await sender.relay("OFFER", later, "kept")
     late = await open_peer(peer_id=later)
     assert await late.recv() == {"type": "OFFER", "src": sender.peer_id, "dst": later, "payload": "kept"}
+
+
+async def test_a_ban_read_while_a_socket_registers_is_answered_with_its_reason_and_what_it_was_sent_expires(monkeypatch):
+    """The worker re-reads its bans (bans.refresh) while a socket's claim is on its way.
+
+    The client hears ERROR with the ban's reason and close 4105, as one banned
+    before it opened; closed before its handshake was answered, it had got
+    HTTP 403 and nothing else (a CI run's IPv6 ban test so). A frame sent to
+    the id meanwhile comes back to its sender as EXPIRE.
+    """
+    from channels.db import database_sync_to_async
+
+    from signaling import bans, hub as hub_module
+    from signaling.hub import get_hub
+    from signaling.models import Ban, Peer as PeerRow
+
+    claimed, refreshed = threading.Event(), threading.Event()
+    claim = hub_module._claim_and_take_queues
+
+    def claim_then_wait_for_the_ban(requests):
+        result = claim(requests)
+        if any(r.peer_id == banned for r in requests):
+            claimed.set()
+            assert refreshed.wait(TIMEOUT)
+        return result
+
+    sender, banned = await open_peer(), uid()
+    monkeypatch.setattr(hub_module, "_claim_and_take_queues", claim_then_wait_for_the_ban)
+    opening = WebsocketCommunicator(application, f"{BASE}/peerjs?key=peerjs&id={banned}&token=t1&version=1.5.5")
+    connecting = asyncio.ensure_future(opening.connect(TIMEOUT))
+    assert await asyncio.to_thread(claimed.wait, TIMEOUT)
+    await sender.relay("OFFER", banned, "while it opens")
+    await database_sync_to_async(Ban.objects.create)(peer_id=banned, reason="a test")
+    await bans.refresh(get_hub())
+    refreshed.set()
+    assert await connecting == (True, None)
+    code, frames = await Peer(opening, banned, "t1").closed()
+    assert frames == [{"type": "ERROR", "payload": {"msg": get_hub().bans.find("peerjs", banned, None).message()}}]
+    assert "a test" in frames[0]["payload"]["msg"] and code == 4105
+    assert await sender.recv() == {"type": "EXPIRE", "src": banned, "dst": sender.peer_id}
+    assert not await database_sync_to_async(PeerRow.objects.filter(peer_id=banned).exists)()
 
 
 async def test_when_the_inbox_is_heard_again_every_peer_takes_its_queue_before_what_comes_next():
