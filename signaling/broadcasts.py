@@ -11,14 +11,16 @@ Each hub joins two groups with one channel of its own: its worker's
 hub's (:data:`EVERY_HUB`), for changes of bans. It renews its membership
 every ``worker_beat``: a Redis restarted without persistence forgets every
 group, and channels-redis lets a membership lapse after its ``group_expiry``
-(a day). It joins again at once when its read of the layer failed (Redis went
-away), before it reads again, not a beat later. A message sent while a hub is
-not in its groups is lost: a ban is still applied at the next re-read of the
-bans (``BAN_REFRESH``), a Disconnect has to be asked again.
+(a day). It joins again when its read of the layer failed (Redis went away),
+before it reads again, not a beat later; during an outage it tries every
+RETRY_PAUSE_MAX at most. A message sent while a hub is not in its groups is
+lost: a ban is still applied at the next re-read of the bans
+(``BAN_REFRESH``), a Disconnect has to be asked again.
 """
 import asyncio
 import logging
 
+import redis.exceptions
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 EVERY_HUB = "peerjs.hubs"
 CLOSE = "peerjs.close"  # close one socket: an operator's Disconnect, or a takeover (through the bus)
 BANS = "peerjs.bans"  # re-read the bans, and close the sockets they now name
-RETRY_PAUSE, RETRY_PAUSE_MAX = 0.1, 2.0  # seconds before reading again after a failure, doubled up to the max
+RETRY_PAUSE, RETRY_PAUSE_MAX = 0.1, 0.5  # seconds before reading again after a failure, doubled up to the max
 LEAVE_TIMEOUT = 1.0  # seconds a stopping hub gives the layer to take it out of its groups
 
 
@@ -49,12 +51,27 @@ def request_disconnect(peer):
     Raises when the default layer cannot take it (Redis away).
     """
     message = close_message(peer.connection, codes.DISCONNECTED, "Disconnected by an operator")
-    async_to_sync(_layer().group_send)(hub_group(peer.worker), message)
+    _group_send(hub_group(peer.worker), message)
 
 
 def announce_bans():
     """Tell every worker to re-read the bans now; for sync code (the admin). Raises when the default layer cannot take it."""
-    async_to_sync(_layer().group_send)(EVERY_HUB, {"type": BANS})
+    _group_send(EVERY_HUB, {"type": BANS})
+
+
+def _group_send(group, message):
+    """``group_send`` on the default layer; once more if Redis refused it.
+
+    After a Redis restart (or a Sentinel failover) the layer's pooled
+    connections are closed, and the first command on one fails although Redis
+    is back: redis-py drops that connection, and the second goes on a new one.
+    (Not a retry in the layer's pool: a hub's read must fail then, see Membership.)
+    """
+    send = async_to_sync(_layer().group_send)
+    try:
+        send(group, message)
+    except redis.exceptions.ConnectionError:
+        send(group, message)
 
 
 def _layer():

@@ -16,8 +16,6 @@ from urllib.parse import urlsplit
 from channels import DEFAULT_CHANNEL_LAYER
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from signaling import env, sentinel
 
@@ -570,10 +568,10 @@ def _groups_layer(o):
     # blocking read, so a quiet consumer's read timed out and ended it;
     # its pool refused a hundred-and-first connection, and a channel
     # of its default capacity (100) drops what comes past it.
-    # And one immediate retry on a fresh connection: after a Redis restart
-    # the pool's connections are closed, and the first command on one (an
-    # operator's Disconnect) failed although Redis was back.
-    host = {"socket_timeout": None, "max_connections": 1000, "retry": Retry(NoBackoff(), 1)}
+    # No retry of a failed command (redis-py's pools have none unless given
+    # one): a hub's blocking read must fail when Redis restarts, for the hub
+    # to join its groups again (signaling.broadcasts.Membership).
+    host = {"socket_timeout": None, "max_connections": 1000}
     if o.redis_sentinels:
         # channels-redis' own Sentinel support: redis-py's SentinelConnectionPool.
         # Timeouts for the sentinels: redis-py sets none, and one that is
