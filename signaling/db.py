@@ -28,6 +28,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
@@ -99,6 +100,15 @@ class Outage:
 outage = Outage()
 
 
+_pools = weakref.WeakSet()  # every Database of the process, for close_all
+
+
+def close_all():
+    """End every pool's threads, and so their connections (a test session, before its test database is dropped)."""
+    for pool in list(_pools):
+        pool.executor.shutdown(wait=True, cancel_futures=True)
+
+
 class Database:
     """Runs registry functions on a pool of threads, for an event loop, each within a deadline."""
 
@@ -106,6 +116,7 @@ class Database:
         self.stats = stats  # a Counter the failures are counted in (the hub's), or None
         self.executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
         self.stuck = 0  # calls past their deadline whose thread is still in them
+        _pools.add(self)
 
     async def __call__(self, function, *args, late=None):
         """``function(*args)`` on a thread of the pool; DatabaseUnavailable if the database cannot answer in time.

@@ -1,3 +1,5 @@
+import asyncio
+import gc
 import os
 import signal
 
@@ -25,6 +27,25 @@ def database(server):
     (a fresh database is created beside it and dropped at the end).
     """
     return server.database
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test database; the threads of in-process code let go of it before it is dropped.
+
+    Their connections stay open between calls (CONN_MAX_AGE), and PostgreSQL
+    refuses to drop a database one is still on: the pools of each test's hub,
+    and the thread Django's async ORM calls run on from a test's event loop.
+    """
+    yield
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    from signaling import db
+
+    db.close_all()
+    asyncio.run(sync_to_async(connections.close_all)())
+    gc.collect()  # connections of threads that ended: Django's DatabaseWrapper is in reference cycles
 
 
 class Pool:
