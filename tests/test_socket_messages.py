@@ -267,6 +267,37 @@ async def test_a_sustained_flood_closes_the_socket_and_spares_the_others(make_se
     await roundtrip(b, c)
 
 
+@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+async def test_a_client_sending_faster_than_its_socket_is_read_is_held_back_by_tcp_not_in_memory(make_server, server):
+    """What the app has not taken yet stays in the client's buffers, not the worker's memory.
+
+    daphne read a socket as fast as its client sent: 120 MB of heartbeats the
+    app took one a second of sat in the worker (and parsing them starved its
+    event loop until a flooder escaped its cutoff, in a CI run).
+    """
+    worker = make_server({"PEERJS_FLOOD_LIMIT": "1", "PEERJS_FLOOD_BURST": "1", "PEERJS_FLOOD_CUTOFF": "600000"}, server=server)
+    flooder, b, c = await connect(worker), await connect(worker), await connect(worker)
+    before = rss_mb(worker)
+    frame = json.dumps({"type": "HEARTBEAT", "padding": "x" * 200_000})
+
+    async def flood():
+        for _ in range(600):
+            await flooder.send(frame)
+
+    # The kernel's buffers on both sides take tens of MB; then the client's sends wait.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(flood(), 5)
+    assert rss_mb(worker) - before < 30
+    await roundtrip(b, c)  # the others are read as before
+    flooder.ws.transport.abort()
+
+
+def rss_mb(worker):
+    with open(f"/proc/{worker.proc.pid}/status") as status:
+        (kb,) = [line.split()[1] for line in status if line.startswith("VmRSS:")]
+    return int(kb) / 1024
+
+
 async def test_full_queue_refuses_with_expire(make_server):
     worker = make_server({"PEERJS_QUEUE_MAX_MESSAGES": "2", "PEERJS_EXPIRE_TIMEOUT": "60000"})
     a, nobody = await connect(worker), uid()

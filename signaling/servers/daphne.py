@@ -28,6 +28,13 @@ versions are checked on import, :data:`signaling.servers.TESTED`):
   without Twisted's http2 extra, which the project does not install).
 - A frame sent to a socket whose client has gone raises, as under uvicorn,
   instead of vanishing (:meth:`PeerServer.handle_reply`).
+- daphne reads a socket as fast as its client sends, whatever the
+  application takes: a flooder's messages piled up in memory, and parsing
+  them took the worker's event loop (beats 2 s apart on a busy machine),
+  while the app meant to slow it down through TCP (``FLOOD_LIMIT``). A socket
+  whose application is :data:`BACKLOG` messages behind is not read until it
+  has caught up, as under uvicorn (:class:`ReadWhenTaken`, the WebSocket
+  factory's ``protocol``).
 """
 from signaling.servers import raise_open_files_limit, require_tested
 
@@ -35,6 +42,8 @@ require_tested("daphne", "twisted", "autobahn")
 
 from daphne.server import Server  # noqa: E402  (first of Twisted: it installs the asyncio reactor)
 from daphne.cli import CommandLineInterface  # noqa: E402
+from daphne.ws_protocol import WebSocketProtocol  # noqa: E402
+from twisted.internet import reactor  # noqa: E402
 from twisted.web.http import HTTPChannel  # noqa: E402
 
 from signaling.conf import options  # noqa: E402
@@ -52,6 +61,30 @@ class LineTooLongAnswered(HTTPChannel):
     def lineLengthExceeded(self, line):
         self.transport.write(TOO_LONG)
         self.transport.loseConnection()
+
+
+BACKLOG = 32  # messages a socket's application has not taken yet, past which the socket is not read
+BACKLOG_LOOK = 0.02  # seconds between looks at a paused socket's backlog (daphne says nothing when it shrinks)
+
+
+class ReadWhenTaken(WebSocketProtocol):
+    """daphne's WebSocket protocol, which stops reading a client whose application is :data:`BACKLOG` messages behind."""
+
+    paused = False
+
+    def onMessage(self, payload, isBinary):
+        super().onMessage(payload, isBinary)
+        if not self.paused and self.application_queue.qsize() >= BACKLOG:
+            self.paused = True
+            self.transport.pauseProducing()
+            reactor.callLater(BACKLOG_LOOK, self._read_when_taken)
+
+    def _read_when_taken(self):
+        if self.transport.connected and self.application_queue.qsize() > BACKLOG // 4:
+            reactor.callLater(BACKLOG_LOOK, self._read_when_taken)
+            return
+        self.paused = False
+        self.transport.resumeProducing()  # nothing on a connection that has gone meanwhile
 
 
 def message_limit(o):
@@ -99,6 +132,7 @@ class PeerServer(Server):
     def _adapt(self):
         # daphne has made its factories and listens; it accepts nothing before this returns.
         self.http_factory.protocol = LineTooLongAnswered
+        self.ws_factory.protocol = ReadWhenTaken
         from signaling.consumers import CLOSE_WAIT
 
         self.ws_factory.setProtocolOptions(failByDrop=False, closeHandshakeTimeout=CLOSE_WAIT)
